@@ -1,0 +1,178 @@
+"""Typed configuration: encoders, fusion, the whole model, data and training.
+
+YAML files set these; the command line overrides single fields (``key=value``). Dicts become
+dataclasses at the boundary (:func:`from_dict`), so the rest of the code reads attributes.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Type, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+@dataclass
+class VideoEncoderConfig:
+    # "emonet" (face-alignment trunk + emotion head), "mae_vit" (timm ViT with MAE weights), or
+    # "features" (no network: the model reads cached per-frame features of width `dim`).
+    name: str = "emonet"
+    # EmoNet: 8 or 5 expression classes, as the official emonet_8.pth / emonet_5.pth.
+    n_expression: int = 8
+    # EmoNet widths; the official checkpoints use 256 (tests use tiny widths to stay fast).
+    width: int = 256
+    # EmoNet: number of stacked hourglasses (official: 2) and emotion-head blocks (official: 4).
+    num_modules: int = 2
+    n_blocks: int = 4
+    # timm architecture for "mae_vit" (vit_base_patch16_224, vit_large_patch16_224, ...).
+    arch: str = "vit_base_patch16_224"
+    # MAE-ViT pooling of the token sequence into one per-frame feature: "cls" or "avg" (MAE's
+    # fine-tuning recipe uses global average pooling of the patch tokens).
+    pool: str = "avg"
+    # timm keyword overrides (tiny test models: embed_dim, depth, num_heads, img_size ...).
+    timm_kwargs: dict = field(default_factory=dict)
+    # Weight file (emonet_8.pth, mae_pretrain_vit_base.pth, ...) or None for random init.
+    checkpoint: Optional[str] = None
+    # Frozen encoders get no gradients and stay in eval() (BatchNorm statistics, dropout).
+    frozen: bool = True
+    # EmoNet's official evaluation averages predictions with those of the mirrored face.
+    flip_average: bool = False
+    # Width of cached features when name == "features".
+    dim: int = 256
+
+
+@dataclass
+class AudioEncoderConfig:
+    # "wav2vec2" (transformers Wav2Vec2Model) or "features" (cached per-frame features of width `dim`).
+    name: str = "wav2vec2"
+    # Local folder with config.json + model.safetensors (from_pretrained), or None: build from
+    # `hf_config` (random weights; tiny configs for tests and the demo).
+    path: Optional[str] = None
+    # Wav2Vec2Config overrides when building from a config.
+    hf_config: dict = field(default_factory=dict)
+    # Which hidden state to use: an index into hidden_states (0 = CNN features after projection),
+    # -1 for the last layer, or "weighted" for a learned softmax-weighted sum of all layers.
+    layer: Any = -1
+    frozen: bool = True
+    # Width of cached features when name == "features".
+    dim: int = 768
+
+
+@dataclass
+class FusionConfig:
+    # Transformer width; ABAW5's MAE + audio + Transformer system used a 6-layer encoder.
+    d_model: int = 256
+    n_layers: int = 6
+    n_heads: int = 4
+    ff_mult: int = 4
+    dropout: float = 0.1
+    # Longest window (frames) the learned temporal embedding covers.
+    max_len: int = 512
+    # Probability, per clip in training, of dropping a whole modality so the model learns to cope
+    # with a missing audio track or missing faces.
+    modality_dropout: float = 0.1
+    # Extra expression-classification head (0 = none).
+    n_expression: int = 0
+
+
+@dataclass
+class ModelConfig:
+    # "av" (audio-visual), "video" (video only: AFEW-VA has no audio) or "audio".
+    mode: str = "av"
+    video: Optional[VideoEncoderConfig] = field(default_factory=VideoEncoderConfig)
+    audio: Optional[AudioEncoderConfig] = field(default_factory=AudioEncoderConfig)
+    # None: no temporal model; the video encoder's own per-frame valence/arousal are the output
+    # (EmoNet applied frame by frame, the zero-shot setting researchers start from).
+    fusion: Optional[FusionConfig] = field(default_factory=FusionConfig)
+    # Name of the registry entry this config came from (informational).
+    name: str = ""
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return from_dict(tp, value)
+    return value
+
+
+def from_dict(cls: Type[T], data: dict | None) -> T:
+    """Build dataclass ``cls`` from a (possibly nested) dict; unknown keys are an error."""
+    data = dict(data or {})
+    hints = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown key(s) {unknown}; valid keys: {sorted(hints)}")
+    kwargs = {}
+    for name, f in hints.items():
+        if name not in data:
+            continue
+        value = data[name]
+        tp = _resolve_type(cls, f)
+        kwargs[name] = _coerce(tp, value) if value is not None else None
+    return cls(**kwargs)
+
+
+_NESTED = {
+    ("ModelConfig", "video"): VideoEncoderConfig,
+    ("ModelConfig", "audio"): AudioEncoderConfig,
+    ("ModelConfig", "fusion"): FusionConfig,
+}
+
+
+def _resolve_type(cls: type, f: dataclasses.Field) -> Any:
+    return _NESTED.get((cls.__name__, f.name), _EXTRA_NESTED.get((cls.__name__, f.name), object))
+
+
+# Other modules (training, data) register their nested dataclass fields here.
+_EXTRA_NESTED: dict[tuple[str, str], type] = {}
+
+
+def register_nested(cls_name: str, field_name: str, tp: type) -> None:
+    _EXTRA_NESTED[(cls_name, field_name)] = tp
+
+
+def to_dict(obj: Any) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw)
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            if node.get(p) is None:
+                node[p] = {}
+            node = node[p]
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {p!r} is not a mapping")
+        node[parts[-1]] = value
+    return data
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Recursive dict merge: ``update`` wins; returns a new dict."""
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out

@@ -1,0 +1,524 @@
+"""Face boxes and square face crops for every frame of a clip.
+
+A :class:`FaceDetector` answers one question per frame: where are the faces. Four backends
+(:func:`create_detector`):
+
+- ``yunet``: OpenCV's ``cv2.FaceDetectorYN`` with the YuNet ONNX model, for arbitrary video.
+  OpenCV 5 has no Haar cascades any more, so this is the only detector that needs no extra
+  package; it needs the model file (:func:`resolve_yunet_model`, :func:`download_yunet`).
+- ``landmarks``: the box of per-frame dataset landmarks (AFEW-VA ships 68 points per frame).
+- ``precropped``: frames that already are aligned face crops (Aff-Wild2 ``cropped_aligned``).
+- ``full``: the whole frame is used as the face.
+
+:class:`FaceCropper` turns the detections of a clip into one square crop per frame: the chosen
+face (largest or most confident), a margin around it, a box smoothed over time, padding where
+the box leaves the image, and a mask of the frames where no face was found. Frames without a
+face are kept (masked), never dropped, so crops stay aligned with labels.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+
+# Name the resolver and the downloader give the YuNet file, whatever its upstream version.
+YUNET_FILENAME = "face_detection_yunet.onnx"
+
+# Known upstream YuNet files: {filename: (urls tried in order, sha256)}. The OpenCV model zoo
+# stores them with Git LFS: github.com/<repo>/raw/ redirects to the real file, whereas
+# raw.githubusercontent.com would return the small LFS pointer (the sha256 check catches that).
+# Sizes: 2026may 229,738 bytes, 2023mar 232,589 bytes (public records of the zoo's files).
+YUNET_FILES: dict[str, tuple[tuple[str, ...], str]] = {
+    "face_detection_yunet_2026may.onnx": (
+        (
+            "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/"
+            "face_detection_yunet_2026may.onnx",
+            "https://huggingface.co/opencv/face_detection_yunet/resolve/main/"
+            "face_detection_yunet_2026may.onnx",
+        ),
+        "ebafce4e3c118d6554634be5c27ab333b4c047a9a8c3faf1d7cf93101c22f0f0",
+    ),
+    "face_detection_yunet_2023mar.onnx": (
+        (
+            "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/"
+            "face_detection_yunet_2023mar.onnx",
+            "https://huggingface.co/opencv/face_detection_yunet/resolve/main/"
+            "face_detection_yunet_2023mar.onnx",
+        ),
+        "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4",
+    ),
+}
+# The version the project is tested with (its output on skimage's astronaut is in the tests).
+DEFAULT_YUNET_FILE = "face_detection_yunet_2026may.onnx"
+
+# <repo>/pretrained: where a source checkout keeps weight files it does not commit.
+_REPO_PRETRAINED = Path(__file__).resolve().parents[2] / "pretrained"
+
+
+def avfusion_home() -> Path:
+    """Where avfusion keeps downloaded files: ``$AVFUSION_HOME``, else ``~/.cache/avfusion``."""
+    return Path(os.environ.get("AVFUSION_HOME") or "~/.cache/avfusion").expanduser()
+
+
+# --- detections and detectors -------------------------------------------------------------------
+
+
+@dataclass
+class Detection:
+    """One face in one frame, in pixel coordinates of that frame.
+
+    ``box`` is ``(x, y, w, h)`` of the top-left corner and size. ``landmarks5`` ``(5, 2)`` are, when
+    the backend gives them, YuNet's five points: right eye, left eye, nose tip, right and left mouth
+    corner, where right and left are the person's (their right eye appears on the image's left).
+    """
+
+    box: tuple[float, float, float, float]
+    score: float = 1.0
+    landmarks5: np.ndarray | None = None
+
+    @property
+    def area(self) -> float:
+        return float(self.box[2] * self.box[3])
+
+    @property
+    def center(self) -> tuple[float, float]:
+        x, y, w, h = self.box
+        return x + w / 2.0, y + h / 2.0
+
+
+def _check_frame(frame: np.ndarray) -> None:
+    if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3:
+        shape = getattr(frame, "shape", type(frame).__name__)
+        raise ValueError(f"face detection expects an RGB frame (H, W, 3), got {shape}")
+    if frame.dtype != np.uint8:
+        raise ValueError(f"face detection expects uint8 frames, got {frame.dtype}")
+
+
+class FaceDetector:
+    """Base class: ``detect`` one RGB uint8 frame ``(H, W, 3)``, or ``detect_batch`` ``(T, H, W, 3)``.
+
+    ``landmarks`` (``(K, 2)`` per frame, ``(T, K, 2)`` per batch) is read only by backends that use
+    dataset landmarks; the others ignore it. ``whole_frame`` backends return the whole image as the
+    face, and the cropper adds no margin around it.
+    """
+
+    name: str = "base"
+    whole_frame: bool = False
+
+    def detect(self, frame: np.ndarray, landmarks: np.ndarray | None = None) -> list[Detection]:
+        raise NotImplementedError
+
+    def detect_batch(
+        self, frames: np.ndarray, landmarks: np.ndarray | None = None
+    ) -> list[list[Detection]]:
+        if landmarks is not None and len(landmarks) != len(frames):
+            raise ValueError(f"{len(frames)} frames but landmarks for {len(landmarks)}")
+        return [
+            self.detect(frame, None if landmarks is None else landmarks[t])
+            for t, frame in enumerate(frames)
+        ]
+
+
+class FullFrameDetector(FaceDetector):
+    """The whole frame is the face (video that is already framed on one face, or no face at all)."""
+
+    name = "full"
+    whole_frame = True
+
+    def detect(self, frame: np.ndarray, landmarks: np.ndarray | None = None) -> list[Detection]:
+        _check_frame(frame)
+        h, w = frame.shape[:2]
+        return [Detection((0.0, 0.0, float(w), float(h)), 1.0)]
+
+
+class PrecroppedDetector(FullFrameDetector):
+    """Frames already are aligned face crops (Aff-Wild2 ``cropped_aligned``): the image is the face.
+
+    A missing crop is the dataset's business: it marks that frame invalid and the cropper masks it.
+    """
+
+    name = "precropped"
+
+
+class LandmarkDetector(FaceDetector):
+    """The face box is the bounding box of the frame's landmarks (AFEW-VA: iBUG-68 points).
+
+    The 68 points start at the brows, so this box leaves out the forehead; the cropper's margin
+    brings it back. A frame whose landmarks contain NaN/inf (or fewer than 2 points) has no face.
+    """
+
+    name = "landmarks"
+
+    def detect(self, frame: np.ndarray, landmarks: np.ndarray | None = None) -> list[Detection]:
+        if landmarks is None:
+            raise ValueError(
+                "the 'landmarks' face detector needs per-frame landmarks (T, K, 2); "
+                "pass landmarks=... or choose another detector ('yunet', 'full')"
+            )
+        pts = np.asarray(landmarks, dtype=np.float64)
+        if pts.ndim != 2 or pts.shape[1] != 2:
+            raise ValueError(f"landmarks of one frame must be (K, 2), got {pts.shape}")
+        if len(pts) < 2 or not np.isfinite(pts).all():
+            return []
+        x0, y0 = pts.min(axis=0)
+        x1, y1 = pts.max(axis=0)
+        return [Detection((float(x0), float(y0), float(x1 - x0), float(y1 - y0)), 1.0)]
+
+
+class YuNetDetector(FaceDetector):
+    """OpenCV's ``cv2.FaceDetectorYN`` running the YuNet ONNX model.
+
+    Frames whose longer side exceeds ``max_side`` are shrunk to it before detection (YuNet's own
+    demos run at 320-640 px; a 1080p frame costs ~7x more for faces that are big anyway) and the
+    boxes scaled back. The OpenCV object is created lazily and not pickled, so a detector built in
+    the parent process works inside DataLoader workers.
+    """
+
+    name = "yunet"
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike | None = None,
+        score_threshold: float = 0.6,
+        nms_threshold: float = 0.3,
+        top_k: int = 5000,
+        max_side: int | None = 640,
+    ) -> None:
+        self.model_path = resolve_yunet_model(model_path)
+        self.score_threshold = float(score_threshold)
+        self.nms_threshold = float(nms_threshold)
+        self.top_k = int(top_k)
+        self.max_side = max_side
+        self._net: Any = None
+        self._size: tuple[int, int] | None = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_net"], state["_size"] = None, None
+        return state
+
+    def _detector(self, size: tuple[int, int]) -> Any:
+        if self._net is None:
+            try:
+                self._net = cv2.FaceDetectorYN.create(
+                    str(self.model_path), "", size, self.score_threshold, self.nms_threshold,
+                    self.top_k,
+                )
+            except cv2.error as e:
+                raise RuntimeError(
+                    f"{self.model_path}: OpenCV could not load this YuNet model ({e}). Replace it "
+                    "with the official file (`avfusion download yunet`)."
+                ) from e
+            self._size = size
+        elif self._size != size:
+            # FaceDetectorYN runs at a fixed input size: it must match every frame.
+            self._net.setInputSize(size)
+            self._size = size
+        return self._net
+
+    def detect(self, frame: np.ndarray, landmarks: np.ndarray | None = None) -> list[Detection]:
+        _check_frame(frame)
+        h, w = frame.shape[:2]
+        image = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)  # OpenCV models are trained on BGR
+        if self.max_side is not None and max(h, w) > self.max_side:
+            scale = self.max_side / max(h, w)
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            scale_x, scale_y = size[0] / w, size[1] / h
+        else:
+            scale_x = scale_y = 1.0
+        _, faces = self._detector((image.shape[1], image.shape[0])).detect(image)
+        if faces is None:
+            return []
+        out = []
+        for f in faces:
+            x, y, bw, bh = (float(v) for v in f[:4])
+            pts = np.array(f[4:14], dtype=np.float32).reshape(5, 2)
+            pts /= np.array([scale_x, scale_y], dtype=np.float32)
+            out.append(
+                Detection((x / scale_x, y / scale_y, bw / scale_x, bh / scale_y), float(f[14]), pts)
+            )
+        return out
+
+
+_DETECTORS: dict[str, Callable[..., FaceDetector]] = {
+    "yunet": YuNetDetector,
+    "landmarks": LandmarkDetector,
+    "precropped": PrecroppedDetector,
+    "full": FullFrameDetector,
+}
+
+
+def create_detector(name: str, **kwargs: Any) -> FaceDetector:
+    """Build a face detector by name: ``yunet``, ``landmarks``, ``precropped`` or ``full``.
+
+    ``yunet`` takes ``model_path``, ``score_threshold`` (0.6), ``nms_threshold`` (0.3), ``top_k``
+    and ``max_side`` (640); the others take no arguments.
+    """
+    if name not in _DETECTORS:
+        raise ValueError(f"unknown face detector {name!r}; choose one of {sorted(_DETECTORS)}")
+    return _DETECTORS[name](**kwargs)
+
+
+# --- the YuNet model file -----------------------------------------------------------------------
+
+
+def yunet_search_paths() -> list[Path]:
+    """Where :func:`resolve_yunet_model` looks when no path is given, in order."""
+    return [avfusion_home() / YUNET_FILENAME, _REPO_PRETRAINED / YUNET_FILENAME]
+
+
+def resolve_yunet_model(path: str | os.PathLike | None = None) -> Path:
+    """The YuNet ONNX file: ``path`` if given, else ``$AVFUSION_HOME`` or the repo's ``pretrained/``.
+
+    Raises FileNotFoundError saying where to put the file when there is none.
+    """
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"YuNet model file not found: {p}. Give the path of a YuNet ONNX file "
+                f"(OpenCV model zoo, e.g. {DEFAULT_YUNET_FILE}), or run `avfusion download yunet`."
+            )
+        return p
+    candidates = yunet_search_paths()
+    for p in candidates:
+        if p.is_file():
+            return p
+    looked = ", ".join(str(p) for p in candidates)
+    raise FileNotFoundError(
+        f"YuNet face detector model not found (looked for {looked}). Put the OpenCV model zoo file "
+        f"{DEFAULT_YUNET_FILE} at {candidates[0]} (set AVFUSION_HOME to change the folder), pass "
+        "model_path=..., or run `avfusion download yunet` on a machine with internet access. "
+        "OpenCV 5 has no Haar cascades to fall back on; the 'landmarks', 'precropped' and 'full' "
+        "detectors need no model file."
+    )
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fetch(url: str, dest: Path) -> None:
+    """Copy ``url`` (https://, file://) to ``dest``; tests replace this to stay offline."""
+    with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as f:
+        for block in iter(lambda: response.read(1 << 20), b""):
+            f.write(block)
+
+
+def download_yunet(
+    dest: str | os.PathLike | None = None,
+    filename: str = DEFAULT_YUNET_FILE,
+    overwrite: bool = False,
+) -> Path:
+    """Fetch the official YuNet ONNX file and verify its sha256; returns the saved path.
+
+    ``dest`` is a file path or a folder (default ``$AVFUSION_HOME``); the file is saved as
+    ``face_detection_yunet.onnx`` there, which is where :func:`resolve_yunet_model` looks. Each
+    known mirror is tried in turn; a file whose sha256 differs from the recorded one is deleted,
+    never kept. An existing file with the right sha256 is kept unless ``overwrite``.
+    """
+    if filename not in YUNET_FILES:
+        raise ValueError(f"unknown YuNet file {filename!r}; known: {sorted(YUNET_FILES)}")
+    urls, expected = YUNET_FILES[filename]
+    target = Path(dest).expanduser() if dest is not None else avfusion_home()
+    if target.is_dir() or dest is None or target.suffix != ".onnx":
+        target = target / YUNET_FILENAME
+    if target.is_file() and not overwrite and sha256_file(target) == expected:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    failures = []
+    for url in urls:
+        try:
+            _fetch(url, part)
+            got = sha256_file(part)
+        except OSError as e:
+            part.unlink(missing_ok=True)
+            failures.append(f"{url}: {e}")
+            continue
+        if got != expected:
+            part.unlink(missing_ok=True)
+            failures.append(f"{url}: sha256 mismatch (got {got}, expected {expected}); file deleted")
+            continue
+        os.replace(part, target)
+        return target
+    raise RuntimeError(
+        f"could not download {filename} to {target}:\n  " + "\n  ".join(failures)
+        + f"\nDownload it by hand from {urls[0]}, check that its sha256 is {expected}, and save it "
+        f"as {target}."
+    )
+
+
+# --- square crops of a clip ---------------------------------------------------------------------
+
+
+class FaceCropper:
+    """One square face crop per frame of a clip, with a mask of the frames that have a face.
+
+    Policy, frame by frame:
+
+    1. Detections scoring below ``min_score`` are discarded; of the rest, ``select="largest"``
+       keeps the biggest box (area), ``select="confident"`` the highest score.
+    2. The box becomes a square centred on the face with side ``max(w, h) * (1 + 2 * margin)``:
+       ``margin`` is the fraction of the face size added on each side (0.25 -> 1.5x the face).
+       ``whole_frame`` detectors (``full``, ``precropped``) get no margin: the square is the
+       frame's longer side, centred, so non-square frames are letterboxed, not stretched.
+    3. Smoothing: a centred moving average of centre and side over ``smoothing`` frames (odd
+       window; 1 = off), taken over the frames of the window that have a face. A neighbour whose
+       centre is more than ``max_jump`` times the frame's side away (a shot cut, another person)
+       is left out, so a cut is not blurred into the frames around it. Smoothing works within the
+       clip passed in.
+    4. Frames without a face (none detected, ``valid`` False, or non-finite landmarks) get
+       ``face_mask`` False and stay in the clip. Their crop is all ``pad_value`` when
+       ``missing="zeros"``, or the crop at the box of the nearest frame with a face when
+       ``missing="nearest"`` (a clip with no face at all gives ``pad_value`` crops either way).
+    5. Parts of the square outside the image are filled with ``pad_value``, so the face stays
+       centred; the square is resized to ``output_size`` with INTER_AREA when shrinking and
+       INTER_LINEAR when enlarging.
+    """
+
+    def __init__(
+        self,
+        detector: FaceDetector | str = "full",
+        margin: float = 0.25,
+        output_size: int = 256,
+        smoothing: int = 5,
+        select: str = "largest",
+        min_score: float = 0.0,
+        missing: str = "zeros",
+        pad_value: int = 0,
+        max_jump: float = 0.5,
+    ) -> None:
+        self.detector = create_detector(detector) if isinstance(detector, str) else detector
+        if select not in ("largest", "confident"):
+            raise ValueError(f"select must be 'largest' or 'confident', got {select!r}")
+        if missing not in ("zeros", "nearest"):
+            raise ValueError(f"missing must be 'zeros' or 'nearest', got {missing!r}")
+        if margin < 0 or output_size < 1 or smoothing < 0:
+            raise ValueError("margin must be >= 0, output_size >= 1 and smoothing >= 0")
+        self.margin = float(margin)
+        self.output_size = int(output_size)
+        self.smoothing = int(smoothing)
+        self.select = select
+        self.min_score = float(min_score)
+        self.missing = missing
+        self.pad_value = int(pad_value)
+        self.max_jump = float(max_jump)
+
+    def __call__(
+        self,
+        frames: np.ndarray,
+        landmarks: np.ndarray | None = None,
+        valid: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """frames: (T, H, W, 3) uint8 RGB; landmarks: (T, K, 2) or None; valid: (T,) bool or None.
+
+        Returns crops ``(T, S, S, 3)`` uint8 and face_mask ``(T,)`` bool.
+        """
+        boxes, face_mask = self.boxes(frames, landmarks, valid)
+        return self.crop(frames, boxes, face_mask), face_mask
+
+    def boxes(
+        self,
+        frames: np.ndarray,
+        landmarks: np.ndarray | None = None,
+        valid: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The smoothed square boxes ``(T, 3)`` as (centre x, centre y, side), and face_mask ``(T,)``.
+
+        Boxes of frames without a face are NaN.
+        """
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[3] != 3:
+            raise ValueError(f"frames must be (T, H, W, 3) RGB, got {frames.shape}")
+        T = len(frames)
+        if valid is None:
+            valid = np.ones(T, dtype=bool)
+        valid = np.asarray(valid, dtype=bool)
+        if valid.shape != (T,):
+            raise ValueError(f"valid must be ({T},) for {T} frames, got {valid.shape}")
+        if landmarks is not None:
+            landmarks = np.asarray(landmarks)
+            if landmarks.ndim != 3 or landmarks.shape[0] != T or landmarks.shape[2] != 2:
+                raise ValueError(f"landmarks must be ({T}, K, 2) for {T} frames, got {landmarks.shape}")
+        raw = np.full((T, 3), np.nan)
+        idx = np.flatnonzero(valid)
+        if len(idx):
+            dets = self.detector.detect_batch(
+                frames[idx], None if landmarks is None else landmarks[idx]
+            )
+            margin = 0.0 if self.detector.whole_frame else self.margin
+            for t, frame_dets in zip(idx, dets):
+                best = self._choose(frame_dets)
+                if best is not None:
+                    cx, cy = best.center
+                    raw[t] = (cx, cy, max(best.box[2], best.box[3]) * (1.0 + 2.0 * margin))
+        face_mask = np.isfinite(raw).all(axis=1) & (raw[:, 2] > 0)
+        raw[~face_mask] = np.nan
+        return self._smooth(raw, face_mask), face_mask
+
+    def _choose(self, dets: list[Detection]) -> Detection | None:
+        dets = [d for d in dets if d.score >= self.min_score and d.box[2] > 0 and d.box[3] > 0]
+        if not dets:
+            return None
+        if self.select == "largest":
+            return max(dets, key=lambda d: d.area)
+        return max(dets, key=lambda d: d.score)
+
+    def _smooth(self, raw: np.ndarray, face_mask: np.ndarray) -> np.ndarray:
+        if self.smoothing <= 1:
+            return raw
+        half = self.smoothing // 2
+        out = raw.copy()
+        for t in np.flatnonzero(face_mask):
+            lo, hi = max(0, t - half), min(len(raw), t + half + 1)
+            window = raw[lo:hi][face_mask[lo:hi]]
+            near = np.hypot(*(window[:, :2] - raw[t, :2]).T) <= self.max_jump * raw[t, 2]
+            out[t] = window[near].mean(axis=0)
+        return out
+
+    def crop(self, frames: np.ndarray, boxes: np.ndarray, face_mask: np.ndarray) -> np.ndarray:
+        """Cut ``boxes`` (T, 3) out of ``frames`` (T, H, W, 3); returns (T, S, S, 3) uint8."""
+        T, S = len(frames), self.output_size
+        crops = np.full((T, S, S, 3), self.pad_value, dtype=np.uint8)
+        have = np.flatnonzero(face_mask)
+        for t in range(T):
+            if face_mask[t]:
+                box = boxes[t]
+            elif self.missing == "nearest" and len(have):
+                box = boxes[have[np.argmin(np.abs(have - t))]]
+            else:
+                continue
+            crops[t] = crop_square(frames[t], box, S, self.pad_value)
+        return crops
+
+
+def crop_square(frame: np.ndarray, box: np.ndarray, size: int, pad_value: int = 0) -> np.ndarray:
+    """Crop the square ``box`` (centre x, centre y, side) out of ``frame`` (H, W, 3), padding with
+    ``pad_value`` where it leaves the image, and resize it to ``(size, size, 3)``."""
+    cx, cy, side = (float(v) for v in box)
+    h, w = frame.shape[:2]
+    n = max(1, int(round(side)))
+    x0, y0 = int(round(cx - n / 2.0)), int(round(cy - n / 2.0))
+    x1, y1 = x0 + n, y0 + n
+    ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if ix0 >= ix1 or iy0 >= iy1:
+        return np.full((size, size, 3), pad_value, dtype=np.uint8)
+    square = cv2.copyMakeBorder(
+        np.ascontiguousarray(frame[iy0:iy1, ix0:ix1]),
+        iy0 - y0, y1 - iy1, ix0 - x0, x1 - ix1,
+        cv2.BORDER_CONSTANT, value=(pad_value,) * 3,
+    )
+    interp = cv2.INTER_AREA if n > size else cv2.INTER_LINEAR
+    return cv2.resize(square, (size, size), interpolation=interp)
