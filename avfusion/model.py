@@ -37,7 +37,7 @@ class AVModel(nn.Module):
         video_dim = self._width(self.video_encoder, cfg.video) if self.use_video else None
         audio_dim = self._width(self.audio_encoder, cfg.audio) if self.use_audio else None
         if cfg.fusion is None:
-            if cfg.mode != "video" or not hasattr(self.video_encoder, "predict_frames"):
+            if cfg.mode != "video" or not getattr(self.video_encoder, "has_va_head", False):
                 raise ValueError(
                     "fusion: null (frame-by-frame) needs mode 'video' and an encoder with its own "
                     "valence/arousal head (EmoNet)"
@@ -148,7 +148,7 @@ class AVModel(nn.Module):
         idx = valid.flatten().nonzero().squeeze(1)
         for i in range(0, idx.numel(), self.encoder_chunk):
             j = idx[i : i + self.encoder_chunk]
-            out = self.video_encoder.predict_frames(flat[j])  # type: ignore[union-attr]
+            out = self.video_encoder(flat[j])  # EmoNet: dict with its own valence/arousal
             vals[j] = torch.stack([out["valence"], out["arousal"]], dim=-1).float()
         vals = vals.clamp(-1, 1).view(B, T, 2)
         return {"valence": vals[..., 0], "arousal": vals[..., 1]}

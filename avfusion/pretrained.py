@@ -5,7 +5,9 @@ One filter function per checkpoint family (EmoNet, MAE ViT). Files are read with
 """
 from __future__ import annotations
 
+import argparse
 import math
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -113,8 +115,8 @@ def load_emonet_checkpoint(model: nn.Module, path_or_state_dict: str | Path | Ma
 # the file's other LayerNorm is dropped and the model's slot is the one expected-missing pair,
 # set to the identity affine (weight 1, bias 0), exactly where MAE fine-tuning starts. So a
 # pre-training file into pool="avg" misses exactly {fc_norm.weight, fc_norm.bias}; into pool="cls"
-# nothing. A frozen encoder loses nothing by this: the fusion model's linear projection absorbs any
-# per-channel affine of the pooled feature.
+# nothing. (Copying the per-token `norm` into `fc_norm` would apply an affine learnt for single tokens
+# to the normalised mean of the tokens; we prefer MAE's own starting point.)
 
 _MAE_DROP_KEYS = frozenset({"mask_token", "decoder_pos_embed"})
 _MAE_DROP_PREFIXES = ("decoder_embed.", "decoder_blocks.", "decoder_norm.", "decoder_pred.", "head.")
@@ -141,10 +143,18 @@ def read_mae_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     ``torch.load(weights_only=True)`` with only ``argparse.Namespace`` allow-listed, and only for
     this load (the pre-training files keep their command line in ``args``).
     """
-    import argparse
-
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        raw = _read_weights(path, "MAE ViT")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            raw = _read_weights(path, "MAE ViT")
+    except ValueError as e:
+        # torch's first line only says the load failed; the type it refused is further down.
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e.__cause__ or ""))
+        if refused is None:
+            raise
+        raise ValueError(
+            f"{path}: holds a {refused.group(1)} object, which torch.load(weights_only=True) refuses; an "
+            f"MAE checkpoint needs only tensors, plain containers and argparse.Namespace"
+        ) from e
     sd: Any = raw
     if isinstance(sd, Mapping) and isinstance(sd.get("model"), Mapping):
         sd = sd["model"]

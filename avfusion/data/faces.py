@@ -375,7 +375,7 @@ class FaceCropper:
        ``whole_frame`` detectors (``full``, ``precropped``) get no margin: the square is the
        frame's longer side, centred, so non-square frames are letterboxed, not stretched.
     3. Smoothing: a centred moving average of centre and side over ``smoothing`` frames (odd
-       window; 1 = off), taken over the frames of the window that have a face. A neighbour whose
+       window, an even one acts as the next odd; 0 or 1 = off), taken over the frames of the window that have a face. A neighbour whose
        centre is more than ``max_jump`` times the frame's side away (a shot cut, another person)
        is left out, so a cut is not blurred into the frames around it. Smoothing works within the
        clip passed in.

@@ -107,13 +107,14 @@ class ClipTransform:
                 rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
             p = self.sample_params(rng)
             x = self._geometry(x, p)
-            x = x.astype(np.float32) / 255.0
+        x = x.astype(np.float32)
+        x *= np.float32(1.0 / 255.0)
+        if self.train:
             x = _colour_jitter(x, p["brightness"], p["contrast"], p["saturation"])
-        else:
-            x = x.astype(np.float32) / 255.0
         if self.hsv:
             x = rgb_to_hsv01(x)
-        x = (x - self.mean) / self.std
+        x -= self.mean
+        x /= self.std
         return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
     def _resize(self, clip: np.ndarray) -> np.ndarray:

@@ -4,6 +4,8 @@ Video encoders take normalised face crops ``(N, 3, H, W)`` (normalised as their 
 says; the data transforms read it) and return one feature per image ``(N, num_features)``.
 Audio encoders take 16 kHz mono waveforms ``(B, S)`` plus the time of every video frame in seconds
 from the first sample ``(B, T)`` and return one feature per video frame ``(B, T, num_features)``.
+Those are frame *start* times (frame k at fps: k/fps, like the decoder's timestamps); the encoder
+samples the audio features at each frame's centre (see ``wav2vec2.frame_centres``).
 """
 from __future__ import annotations
 

@@ -131,6 +131,8 @@ class EmoNet(nn.Module):
         super().__init__()
         if width % 16 != 0 or width <= 0:
             raise ValueError(f"EmoNet width must be a positive multiple of 16 (ConvBlock splits /4), got {width}")
+        if num_modules < 1:
+            raise ValueError(f"EmoNet needs at least one hourglass module, got num_modules={num_modules}")
         self.num_modules = num_modules
         self.n_expression = n_expression
         self.n_reg = n_reg
@@ -183,7 +185,7 @@ class EmoNet(nn.Module):
         x = self.conv4(self.conv3(x))
         previous = x
         hg_features: list[torch.Tensor] = []
-        heatmaps = x  # replaced in the loop (num_modules >= 1)
+        heatmaps = x  # replaced in the loop (num_modules >= 1 is checked at construction)
         for i in range(self.num_modules):
             hg = self._modules[f"m{i}"](previous)
             ll = self._modules[f"top_m_{i}"](hg)
@@ -198,15 +200,21 @@ class EmoNet(nn.Module):
 
     def forward_head(
         self, stem: torch.Tensor, heatmaps: torch.Tensor, hg_features: list[torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Emotion head. Returns the pooled emotion feature (N, w) and the raw outputs
-        (N, n_expression + n_reg)."""
+    ) -> dict[str, torch.Tensor]:
+        """Emotion head on the outputs of :meth:`forward_fan`; returns the dict of :meth:`forward`."""
         hg = torch.cat(hg_features, dim=1)
         if self.attention:
             hg = hg * heatmaps.sum(dim=1, keepdim=True)
         feat = self.conv1x1_input_emo_2(torch.cat((stem, hg), dim=1))
         feat = self.avg_pool_2(self.emo_net_2(feat)).flatten(1)
-        return feat, self.emo_fc_2(feat)
+        out = self.emo_fc_2(feat)
+        return {
+            "heatmap": heatmaps,
+            "expression": out[:, : self.n_expression],
+            "valence": out[:, -2],
+            "arousal": out[:, -1],
+            "feature": feat,
+        }
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """x: (N, 3, 256, 256) RGB in [0, 1].
@@ -215,15 +223,7 @@ class EmoNet(nn.Module):
         and ``arousal`` (N,) (unbounded; clip to [-1, 1] for scoring) and ``feature`` (N, width),
         the pooled emotion feature.
         """
-        stem, heatmaps, hg_features = self.forward_fan(x)
-        feat, out = self.forward_head(stem, heatmaps, hg_features)
-        return {
-            "heatmap": heatmaps,
-            "expression": out[:, : self.n_expression],
-            "valence": out[:, -2],
-            "arousal": out[:, -1],
-            "feature": feat,
-        }
+        return self.forward_head(*self.forward_fan(x))
 
 
 class EmoNetEncoder(VideoEncoder):
@@ -287,21 +287,19 @@ class EmoNetEncoder(VideoEncoder):
         self.train(self.training)
 
     def train(self, mode: bool = True) -> "EmoNetEncoder":
-        super().train(mode)
-        if self.frozen:
-            self.net.eval()
-        elif self.freeze_trunk:
+        # A frozen encoder ignores train(): BatchNorm statistics must stay those of the weights.
+        super().train(mode and not self.frozen)
+        if self.freeze_trunk:
             for m in self.net.fan_modules():
                 m.eval()
         return self
 
     def _run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.freeze_trunk and not self.frozen and torch.is_grad_enabled():
+            # No autograd graph through the trunk: only the emotion head trains.
             with torch.no_grad():
-                stem, heatmaps, hg_features = self.net.forward_fan(x)
-            feat, out = self.net.forward_head(stem, heatmaps, hg_features)
-            n = self.net.n_expression
-            return {"heatmap": heatmaps, "expression": out[:, :n], "valence": out[:, -2], "arousal": out[:, -1], "feature": feat}
+                trunk = self.net.forward_fan(x)
+            return self.net.forward_head(*trunk)
         return self.net(x)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -321,22 +319,41 @@ class EmoNetEncoder(VideoEncoder):
         return self.forward(x)["feature"]
 
 
+class FastEmoNet:
+    """Inference runner made by :func:`optimize_for_inference`; ``module`` is the converted copy."""
+
+    def __init__(self, module: nn.Module, run: Callable[[torch.Tensor], dict], channels_last: bool) -> None:
+        self.module = module
+        self._run = run
+        self._channels_last = channels_last
+        param = next(module.parameters())
+        self.device, self.dtype = param.device, param.dtype
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x: (N, 3, H, W) float images of any dtype/device. Returns the output dict in float32."""
+        x = x.to(device=self.device, dtype=self.dtype)
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return {k: v.float() for k, v in self._run(x).items()}
+
+
 def optimize_for_inference(
     model: nn.Module,
     dtype: Optional[torch.dtype] = torch.bfloat16,
     channels_last: bool = True,
     compile: bool = False,
     device: Optional[torch.device | str] = None,
-) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+) -> FastEmoNet:
     """A fast inference copy of an :class:`EmoNet` or :class:`EmoNetEncoder`.
 
     The copy is put in eval(), optionally moved to ``device``, cast to ``dtype`` (bfloat16 weights:
-    oneDNN runs them on AVX512-BF16 / AMX CPUs, tensor cores on CUDA) and to channels_last (the
-    layout oneDNN and cuDNN convolutions prefer). With ``compile`` it is wrapped in torch.compile;
-    on the CPU with inductor freezing, which treats the weights as constants and prepacks
-    them for oneDNN. The returned callable takes float images (N, 3, H, W) of any dtype, runs under
-    torch.inference_mode and returns the model's output dict in float32. The original model is left
-    untouched.
+    oneDNN runs them on AVX512-BF16 / AMX CPUs, tensor cores on CUDA; None keeps float32) and to
+    channels_last (the layout oneDNN and cuDNN convolutions prefer). With ``compile`` it is wrapped
+    in torch.compile, on the CPU with inductor freezing, which treats the weights as constants and
+    prepacks them for oneDNN. The runner takes float images (N, 3, H, W), runs under
+    torch.inference_mode and returns the model's output dict in float32. The original model is
+    left untouched.
     """
     fast = copy.deepcopy(model).eval()
     for p in fast.parameters():
@@ -347,21 +364,10 @@ def optimize_for_inference(
         fast = fast.to(dtype)
     if channels_last:
         fast = fast.to(memory_format=torch.channels_last)
-    param = next(fast.parameters())
-    run: Callable = fast
+    run: Callable[[torch.Tensor], dict] = fast
     if compile:
-        # Passed as a per-compile option rather than set in torch._inductor.config, so other
-        # compiled models in the process are unaffected.
-        options = {"freezing": True} if param.device.type == "cpu" else None
+        # A per-compile option rather than a write to torch._inductor.config, so other compiled
+        # models in the process are unaffected.
+        options = {"freezing": True} if next(fast.parameters()).device.type == "cpu" else None
         run = torch.compile(fast, options=options)
-
-    def infer(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = x.to(device=param.device, dtype=param.dtype)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            out = run(x)
-            return {k: v.float() for k, v in out.items()}
-
-    infer.module = fast  # type: ignore[attr-defined]
-    return infer
+    return FastEmoNet(fast, run, channels_last)

@@ -7,10 +7,11 @@ Timing, in one place:
   samples ``[320 j, 320 j + 400)``; we place it at the centre of that span,
   ``t_j = (320 j + 200) / 16000 = 0.02 j + 0.0125`` s (:func:`feature_times`; derived from the
   model's own ``conv_kernel`` / ``conv_stride``).
-- A video frame ``k`` at ``fps`` is shown during ``[k / fps, (k + 1) / fps)``. **Frame times are frame
-  centres**: :func:`frame_times_from_fps` returns ``(k + 0.5) / fps`` and
-  :func:`frame_times_from_timestamps` turns per-frame start timestamps (PTS) into centres. The
-  ``frame_times`` an encoder receives are such centres, in seconds from the first audio sample.
+- A video frame ``k`` at ``fps`` is shown during ``[k / fps, (k + 1) / fps)``. **Frame times are
+  frame start times** (presentation timestamps), as the data pipeline's ``frame_times`` and
+  ``timestamps`` are: :func:`frame_times_from_fps` returns ``k / fps``. Each frame is sampled at its
+  *centre*: it lasts until the next frame starts (variable frame rate is fine), the last one as long
+  as the one before it (:func:`frame_centres`).
 - Each video frame's feature is the linear interpolation of the two feature frames around its centre
   time (:func:`resample_to_frames`); before the first / after the last real feature frame it is that
   frame's feature (clamped).
@@ -18,15 +19,18 @@ Timing, in one place:
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
-from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from ..config import AudioEncoderConfig
 from . import AudioEncoder
+
+if TYPE_CHECKING:  # transformers is imported where a model is built: the time helpers stay light
+    from transformers import Wav2Vec2Model
 
 SAMPLE_RATE = 16000
 # The standard wav2vec2 / HuBERT / WavLM feature encoder: 320-sample hop, 400-sample receptive field.
@@ -63,34 +67,66 @@ def feature_times(
 
 
 def frame_times_from_fps(n_frames: int, fps: float, start: float = 0.0) -> torch.Tensor:
-    """Centre time (s, float64) of video frames 0..n_frames-1 at ``fps``: ``start + (k + 0.5) / fps``. -> (T,)
+    """Start time (s, float64) of video frames 0..n_frames-1 at ``fps``: ``start + k / fps``. -> (T,)
 
-    Frame ``k`` starts at ``start + k / fps`` and lasts ``1 / fps``. Pass NTSC rates exactly
-    (``30000 / 1001``, not 29.97) when the source is NTSC.
+    Pass NTSC rates exactly (``30000 / 1001``, not 29.97) when the source is NTSC.
     """
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    return start + (torch.arange(n_frames, dtype=torch.float64) + 0.5) / float(fps)
+    return start + torch.arange(n_frames, dtype=torch.float64) / float(fps)
 
 
-def frame_times_from_timestamps(timestamps: Sequence[float] | torch.Tensor, fps: float | None = None) -> torch.Tensor:
-    """Centre times (s, float64) of frames given their start timestamps (PTS, increasing). -> (T,)
+def frame_centres(frame_times: torch.Tensor | Sequence[float], fps: float | None = None) -> torch.Tensor:
+    """Centre times (float64) of frames given their start times. (T,) or (B, T) -> same shape
 
-    Frame ``k`` lasts until frame ``k + 1`` starts (variable frame rate is fine); the last frame lasts
-    as long as the one before it, or ``1 / fps`` when there is a single frame.
+    Frame ``k`` lasts until frame ``k + 1`` starts; the last frame as long as the one before it. Where
+    the next time is not later (NaN or unordered padding) the row's median frame period is used. A
+    single frame needs ``fps``; without it, it is sampled at its start, with a warning.
     """
-    starts = torch.as_tensor(timestamps, dtype=torch.float64).reshape(-1)
-    if starts.numel() == 0:
-        return starts
-    if starts.numel() == 1:
-        if fps is None:
-            raise ValueError("one timestamp alone does not say how long the frame lasts: pass fps")
-        return starts + 0.5 / float(fps)
-    durations = starts.diff()
-    if not bool((durations > 0).all()):
-        raise ValueError("frame timestamps must be strictly increasing")
-    durations = torch.cat([durations, durations[-1:]])
-    return starts + durations / 2
+    times = torch.as_tensor(frame_times, dtype=torch.float64)
+    if times.shape[-1] < 2:
+        if fps is not None:
+            return times + 0.5 / float(fps)
+        if times.numel():
+            warnings.warn("one frame per row does not say how long a frame lasts: audio sampled at its start time")
+        return times.clone()
+    step = times.diff(dim=-1)
+    ok = torch.isfinite(step) & (step > 0)
+    median = torch.where(ok, step, torch.nan).nanmedian(dim=-1, keepdim=True).values
+    median = torch.nan_to_num(median, nan=0.0 if fps is None else 1.0 / float(fps))
+    step = torch.where(ok, step, median)
+    return times + torch.cat([step, step[..., -1:]], dim=-1) / 2
+
+
+def sample_features_at(
+    features: torch.Tensor,
+    times: torch.Tensor,
+    n_valid: torch.Tensor | int | None = None,
+    hop: int = HOP,
+    receptive_field: int = RECEPTIVE_FIELD,
+    sample_rate: int = SAMPLE_RATE,
+) -> torch.Tensor:
+    """Linear interpolation of feature frames at exact times (s from the first audio sample).
+
+    features: (B, N, C); times: (B, T). ``n_valid`` ((B,) or int): the number of real feature frames
+    per row (the rest is padding); times outside the real features take the first / last real
+    feature. -> (B, T, C)
+    """
+    batch, n_feat, _ = features.shape
+    times = times.to(device=features.device, dtype=torch.float64)
+    if n_valid is None:
+        n_valid = n_feat
+    last = torch.as_tensor(n_valid, device=features.device).to(torch.float64).clamp(1, n_feat).expand(batch) - 1
+    # Fractional feature index of each time, inverting t_j = (j * hop + receptive_field / 2) / sample_rate.
+    pos = (times * sample_rate - receptive_field / 2) / hop
+    pos = torch.nan_to_num(pos, nan=0.0)  # padded frames may carry NaN times: any finite index will do
+    pos = torch.minimum(pos.clamp(min=0.0), last[:, None])
+    lo = pos.floor()
+    w = (pos - lo).to(features.dtype).unsqueeze(-1)
+    lo = lo.long()
+    hi = torch.minimum(lo + 1, last[:, None].long())
+    rows = torch.arange(batch, device=features.device)[:, None]
+    return features[rows, lo] * (1 - w) + features[rows, hi] * w
 
 
 def resample_to_frames(
@@ -99,54 +135,35 @@ def resample_to_frames(
     *,
     fps: float | None = None,
     n_frames: int | None = None,
-    timestamps: Sequence[float] | torch.Tensor | None = None,
     n_valid: torch.Tensor | int | None = None,
     hop: int = HOP,
     receptive_field: int = RECEPTIVE_FIELD,
     sample_rate: int = SAMPLE_RATE,
 ) -> torch.Tensor:
-    """Linearly interpolate 50 Hz features at video frame centre times.
+    """50 Hz features -> one feature per video frame, interpolated at each frame's centre time.
 
-    features: (B, N, C) or (N, C). Say where the frames are with exactly one of
-    ``frame_times`` (centres in s from the first audio sample, (B, T) or (T,)), ``fps`` with
-    ``n_frames``, or ``timestamps`` (per-frame start times, (T,)). ``n_valid`` ((B,) or int): the
-    number of real feature frames per row (the rest is padding); times outside the real features
-    take the first / last real feature. Returns (B, T, C) or (T, C) like ``features``.
+    features: (B, N, C) or (N, C). The frames are either ``frame_times``, their start times in s
+    from the first audio sample ((B, T), (T,) or a list of timestamps; any frame rate, variable
+    too), or ``fps`` with ``n_frames`` (frame k starts at k / fps). ``n_valid``: see
+    :func:`sample_features_at`. Returns (B, T, C) or (T, C) like ``features``.
     """
-    given = [frame_times is not None, fps is not None, timestamps is not None]
-    if sum(given) != 1:
-        raise ValueError("give exactly one of frame_times, fps (with n_frames) or timestamps")
+    if (frame_times is None) == (fps is None):
+        raise ValueError("give exactly one of frame_times or fps (with n_frames)")
     if fps is not None:
         if n_frames is None:
             raise ValueError("fps needs n_frames")
         frame_times = frame_times_from_fps(n_frames, fps)
-    elif timestamps is not None:
-        frame_times = frame_times_from_timestamps(timestamps)
-    times = torch.as_tensor(frame_times, dtype=torch.float64, device=features.device)
-
     unbatched = features.ndim == 2
     if unbatched:
         features = features.unsqueeze(0)
     if features.ndim != 3:
         raise ValueError(f"features must be (B, N, C) or (N, C), got {tuple(features.shape)}")
-    batch, n_feat, _ = features.shape
+    times = torch.as_tensor(frame_times, dtype=torch.float64)
     if times.ndim == 1:
-        times = times.unsqueeze(0).expand(batch, -1)
-    if times.ndim != 2 or times.shape[0] != batch:
-        raise ValueError(f"frame_times must be (T,) or ({batch}, T), got {tuple(times.shape)}")
-    if n_valid is None:
-        n_valid = n_feat
-    last = torch.as_tensor(n_valid, device=features.device).to(torch.float64).clamp(1, n_feat).expand(batch) - 1
-
-    # Fractional feature index of each time, inverting t_j = (j * hop + receptive_field / 2) / sample_rate.
-    pos = (times * sample_rate - receptive_field / 2) / hop
-    pos = torch.minimum(pos.clamp(min=0.0), last[:, None])
-    lo = pos.floor()
-    w = (pos - lo).to(features.dtype).unsqueeze(-1)
-    lo = lo.long()
-    hi = torch.minimum(lo + 1, last[:, None].long())
-    rows = torch.arange(batch, device=features.device)[:, None]
-    out = features[rows, lo] * (1 - w) + features[rows, hi] * w
+        times = times.unsqueeze(0).expand(features.shape[0], -1)
+    if times.ndim != 2 or times.shape[0] != features.shape[0]:
+        raise ValueError(f"frame_times must be (T,) or ({features.shape[0]}, T), got {tuple(times.shape)}")
+    out = sample_features_at(features, frame_centres(times, fps), n_valid, hop, receptive_field, sample_rate)
     return out.squeeze(0) if unbatched else out
 
 
@@ -161,9 +178,10 @@ def _read_preprocessor(folder: Path) -> dict:
 class Wav2Vec2Encoder(AudioEncoder):
     """Wav2Vec2Model features of one hidden layer, or a learned softmax-weighted sum of all of them.
 
-    ``layer`` indexes ``hidden_states`` (0 = the feature projection after the encoder's input
-    normalisation, i.e. the input of the first Transformer layer; -1 = the last layer's output), or
-    ``"weighted"``. The weights of the sum stay trainable when the backbone is frozen. A frozen
+    ``layer`` indexes ``hidden_states`` (0 = the input of the first Transformer layer: feature
+    projection + convolutional position embedding; -1 = the last layer's output, which for
+    stable-layer-norm models such as large-lv60 is, in transformers 5, before the final LayerNorm),
+    or ``"weighted"``. The weights of the sum stay trainable when the backbone is frozen. A frozen
     backbone gets no gradients and stays in eval(), because in train mode wav2vec2 applies SpecAugment
     masking (``mask_time_prob``) and layer drop.
 
@@ -208,8 +226,8 @@ class Wav2Vec2Encoder(AudioEncoder):
         """``cfg.path``: a local folder (config.json + model.safetensors); else ``Wav2Vec2Config(**cfg.hf_config)``."""
         if cfg.path:
             return cls.from_pretrained(cfg.path, layer=cfg.layer, frozen=cfg.frozen)
-        if cfg.hf_config.get("layerdrop"):
-            raise ValueError("hf_config.layerdrop must be 0: layer selection needs every layer's output")
+        from transformers import Wav2Vec2Config, Wav2Vec2Model
+
         model = Wav2Vec2Model(Wav2Vec2Config(**cfg.hf_config))
         return cls(model, layer=cfg.layer, frozen=cfg.frozen)
 
@@ -218,16 +236,22 @@ class Wav2Vec2Encoder(AudioEncoder):
         """Load a local folder saved by ``save_pretrained`` (or downloaded from the Hub), offline.
 
         Strict: every weight of Wav2Vec2Model must come from the folder, except ``masked_spec_embed``
-        (only used by SpecAugment in training). The folder's preprocessor_config.json, when present,
-        says whether to normalise the waveform and whether the model takes an attention mask.
+        (only used by SpecAugment in training); weights in float32. The folder's
+        preprocessor_config.json, when present, says whether to normalise the waveform and whether
+        the model takes an attention mask.
         """
+        from transformers import Wav2Vec2Model
+
         folder = Path(path)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(
                 f"{folder}: not a wav2vec2 folder (no config.json); expected config.json + model.safetensors "
                 f"as written by save_pretrained or downloaded from the Hugging Face Hub"
             )
-        model, info = Wav2Vec2Model.from_pretrained(str(folder), local_files_only=True, output_loading_info=True)
+        # float32 whatever config.json records (transformers 5 otherwise loads in that dtype).
+        model, info = Wav2Vec2Model.from_pretrained(
+            str(folder), local_files_only=True, output_loading_info=True, dtype=torch.float32
+        )
         missing = set(info["missing_keys"]) - {"masked_spec_embed"}
         mismatched = info.get("mismatched_keys") or []
         if missing or mismatched:
@@ -278,10 +302,14 @@ class Wav2Vec2Encoder(AudioEncoder):
             if wave_mask.shape != wave.shape:
                 raise ValueError(f"wave_mask {tuple(wave_mask.shape)} must match wave {tuple(wave.shape)}")
             lengths = wave_mask.long().sum(1)
-        x = self._prepare(wave, lengths)
+        x = self._prepare(wave, lengths).to(self.model.dtype)
         attention_mask = None
         if self.use_attention_mask:
-            attention_mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]).long()
+            # A row without audio (or shorter than one feature frame) attends to one frame of silence:
+            # transformers derives the feature-level mask from the conv length formula, which goes
+            # negative (and then indexes from the end) for fewer than 400 samples.
+            attend = lengths.clamp(min=self.receptive_field)
+            attention_mask = (torch.arange(x.shape[1], device=x.device)[None, :] < attend[:, None]).long()
 
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             out = self.model(x, attention_mask=attention_mask, output_hidden_states=True)
@@ -299,8 +327,9 @@ class Wav2Vec2Encoder(AudioEncoder):
     def forward_features(
         self, wave: torch.Tensor, frame_times: torch.Tensor, wave_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """wave: (B, S) 16 kHz mono; frame_times: (B, T) frame centres in s from the first sample;
-        wave_mask: (B, S) True on real samples. -> (B, T, num_features)
+        """wave: (B, S) 16 kHz mono; frame_times: (B, T) frame start times in s from the first
+        sample (padding frames continuing at the frame period); wave_mask: (B, S) True on real
+        samples. -> (B, T, num_features), each frame sampled at its centre time.
         """
         feats, n_valid = self.hidden_states(wave, wave_mask)
         return resample_to_frames(

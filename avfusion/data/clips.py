@@ -1,0 +1,381 @@
+"""Windows of T frames over video records, a Dataset that decodes them, and the batch collate.
+
+A window is a run of ``clip_len`` frame indices of one record, ``-1`` where it runs past the end
+(padding, masked). Windows start at ``0, stride, 2·stride, …`` until one reaches the last frame:
+
+* training: ``stride < clip_len`` (e.g. ``clip_len // 2``) gives overlapping windows;
+* evaluation: ``stride == clip_len`` covers every frame exactly once, so per-frame predictions are
+  put back in place by ``frame_indices`` (:class:`FrameStitcher`).
+
+With ``target_fps`` the windows run over frames picked by timestamp on a regular grid at that rate
+(the frame on screen at each grid time), so videos of 25, 29.97 and 30 fps give windows of equal
+duration; frames may then repeat (upsampling) or be skipped (downsampling).
+
+:class:`ClipDataset` reads a window's frames (readers opened lazily in each worker), crops the face,
+applies the transform, cuts the audio the window spans out of the track by the frames' timestamps,
+and returns one dict per window; :func:`collate` stacks those into the batch every model reads::
+
+    video (B,T,3,H,W) float     audio (B,S) float, zero padded     audio_lengths (B,) int
+    frame_times (B,T) float     seconds of each frame from the row's first audio sample
+    audio_offsets (B,T) int     sample index of each frame in the row's audio
+    valence, arousal (B,T)      0 where unlabelled          mask (B,T) bool: label valid, frame real
+    face_mask (B,T) bool        a face crop exists          audio_valid (B,) bool: a track exists
+    video_id list[str]          frame_indices (B,T) int, -1 = padding
+    timestamps (B,T) float      seconds in the source video
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .records import VideoRecord
+
+SAMPLE_RATE = 16000  # wav2vec2's input rate (FORMATS.md)
+
+# Keys of a batch, in the order collate writes them.
+BATCH_KEYS = ("video", "audio", "audio_lengths", "frame_times", "audio_offsets", "valence", "arousal",
+              "mask", "face_mask", "audio_valid", "video_id", "frame_indices", "timestamps")
+
+
+@dataclass(frozen=True)
+class Window:
+    """``clip_len`` frame indices of record number ``record`` (``-1`` = padding)."""
+
+    record: int
+    indices: np.ndarray
+
+    @property
+    def n_real(self) -> int:
+        return int((self.indices >= 0).sum())
+
+
+def sequence_indices(record: VideoRecord, target_fps: Optional[float] = None) -> np.ndarray:
+    """The frame indices windows run over: every frame, or one per ``1 / target_fps`` seconds.
+
+    Resampling picks, for each time ``t0 + j / target_fps`` before the end of the last frame, the
+    frame on screen then (the last frame starting at or before it), using the record's timestamps.
+    """
+    n = record.n_frames
+    if target_fps is None:
+        return np.arange(n, dtype=np.int64)
+    if not target_fps > 0:
+        raise ValueError(f"target_fps must be positive, got {target_fps}")
+    t = record.frame_times()
+    end = t[-1] + 1.0 / record.fps
+    # The small epsilon keeps a grid time that equals a frame time (in float) on that frame.
+    grid = t[0] + np.arange(int(np.ceil((end - t[0]) * target_fps - 1e-9))) / target_fps
+    idx = np.searchsorted(t, grid + 1e-9, side="right") - 1
+    return np.clip(idx, 0, n - 1).astype(np.int64)
+
+
+def window_starts(length: int, clip_len: int, stride: int) -> list[int]:
+    """Starts ``0, stride, …`` until a window reaches the end (the last one may be padded)."""
+    if clip_len < 1 or stride < 1:
+        raise ValueError(f"clip_len and stride must be >= 1, got {clip_len} and {stride}")
+    if stride > clip_len:
+        raise ValueError(f"stride {stride} > clip_len {clip_len} would skip frames")
+    starts = [0]
+    while starts[-1] + clip_len < length:
+        starts.append(starts[-1] + stride)
+    return starts
+
+
+def make_windows(records: Sequence[VideoRecord], clip_len: int, stride: Optional[int] = None,
+                 target_fps: Optional[float] = None, drop_unlabelled: bool = False) -> list[Window]:
+    """Windows over every record (see the module docstring).
+
+    Args:
+        clip_len: frames per window (T).
+        stride: frames between window starts; default ``clip_len`` (evaluation: each frame once).
+        target_fps: resample every record to this rate first (None: native frames).
+        drop_unlabelled: leave out windows without a single labelled frame (training on Aff-Wild2,
+            whose long ``-5`` stretches would otherwise give windows that teach nothing).
+    """
+    stride = clip_len if stride is None else int(stride)
+    out = []
+    for r, rec in enumerate(records):
+        seq = sequence_indices(rec, target_fps)
+        for s in window_starts(len(seq), clip_len, stride):
+            idx = np.full(clip_len, -1, dtype=np.int64)
+            part = seq[s:s + clip_len]
+            idx[:len(part)] = part
+            if drop_unlabelled and not rec.label_mask[part].any():
+                continue
+            out.append(Window(r, idx))
+    return out
+
+
+def _default_croppers(size: int) -> dict[str, Any]:
+    from .faces import FaceCropper
+
+    return {m: FaceCropper(m, output_size=size) for m in ("landmarks", "precropped", "full")}
+
+
+CropperArg = Union[None, Callable[..., tuple[np.ndarray, np.ndarray]], Mapping[str, Any]]
+
+
+class ClipDataset(Dataset):
+    """Windows of T frames with their faces, audio and labels; one dict per window.
+
+    Args:
+        records: from a loader (AFEW-VA, Aff-Wild2, manifest).
+        clip_len: frames per window (T).
+        stride: frames between window starts (default ``clip_len``: every frame once).
+        cropper: a :class:`~avfusion.data.faces.FaceCropper` for every record, or a dict
+            ``face_mode -> cropper``. None builds ``landmarks``/``precropped``/``full`` croppers
+            (``crop_size`` pixels) per record face mode; records with ``face_mode="detect"`` then
+            need a cropper with a detector (e.g. ``FaceCropper("yunet")``) passed in.
+        transform: crops ``(t, S, S, 3)`` uint8 -> ``(t, 3, H, W)`` float, e.g.
+            :func:`~avfusion.data.transforms.build_transform` of the video encoder's
+            ``pretrained_cfg``; None gives the crops scaled to [0, 1].
+        sample_rate: audio rate (16 kHz for wav2vec2).
+        with_audio: read audio; when False (or the record has no track) the audio is zeros of the
+            window's length and ``audio_valid`` False.
+        target_fps: resample records to this frame rate (see :func:`make_windows`).
+        drop_unlabelled: skip windows without any labelled frame.
+        crop_size: crop side for the default croppers (default: the transform's input size, else 256).
+        max_open: readers kept open per worker (least recently used ones are closed).
+        audio_cache_seconds: tracks up to this long are decoded whole once per worker and cached;
+            longer ones are decoded per window (a seek plus the window's span).
+    """
+
+    def __init__(
+        self,
+        records: Sequence[VideoRecord],
+        clip_len: int,
+        stride: Optional[int] = None,
+        cropper: CropperArg = None,
+        transform: Optional[Callable[[np.ndarray], torch.Tensor]] = None,
+        sample_rate: int = SAMPLE_RATE,
+        with_audio: bool = True,
+        target_fps: Optional[float] = None,
+        drop_unlabelled: bool = False,
+        crop_size: Optional[int] = None,
+        max_open: int = 8,
+        audio_cache_seconds: float = 120.0,
+    ) -> None:
+        self.records = list(records)
+        self.clip_len = int(clip_len)
+        self.target_fps = target_fps
+        self.windows = make_windows(self.records, self.clip_len, stride, target_fps, drop_unlabelled)
+        self.transform = transform
+        self.sample_rate = int(sample_rate)
+        self.with_audio = with_audio
+        self.max_open = max(1, int(max_open))
+        self.audio_cache_seconds = float(audio_cache_seconds)
+        if crop_size is None:
+            size = getattr(transform, "input_size", None)
+            crop_size = int(max(size)) if size is not None else 256
+        if cropper is None:
+            self.croppers: dict[str, Any] = _default_croppers(crop_size)
+        elif isinstance(cropper, Mapping):
+            self.croppers = dict(cropper)
+        else:
+            self.croppers = {m: cropper for m in ("landmarks", "precropped", "detect", "full")}
+        modes = sorted({r.face_mode for r in self.records} - set(self.croppers))
+        if modes:
+            raise ValueError(
+                f"no face cropper for face_mode {modes} (records such as "
+                f"{next(r.video_id for r in self.records if r.face_mode in modes)!r}); pass "
+                "cropper=FaceCropper('yunet') (or a dict face_mode -> cropper)")
+        self._pid: Optional[int] = None
+        self._readers: OrderedDict[int, Any] = OrderedDict()
+        self._audio: OrderedDict[int, Optional[np.ndarray]] = OrderedDict()
+        self._warned_audio: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    # -- per-worker state -------------------------------------------------------------------------
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_readers"], state["_audio"], state["_pid"] = OrderedDict(), OrderedDict(), None
+        return state
+
+    def _check_process(self) -> None:
+        # Readers opened in another process (the parent before a fork) must not be shared.
+        if self._pid != os.getpid():
+            self._readers, self._audio, self._pid = OrderedDict(), OrderedDict(), os.getpid()
+
+    def _reader(self, r: int) -> Any:
+        from .video import FrameFolder, VideoFile
+
+        if r in self._readers:
+            self._readers.move_to_end(r)
+            return self._readers[r]
+        rec = self.records[r]
+        if rec.is_frame_folder:
+            reader: Any = FrameFolder(rec.source, fps=rec.fps, timestamps=rec.timestamps)
+        else:
+            reader = VideoFile(rec.source)
+            if len(reader) != rec.n_frames:
+                raise ValueError(
+                    f"{rec.source}: decodes to {len(reader)} frames but record {rec.video_id!r} "
+                    f"has {rec.n_frames}; the labels would not line up (was the file replaced?)")
+        self._readers[r] = reader
+        while len(self._readers) > self.max_open:
+            _, old = self._readers.popitem(last=False)
+            old.close()
+        return reader
+
+    def _track(self, r: int) -> Optional[np.ndarray]:
+        """The whole audio track of record ``r`` when it is short enough to cache, else None."""
+        if r in self._audio:
+            self._audio.move_to_end(r)
+            return self._audio[r]
+        from .audio import load_audio
+
+        audio = load_audio(self.records[r].audio_path, self.sample_rate)
+        self._audio[r] = audio
+        while len(self._audio) > self.max_open:
+            self._audio.popitem(last=False)
+        return audio
+
+    def _read_audio(self, r: int, first: int, end: int, duration: float) -> tuple[np.ndarray, bool]:
+        rec = self.records[r]
+        if not self.with_audio or rec.audio_path is None:
+            return np.zeros(end - first, dtype=np.float32), False
+        from .audio import AudioDecodeError, load_audio, slice_audio
+
+        try:
+            if duration <= self.audio_cache_seconds:
+                return slice_audio(self._track(r), first, end), True
+            sr = self.sample_rate
+            return load_audio(rec.audio_path, sr, first / sr, end / sr), True
+        except AudioDecodeError as err:
+            if rec.audio_path not in self._warned_audio:
+                self._warned_audio.add(rec.audio_path)
+                warnings.warn(f"{err}; audio of {rec.video_id!r} treated as missing", RuntimeWarning)
+            return np.zeros(end - first, dtype=np.float32), False
+
+    # -- items ------------------------------------------------------------------------------------
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        self._check_process()
+        w = self.windows[i]
+        rec = self.records[w.record]
+        T = self.clip_len
+        idx = w.indices
+        real = idx >= 0
+        ridx = idx[real]
+        reader = self._reader(w.record)
+        frames, decoded = reader.get_batch_masked(ridx)
+        ts_all = reader.timestamps
+        ends = reader.frame_end_times
+
+        cropper = self.croppers[rec.face_mode]
+        lms = rec.landmarks[ridx] if rec.landmarks is not None else None
+        crops, face_ok = cropper(frames, lms, decoded & rec.face_mask[ridx])
+        clip = self.transform(crops) if self.transform is not None else (
+            torch.from_numpy(np.ascontiguousarray(crops.transpose(0, 3, 1, 2))).float() / 255.0)
+        video = clip.new_zeros((T,) + tuple(clip.shape[1:]))
+        video[: len(ridx)] = clip
+
+        # Times: real frames from the reader; padding continues at the window's frame period so
+        # times stay increasing (the audio encoder resamples its features at these times).
+        period = 1.0 / (self.target_fps or rec.fps)
+        timestamps = np.empty(T, dtype=np.float64)
+        timestamps[real] = ts_all[ridx]
+        last = timestamps[len(ridx) - 1]
+        timestamps[~real] = last + period * np.arange(1, T - len(ridx) + 1)
+        sr = self.sample_rate
+        t_end = ends[ridx[-1]]
+        first = int(np.floor(timestamps[0] * sr + 0.5))
+        end = max(int(np.floor(t_end * sr + 0.5)), first + 1)
+        audio, audio_valid = self._read_audio(w.record, first, end, float(ends[-1]))
+        offsets = np.floor(timestamps * sr + 0.5).astype(np.int64) - first
+        offsets[~real] = np.minimum(offsets[~real], len(audio))
+
+        labels = np.zeros((T, 2), dtype=np.float32)
+        mask = np.zeros(T, dtype=bool)
+        mask[real] = rec.label_mask[ridx]
+        labels[real] = np.nan_to_num(rec.labels[ridx], nan=0.0)
+        face_mask = np.zeros(T, dtype=bool)
+        face_mask[real] = face_ok
+        return {
+            "video": video,
+            "audio": torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)),
+            "audio_length": len(audio),
+            "frame_times": torch.from_numpy((timestamps - first / sr).astype(np.float32)),
+            "audio_offsets": torch.from_numpy(offsets),
+            "valence": torch.from_numpy(labels[:, 0].copy()),
+            "arousal": torch.from_numpy(labels[:, 1].copy()),
+            "mask": torch.from_numpy(mask),
+            "face_mask": torch.from_numpy(face_mask),
+            "audio_valid": bool(audio_valid),
+            "video_id": rec.video_id,
+            "frame_indices": torch.from_numpy(idx.copy()),
+            "timestamps": torch.from_numpy(timestamps.astype(np.float32)),
+        }
+
+
+def collate(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Stack :class:`ClipDataset` items into a batch (keys in :data:`BATCH_KEYS`); audio is zero
+    padded to the longest row and ``audio_lengths`` says how much of each row is real."""
+    if not items:
+        raise ValueError("collate: empty batch")
+    lengths = torch.tensor([int(it["audio_length"]) for it in items], dtype=torch.long)
+    audio = torch.zeros(len(items), int(lengths.max()), dtype=torch.float32)
+    for b, it in enumerate(items):
+        audio[b, : lengths[b]] = it["audio"]
+    batch = {
+        "video": torch.stack([it["video"] for it in items]),
+        "audio": audio,
+        "audio_lengths": lengths,
+    }
+    for k in ("frame_times", "audio_offsets", "valence", "arousal", "mask", "face_mask"):
+        batch[k] = torch.stack([it[k] for it in items])
+    batch["audio_valid"] = torch.tensor([bool(it["audio_valid"]) for it in items], dtype=torch.bool)
+    batch["video_id"] = [str(it["video_id"]) for it in items]
+    batch["frame_indices"] = torch.stack([it["frame_indices"] for it in items])
+    batch["timestamps"] = torch.stack([it["timestamps"] for it in items])
+    return {k: batch[k] for k in BATCH_KEYS}
+
+
+class FrameStitcher:
+    """Puts per-position predictions of windows back onto the frames of each video.
+
+    ``add(video_ids, frame_indices (B, T), values (B, T, C))`` for every batch, then ``result()``:
+    video id -> ``(N, C)`` float64, the mean of all predictions of each frame (overlapping training
+    windows, repeated frames after resampling), NaN for frames no window covered.
+    """
+
+    def __init__(self, n_frames: Mapping[str, int]) -> None:
+        self.n_frames = dict(n_frames)
+        self._sum: dict[str, np.ndarray] = {}
+        self._count: dict[str, np.ndarray] = {}
+
+    def add(self, video_ids: Sequence[str], frame_indices: Any, values: Any) -> None:
+        idx = np.asarray(torch.as_tensor(frame_indices).cpu())
+        vals = torch.as_tensor(values).detach().float().cpu().numpy()
+        if vals.ndim == 2:
+            vals = vals[..., None]
+        if idx.shape != vals.shape[:2] or len(video_ids) != idx.shape[0]:
+            raise ValueError(f"stitching: {len(video_ids)} ids, frame_indices {idx.shape}, values {vals.shape}")
+        for b, vid in enumerate(video_ids):
+            if vid not in self.n_frames:
+                raise KeyError(f"stitching: unknown video id {vid!r}")
+            ok = idx[b] >= 0
+            if vid not in self._sum:
+                self._sum[vid] = np.zeros((self.n_frames[vid], vals.shape[2]))
+                self._count[vid] = np.zeros(self.n_frames[vid])
+            np.add.at(self._sum[vid], idx[b][ok], vals[b][ok])
+            np.add.at(self._count[vid], idx[b][ok], 1)
+
+    def result(self) -> dict[str, np.ndarray]:
+        out = {}
+        for vid, s in self._sum.items():
+            c = self._count[vid][:, None]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[vid] = np.where(c > 0, s / np.maximum(c, 1), np.nan)
+        return out
+
+
+__all__ = ["Window", "ClipDataset", "collate", "make_windows", "window_starts", "sequence_indices",
+           "FrameStitcher", "BATCH_KEYS"]

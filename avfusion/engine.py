@@ -1,0 +1,698 @@
+"""The training loop with Accelerate: train one epoch, evaluate over a whole split, fit, cross-validate.
+
+One :class:`accelerate.Accelerator` runs everything (one CPU, several processes, GPUs, mixed
+precision). What makes a run exactly resumable:
+
+* the data order of epoch ``e`` is a permutation seeded by ``(seed, e)`` (:class:`EpochSampler`),
+  the same in every process and in every run, and the DataLoader draws its worker seeds from its
+  own generator, re-seeded per epoch, never from the global RNG;
+* ``accelerator.save_state`` stores model, optimizer, scheduler, the accumulation counter and every
+  process's RNG states; :class:`TrainState` (``trainer_state.json`` beside them) stores the step,
+  the epoch and how many batches of it were consumed, which ``skip_first_batches`` skips on resume.
+
+Evaluation gathers per-frame predictions from all processes with ``gather_for_metrics`` (which
+drops the samples Accelerate repeats to even out the last batch), keeps only labelled real frames,
+stitches windows back onto videos by ``(video_id, frame_indices)`` (averaging overlapping windows)
+and computes the metrics once over the whole split, as the official evaluation does.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from .metrics import DIMS, per_clip_summary, va_metrics
+from .training import (
+    Datasets,
+    ExperimentConfig,
+    build_datasets,
+    build_loss_fn,
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    experiment_to_dict,
+    use_feature_cache,
+    with_fold,
+)
+
+# Batch keys AVModel.forward reads; everything else (labels, ids, times) stays out of the call.
+MODEL_INPUTS = ("video", "audio", "frame_times", "audio_lengths", "video_feats", "audio_feats",
+                "mask", "face_mask", "audio_valid")
+STATE_FILE = "trainer_state.json"
+# The metric that picks the best epoch (FORMATS.md: Aff-Wild2's P_VA is the mean of the two CCCs).
+SELECT_METRIC = "ccc_mean"
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffled indices, a fresh permutation per epoch seeded by ``(seed, epoch)``.
+
+    Unlike a RandomSampler with a running generator, epoch ``e``'s order does not depend on what
+    ran before it, so a resumed run replays it exactly. (No ``generator`` attribute on purpose:
+    Accelerate would otherwise re-synchronise it across processes behind our back.)
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
+        self.n, self.seed, self.shuffle, self.epoch = int(n), int(seed), shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.n))
+        g = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _mix(seed: int, epoch: int) -> int:
+    # Distinct, well-spread seeds for (seed, epoch) pairs (seed + epoch would make seed 1 epoch 0
+    # replay seed 0 epoch 1).
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+@dataclass
+class TrainState:
+    """Counters a checkpoint needs beyond what ``accelerator.save_state`` stores."""
+
+    global_step: int = 0  # optimizer steps done
+    epoch: int = 0  # the epoch in progress (0-based)
+    batch_in_epoch: int = 0  # batches of `epoch` already consumed (per process)
+    best_metric: float = -math.inf
+    best_epoch: int = -1
+    # Train-loss sums of the epoch in progress, summed over processes at checkpoint time.
+    loss_sum: float = 0.0
+    loss_count: float = 0.0
+    history: list = field(default_factory=list)  # one dict per finished epoch (the CSV rows)
+    config: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        d["best_metric"] = None if not math.isfinite(self.best_metric) else self.best_metric
+        return json.dumps(d, indent=1)
+
+    @classmethod
+    def from_file(cls, path: Path) -> "TrainState":
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: unreadable trainer state ({e}); is the checkpoint complete?") from None
+        if d.get("best_metric") is None:
+            d["best_metric"] = -math.inf
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"{path}: unknown trainer-state key(s) {sorted(unknown)}")
+        return cls(**d)
+
+
+# ------------------------------------------------------------------------------------------------
+# Accelerator and data loaders
+
+
+def make_accelerator(cfg: ExperimentConfig, log: bool = True) -> Any:
+    """The run's Accelerator: precision, accumulation, TensorBoard under ``<output_dir>/tensorboard``."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    out = Path(cfg.output_dir)
+    project = ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "tensorboard"))
+    return Accelerator(
+        mixed_precision=cfg.train.mixed_precision,
+        gradient_accumulation_steps=cfg.train.grad_accum,
+        cpu=cfg.train.cpu,
+        log_with="tensorboard" if log else None,
+        project_config=project,
+    )
+
+
+def make_loader(dataset: Dataset, batch_size: int, collate_fn: Optional[Callable], train: bool,
+                seed: int, num_workers: int = 0) -> tuple[DataLoader, EpochSampler]:
+    """A DataLoader with an :class:`EpochSampler` (shuffled when ``train``) and its own generator."""
+    sampler = EpochSampler(len(dataset), seed, shuffle=train)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
+        num_workers=num_workers, generator=torch.Generator().manual_seed(seed),
+        persistent_workers=False, drop_last=False,
+    )
+    return loader, sampler
+
+
+def _seed_epoch(loader: Any, sampler: EpochSampler, seed: int, epoch: int) -> None:
+    sampler.set_epoch(epoch)
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+    gen = getattr(loader, "generator", None)
+    if gen is not None:
+        gen.manual_seed(_mix(seed + 1, epoch))
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of ``AVModel.forward`` a batch provides (raw or cached features)."""
+    return {k: batch[k] for k in MODEL_INPUTS if batch.get(k) is not None}
+
+
+def predictions(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``(B, T, 2)`` valence, arousal from the model's output dict."""
+    return torch.stack([out["valence"], out["arousal"]], dim=-1)
+
+
+def targets(batch: dict[str, Any]) -> torch.Tensor:
+    """``(B, T, 2)`` labels; values at masked frames are meaningless (losses/metrics skip them)."""
+    return torch.stack([batch["valence"], batch["arousal"]], dim=-1).float()
+
+
+# ------------------------------------------------------------------------------------------------
+# One epoch
+
+
+def train_one_epoch(
+    accelerator: Any,
+    model: nn.Module,
+    loader: Any,
+    optimizer: Any,
+    scheduler: Any,
+    loss_fn: nn.Module,
+    state: TrainState,
+    cfg: ExperimentConfig,
+    on_step: Optional[Callable[[], bool]] = None,
+    log_prefix: str = "",
+) -> bool:
+    """Run the batches of ``loader`` (already positioned: a resumed epoch skips what was done).
+
+    Updates ``state`` (steps, batches, loss sums); after every optimizer step calls ``on_step``,
+    which saves checkpoints and returns True to stop the run. Returns True when stopped.
+    """
+    t = cfg.train
+    model.train()
+    bar = tqdm(total=state.batch_in_epoch + len(loader), initial=state.batch_in_epoch,
+               desc=f"{log_prefix}epoch {state.epoch}", disable=not accelerator.is_local_main_process,
+               dynamic_ncols=True, leave=False)
+    for batch in loader:
+        with accelerator.accumulate(model):
+            out = model(**model_inputs(batch))
+            losses = loss_fn(predictions(out), targets(batch), batch["mask"])
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite training loss {loss.item()} at step {state.global_step} "
+                    f"(epoch {state.epoch}, batch {state.batch_in_epoch}); lower train.lr or check the data")
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and t.clip_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), t.clip_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        state.batch_in_epoch += 1
+        state.loss_sum += float(loss.detach())
+        state.loss_count += 1
+        bar.update(1)
+        if accelerator.sync_gradients:
+            state.global_step += 1
+            if t.log_every and state.global_step % t.log_every == 0:
+                accelerator.log({f"{log_prefix}train/loss": float(loss.detach()),
+                                 f"{log_prefix}train/lr": scheduler.get_last_lr()[0]},
+                                step=state.global_step)
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            if on_step is not None and on_step():
+                bar.close()
+                return True
+    bar.close()
+    return False
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@dataclass
+class EvalResult:
+    """Metrics over a whole split and the stitched per-frame predictions behind them."""
+
+    metrics: dict[str, float]
+    # video id -> {"frame": (n,) int, "pred": (n, 2), "target": (n, 2)} over labelled frames.
+    clips: dict[str, dict[str, np.ndarray]]
+
+
+@torch.no_grad()
+def gather_predictions(accelerator: Any, model: nn.Module, loader: Any, desc: str = "eval") -> dict[str, Any]:
+    """Per-frame predictions of every process, gathered, with Accelerate's padding removed.
+
+    Returns flat arrays over the labelled real frames seen: ``video_id`` (list), ``frame`` (N,),
+    ``pred`` (N, 2), ``target`` (N, 2), plus ``n_rows`` (windows gathered).
+    """
+    model.eval()
+    ids: list[str] = []
+    frames, preds, tgts = [], [], []
+    n_rows = 0
+    bar = tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False,
+               dynamic_ncols=True)
+    for batch in bar:
+        pred = predictions(model(**model_inputs(batch))).float()
+        # Labels at unlabelled frames may be anything (NaN included): zero them before they travel.
+        tgt = torch.nan_to_num(targets(batch), nan=0.0)
+        keep = batch["mask"].bool() & (batch["frame_indices"] >= 0)
+        # Windows of one process share T, but processes need not (collates pad to their batch).
+        packed = [accelerator.pad_across_processes(x, dim=1) for x in
+                  (pred, tgt, keep, batch["frame_indices"])]
+        pred, tgt, keep, fidx = accelerator.gather_for_metrics(tuple(packed))
+        vids = accelerator.gather_for_metrics(list(batch["video_id"]))
+        if len(vids) != pred.shape[0]:
+            raise RuntimeError(f"gathered {len(vids)} video ids for {pred.shape[0]} windows")
+        n_rows += pred.shape[0]
+        keep = keep.bool().cpu()
+        rows, cols = keep.nonzero(as_tuple=True)
+        ids.extend(vids[i] for i in rows.tolist())
+        frames.append(fidx.cpu()[rows, cols])
+        preds.append(pred.cpu()[rows, cols].double())
+        tgts.append(tgt.cpu()[rows, cols].double())
+    cat = (lambda xs, shape: torch.cat(xs).numpy() if xs else np.zeros(shape))  # noqa: E731
+    return {"video_id": ids, "frame": cat(frames, (0,)).astype(np.int64), "pred": cat(preds, (0, 2)),
+            "target": cat(tgts, (0, 2)), "n_rows": n_rows}
+
+
+def stitch(gathered: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
+    """Per-video frames in order; a frame predicted by several windows gets their mean.
+
+    The label of a frame must be the same in every window that holds it: a difference means the
+    windows and the frame indices disagree, which would silently misalign the metrics.
+    """
+    out: dict[str, dict[str, np.ndarray]] = {}
+    vid = np.asarray(gathered["video_id"], dtype=object)
+    if vid.size == 0:
+        return out
+    for v in sorted(set(vid.tolist())):
+        sel = vid == v
+        f, p, t = gathered["frame"][sel], gathered["pred"][sel], gathered["target"][sel]
+        uniq, inv, counts = np.unique(f, return_inverse=True, return_counts=True)
+        psum = np.zeros((len(uniq), 2))
+        np.add.at(psum, inv, p)
+        tfirst = np.zeros((len(uniq), 2))
+        tfirst[inv] = t
+        if not np.allclose(tfirst[inv], t, atol=1e-6):
+            raise ValueError(f"video {v!r}: one frame has different labels in different windows")
+        out[v] = {"frame": uniq, "pred": psum / counts[:, None], "target": tfirst}
+    return out
+
+
+def split_metrics(clips: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
+    """Frame-level metrics over all clips concatenated, plus per-clip means (FORMATS.md)."""
+    if not clips:
+        raise ValueError("nothing to evaluate: the split has no labelled frame")
+    pred = np.concatenate([c["pred"] for c in clips.values()])
+    target = np.concatenate([c["target"] for c in clips.values()])
+    m = va_metrics(pred, target)
+    m["n_frames"] = int(pred.shape[0])
+    m["n_clips"] = len(clips)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary, _ = per_clip_summary({k: (c["pred"], c["target"]) for k, c in clips.items()})
+    for dim in DIMS:
+        m[f"clip_ccc_{dim}_mean"] = summary[f"ccc_{dim}_mean"]
+    return m
+
+
+def evaluate(accelerator: Any, model: nn.Module, loader: Any, loss_fn: Optional[nn.Module] = None,
+             desc: str = "eval") -> EvalResult:
+    """Metrics of ``model`` over the whole split behind ``loader`` (every process gets the same).
+
+    ``loss_fn`` (in eval mode) adds ``loss``: the training loss over the whole split at once.
+    """
+    gathered = gather_predictions(accelerator, model, loader, desc)
+    clips = stitch(gathered)
+    metrics = split_metrics(clips)
+    metrics["n_windows"] = gathered["n_rows"]
+    if loss_fn is not None:
+        pred = torch.from_numpy(np.concatenate([c["pred"] for c in clips.values()]))
+        tgt = torch.from_numpy(np.concatenate([c["target"] for c in clips.values()]))
+        was_training = loss_fn.training
+        loss_fn.eval()
+        metrics["loss"] = float(loss_fn(pred, tgt)["loss"])
+        loss_fn.train(was_training)
+    return EvalResult(metrics, clips)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints (those with a trainer state) under ``<output_dir>/checkpoints``, oldest first."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for d in root.iterdir():
+        if d.is_dir() and d.name.startswith("step_") and (d / STATE_FILE).is_file():
+            try:
+                found.append((int(d.name[5:]), d))
+            except ValueError:
+                continue
+    return [d for _, d in sorted(found)]
+
+
+def resolve_resume(resume: str, output_dir: str | Path) -> Path:
+    """``latest`` -> the newest complete checkpoint of ``output_dir``; otherwise a checkpoint folder."""
+    if resume == "latest":
+        found = checkpoint_dirs(output_dir)
+        if not found:
+            raise FileNotFoundError(f"--resume latest: no complete checkpoint under {Path(output_dir) / 'checkpoints'}")
+        return found[-1]
+    path = Path(resume)
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(f"--resume {resume}: not a checkpoint folder (no {STATE_FILE} in it)")
+    return path
+
+
+def save_checkpoint(accelerator: Any, state: TrainState, output_dir: Path, keep: int) -> Path:
+    """``accelerator.save_state`` into ``checkpoints/step_N`` plus the trainer state (written last,
+    so a folder without it is an interrupted save and is ignored); prunes old checkpoints."""
+    path = output_dir / "checkpoints" / f"step_{state.global_step}"
+    accelerator.save_state(str(path))
+    sums = torch.tensor([state.loss_sum, state.loss_count], dtype=torch.float64, device=accelerator.device)
+    sums = accelerator.reduce(sums, reduction="sum").cpu()
+    if accelerator.is_main_process:
+        saved = dataclasses.replace(state, loss_sum=float(sums[0]), loss_count=float(sums[1]))
+        tmp = path / (STATE_FILE + ".tmp")
+        tmp.write_text(saved.to_json())
+        tmp.replace(path / STATE_FILE)
+        if keep > 0:
+            for old in checkpoint_dirs(output_dir)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# Logs and export
+
+
+def write_csv(history: list[dict], path: Path) -> None:
+    """One row per epoch; columns are the union of the keys seen (a baseline row has no train loss)."""
+    cols: list[str] = ["epoch", "step", "lr", "train_loss"]
+    for row in history:
+        cols.extend(k for k in row if k not in cols)
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, lineterminator="\n")
+        w.writeheader()
+        for row in history:
+            w.writerow(row)
+    tmp.replace(path)
+
+
+def export_model(accelerator: Any, model: nn.Module, cfg: ExperimentConfig, out: Path, info: dict) -> None:
+    """``save_pretrained`` of the unwrapped model plus the experiment config beside it (main process)."""
+    from .factory import save_pretrained
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        save_pretrained(unwrapped, out, extra={"training": info})
+        (out / "experiment.yaml").write_text(yaml.safe_dump(experiment_to_dict(cfg), sort_keys=False))
+    accelerator.wait_for_everyone()
+
+
+def _flat_hparams(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat_hparams(v, key + "."))
+        elif isinstance(v, (int, float, str, bool)):
+            out[key] = v
+        else:
+            out[key] = str(v)
+    return out
+
+
+def init_logging(accelerator: Any, cfg: ExperimentConfig) -> None:
+    """TensorBoard run named after the experiment, with the flattened config as hyperparameters."""
+    if accelerator.log_with:
+        accelerator.init_trackers(cfg.name.replace("/", "_"), config=_flat_hparams(experiment_to_dict(cfg)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Fit
+
+
+def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    diffs = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += _config_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            diffs.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return diffs
+
+
+# Fields that may change between a killed run and its resumption without changing the result.
+_RESUME_FREE = ("train.stop_after_steps", "train.save_every", "train.keep_checkpoints", "train.log_every",
+                "data.num_workers")
+
+
+def fit(accelerator: Any, cfg: ExperimentConfig, resume: Optional[str] = None,
+        datasets: Optional[Datasets] = None, log_prefix: str = "") -> dict[str, Any]:
+    """Train ``cfg`` to the end (or to ``train.stop_after_steps``); see the module docstring.
+
+    ``resume``: a checkpoint folder or ``"latest"``. ``datasets`` skips :func:`build_datasets`
+    (tests, notebooks). Returns metrics (``best``, ``final``, ``test``) and output paths.
+    """
+    from accelerate.utils import set_seed
+
+    t = cfg.train
+    out = Path(cfg.output_dir)
+    ckpt = resolve_resume(resume, out) if resume is not None else None  # fail before any work
+    accelerator.free_memory()  # a previous fold's model/optimizer must not be saved with this one
+    set_seed(t.seed)
+    model = build_model(cfg)
+    if cfg.data.features is not None:
+        use_feature_cache(model, cfg.data.features)
+    if datasets is None:
+        datasets = build_datasets(cfg, model)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        from .data.splits import save_split
+
+        save_split(datasets.split, out / "split.json")
+        (out / "experiment.yaml").write_text(yaml.safe_dump(experiment_to_dict(cfg), sort_keys=False))
+    d = cfg.data
+    train_dl, train_sampler = make_loader(datasets.train, d.batch_size, datasets.collate_fn, True, t.seed,
+                                          d.num_workers)
+    eval_part = "val" if datasets.val is not None and len(datasets.val) else None
+    eval_dl = None
+    if eval_part:
+        eval_dl, _ = make_loader(datasets.val, d.eval_batch_size or d.batch_size, datasets.collate_fn,
+                                 False, t.seed, d.num_workers)
+    test_dl = None
+    if datasets.test is not None and len(datasets.test):
+        test_dl, _ = make_loader(datasets.test, d.eval_batch_size or d.batch_size, datasets.collate_fn,
+                                 False, t.seed, d.num_workers)
+    optimizer = build_optimizer(model, t)
+    loss_fn = build_loss_fn(t)
+
+    # Accelerate steps a prepared scheduler once per process at every optimizer step, so the
+    # schedule is counted in single-process steps: samples seen, whatever the process count.
+    steps_per_epoch = math.ceil(math.ceil(len(train_dl) / accelerator.num_processes) / t.grad_accum)
+    total = max(1, steps_per_epoch * t.epochs * accelerator.num_processes)
+    scheduler = build_scheduler(optimizer, t, total)
+    model, optimizer, train_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, scheduler)
+    eval_dl = accelerator.prepare(eval_dl) if eval_dl is not None else None
+    test_dl = accelerator.prepare(test_dl) if test_dl is not None else None
+    loss_fn = loss_fn.to(accelerator.device)
+
+    state = TrainState(config=experiment_to_dict(cfg))
+    if ckpt is not None:
+        state = TrainState.from_file(ckpt / STATE_FILE)
+        diffs = [x for x in _config_diff(state.config, experiment_to_dict(cfg))
+                 if not x.startswith(_RESUME_FREE)]
+        if diffs:
+            accelerator.print(f"warning: resuming {ckpt} with a changed config: {'; '.join(diffs)}")
+        accelerator.load_state(str(ckpt))
+        state.config = experiment_to_dict(cfg)
+        if not accelerator.is_main_process:  # the saved sums are totals over processes
+            state.loss_sum = state.loss_count = 0.0
+        accelerator.print(f"resumed from {ckpt}: step {state.global_step}, epoch {state.epoch}, "
+                          f"batch {state.batch_in_epoch}")
+
+    def checkpoint() -> Path:
+        return save_checkpoint(accelerator, state, out, t.keep_checkpoints)
+
+    last_ckpt: Optional[Path] = None
+    stopped = False
+
+    def on_step() -> bool:
+        nonlocal last_ckpt, stopped
+        if t.save_every and state.global_step % t.save_every == 0:
+            last_ckpt = checkpoint()
+        if t.stop_after_steps is not None and state.global_step >= t.stop_after_steps:
+            if last_ckpt is None or last_ckpt.name != f"step_{state.global_step}":
+                last_ckpt = checkpoint()
+            stopped = True
+        return stopped
+
+    def log_epoch(row: dict) -> None:
+        state.history.append(row)
+        accelerator.log({f"{log_prefix}{k}": v for k, v in row.items() if k not in ("epoch", "step")},
+                        step=state.global_step)
+        if accelerator.is_main_process:
+            write_csv(state.history, out / "metrics.csv")
+
+    best_dir = out / "best"
+    final_eval: dict[str, float] = {}
+    if t.eval_before_training and resume is None and eval_dl is not None:
+        res = evaluate(accelerator, model, eval_dl, loss_fn, desc=f"{log_prefix}eval (untrained)")
+        log_epoch({"epoch": 0, "step": 0, **{f"val_{k}": v for k, v in res.metrics.items()}})
+        final_eval = res.metrics
+
+    start = time.perf_counter()
+    while state.epoch < t.epochs and not stopped:
+        epoch = state.epoch
+        _seed_epoch(train_dl, train_sampler, t.seed, epoch)
+        loader = train_dl
+        if state.batch_in_epoch:
+            from accelerate import skip_first_batches
+
+            loader = skip_first_batches(train_dl, state.batch_in_epoch)
+            _seed_epoch(loader, train_sampler, t.seed, epoch)
+        stopped = train_one_epoch(accelerator, model, loader, optimizer, scheduler, loss_fn, state, cfg,
+                                  on_step, log_prefix)
+        if stopped:
+            break
+        sums = torch.tensor([state.loss_sum, state.loss_count], dtype=torch.float64, device=accelerator.device)
+        sums = accelerator.reduce(sums, reduction="sum").cpu()
+        row: dict[str, Any] = {"epoch": epoch + 1, "step": state.global_step,
+                               "lr": scheduler.get_last_lr()[0],
+                               "train_loss": float(sums[0] / max(sums[1], 1.0))}
+        if eval_dl is not None:
+            res = evaluate(accelerator, model, eval_dl, loss_fn, desc=f"{log_prefix}eval {epoch + 1}")
+            row.update({f"val_{k}": v for k, v in res.metrics.items()})
+            final_eval = res.metrics
+            score = res.metrics[SELECT_METRIC]
+            if score > state.best_metric:
+                state.best_metric, state.best_epoch = score, epoch + 1
+                export_model(accelerator, model, cfg, best_dir,
+                             {"epoch": epoch + 1, "step": state.global_step, "metrics": res.metrics,
+                              "selected_by": f"val {SELECT_METRIC}"})
+        log_epoch(row)
+        accelerator.print(f"{log_prefix}epoch {epoch + 1}/{t.epochs}: " + ", ".join(
+            f"{k} {v:.4f}" for k, v in row.items() if k in ("train_loss", "val_ccc_valence",
+                                                             "val_ccc_arousal", "val_ccc_mean")))
+        state.epoch, state.batch_in_epoch = epoch + 1, 0
+        state.loss_sum = state.loss_count = 0.0
+        last_ckpt = checkpoint()
+
+    result: dict[str, Any] = {
+        "output_dir": str(out),
+        "global_step": state.global_step,
+        "epochs_done": state.epoch,
+        "stopped_early": stopped,
+        "checkpoint": str(last_ckpt) if last_ckpt is not None else None,
+        "metrics_csv": str(out / "metrics.csv"),
+        "tensorboard_dir": str(out / "tensorboard"),
+        "train_seconds": time.perf_counter() - start,
+        "history": state.history,
+        "n_labelled": datasets.n_labelled,
+    }
+    if stopped:
+        return result
+    if eval_dl is None:
+        # Nothing to select on: the last epoch is the model (never pick epochs on the test set).
+        export_model(accelerator, model, cfg, best_dir,
+                     {"epoch": state.epoch, "step": state.global_step, "metrics": {}, "selected_by": "last epoch"})
+        state.best_epoch = state.epoch
+    result.update(best_model=str(best_dir), best_epoch=state.best_epoch, final=final_eval,
+                  best=next((
+                      {k[4:]: v for k, v in row.items() if k.startswith("val_")}
+                      for row in state.history if row["epoch"] == state.best_epoch), {}))
+    if test_dl is not None:
+        from safetensors.torch import load_file
+
+        accelerator.wait_for_everyone()
+        weights = load_file(str(best_dir / "model.safetensors"), device="cpu")
+        accelerator.unwrap_model(model).load_state_dict(weights, strict=True)
+        res = evaluate(accelerator, model, test_dl, loss_fn, desc=f"{log_prefix}test")
+        result["test"] = res.metrics
+        if accelerator.is_main_process:
+            (out / "test_metrics.json").write_text(json.dumps(res.metrics, indent=1))
+    if accelerator.is_main_process:
+        (out / "results.json").write_text(json.dumps({k: v for k, v in result.items() if k != "history"},
+                                                     indent=1, default=str))
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# Cross-validation
+
+
+def cross_validate(accelerator: Any, cfg: ExperimentConfig, folds: int, resume: Optional[str] = None) -> dict[str, Any]:
+    """Train and evaluate every fold; mean and std (population, over folds) of each metric.
+
+    Each fold writes to ``<output_dir>/fold_<i>``; the held-out fold is its test set, so fold
+    results are test metrics of the model chosen on that fold's validation part (or its last
+    epoch when ``data.val_fraction`` is 0). Writes ``<output_dir>/cv_results.json``.
+    """
+    if folds < 2:
+        raise ValueError(f"--folds needs at least 2 folds, got {folds}")
+    runs = []
+    for i in range(folds):
+        fcfg = with_fold(cfg, i, folds)
+        fold_resume = resume
+        if resume == "latest" and not checkpoint_dirs(fcfg.output_dir):
+            fold_resume = None
+        if fold_resume == "latest" and (Path(fcfg.output_dir) / "results.json").is_file():
+            runs.append(json.loads((Path(fcfg.output_dir) / "results.json").read_text()))
+            accelerator.print(f"fold {i}: already finished, results read back")
+            continue
+        accelerator.print(f"=== fold {i + 1}/{folds} ===")
+        runs.append(fit(accelerator, fcfg, resume=fold_resume, log_prefix=f"fold_{i}/"))
+    part = "test" if all(r.get("test") for r in runs) else "final"
+    per_fold = [r[part] for r in runs]
+    keys = [k for k in per_fold[0] if all(isinstance(f.get(k), (int, float)) for f in per_fold)]
+    summary = {k: {"mean": float(np.mean([f[k] for f in per_fold])),
+                   "std": float(np.std([f[k] for f in per_fold])),
+                   "folds": [float(f[k]) for f in per_fold]} for k in keys}
+    out = {"folds": folds, "part": part, "metrics": summary, "runs": [r["output_dir"] for r in runs],
+           "split_by": cfg.data.split_by}
+    if accelerator.is_main_process:
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.output_dir) / "cv_results.json").write_text(json.dumps(out, indent=1))
+    return out
+
+
+def format_cv_table(cv: dict[str, Any], keys: Optional[list[str]] = None) -> str:
+    """Markdown table: one row per metric, mean ± std over folds and the per-fold values."""
+    m = cv["metrics"]
+    keys = keys or [k for k in ("ccc_valence", "ccc_arousal", "ccc_mean", "pcc_valence", "pcc_arousal",
+                                "rmse_valence", "rmse_arousal", "sagr_valence", "sagr_arousal") if k in m]
+    n = cv["folds"]
+    lines = [f"{n}-fold cross-validation ({cv['part']} metrics, split by {cv['split_by']})", "",
+             "| metric | mean ± std | " + " | ".join(f"fold {i}" for i in range(n)) + " |",
+             "|---|---:|" + "---:|" * n]
+    for k in keys:
+        lines.append(f"| {k} | {m[k]['mean']:.4f} ± {m[k]['std']:.4f} | "
+                     + " | ".join(f"{v:.4f}" for v in m[k]["folds"]) + " |")
+    return "\n".join(lines)
+
+
+__all__ = ["EpochSampler", "TrainState", "EvalResult", "make_accelerator", "make_loader", "train_one_epoch",
+           "gather_predictions", "stitch", "split_metrics", "evaluate", "save_checkpoint", "checkpoint_dirs",
+           "resolve_resume", "export_model", "init_logging", "fit", "cross_validate", "format_cv_table",
+           "model_inputs"]
