@@ -3,11 +3,24 @@ __version__ = "0.1.0"
 
 from .config import AudioEncoderConfig, FusionConfig, ModelConfig, VideoEncoderConfig
 from .factory import create_model, from_pretrained, get_model_config, list_models, save_pretrained
+from .losses import CCCLoss, EmoNetLoss, build_loss
+from .metrics import ccc, format_clip_summary, pcc, per_clip_summary, rmse, sagr, smooth_clips, va_metrics
 from .model import AVModel
 
 __all__ = [
     "__version__",
     "AVModel",
+    "CCCLoss",
+    "EmoNetLoss",
+    "build_loss",
+    "ccc",
+    "pcc",
+    "rmse",
+    "sagr",
+    "va_metrics",
+    "per_clip_summary",
+    "format_clip_summary",
+    "smooth_clips",
     "AudioEncoderConfig",
     "FusionConfig",
     "ModelConfig",

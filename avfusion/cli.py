@@ -12,6 +12,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_download(args: argparse.Namespace) -> int:
+    from .data.faces import download_yunet
+
+    path = download_yunet(dest=args.dest)
+    print(f"saved {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="avfusion",
@@ -20,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     s = sub.add_parser("models", help="list the named model configs")
     s.set_defaults(func=_cmd_models)
+    s = sub.add_parser("download", help="fetch a model file that avfusion may redistribute (checks its sha256)")
+    s.add_argument("what", choices=["yunet"], help="yunet: OpenCV's YuNet face detector (MIT)")
+    s.add_argument("--dest", default=None, help="folder or file (default: $AVFUSION_HOME)")
+    s.set_defaults(func=_cmd_download)
     return p
 
 

@@ -122,3 +122,85 @@ def test_unknown_names_are_clear_errors():
         create_model("afew_emonet_video", fusion={"n_layayers": 2})
     with pytest.raises(ValueError, match="mode"):
         feature_model("audio-visual")
+
+
+# -- every named config, at tiny widths, from raw frames and audio ------------------------------
+from avfusion import list_models, get_model_config  # noqa: E402
+
+TINY_W2V = {
+    "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 32,
+    "conv_dim": [16] * 7, "num_conv_pos_embeddings": 8, "num_conv_pos_embedding_groups": 2,
+}
+TINY_VIT = {"embed_dim": 32, "depth": 1, "num_heads": 2, "img_size": 32}
+
+
+def tiny_overrides(name: str) -> dict:
+    cfg = get_model_config(name)
+    over: dict = {}
+    if cfg.video is not None and cfg.mode in ("av", "video"):
+        over["video"] = {"width": 32} if cfg.video.name == "emonet" else {"timm_kwargs": TINY_VIT}
+    if cfg.audio is not None and cfg.mode in ("av", "audio"):
+        over["audio"] = {"hf_config": TINY_W2V, "path": None}
+    if cfg.fusion is not None:
+        over["fusion"] = {"d_model": 32, "n_layers": 1, "n_heads": 2}
+    return over
+
+
+def raw_inputs(model, B=2, T=4, seconds_per_frame=0.04):
+    g = torch.Generator().manual_seed(0)
+    _, H, W = model.pretrained_cfg["input_size"] if model.pretrained_cfg else (3, 8, 8)
+    video = torch.rand(B, T, 3, H, W, generator=g)
+    S = int(T * seconds_per_frame * 16000)
+    audio = torch.randn(B, S, generator=g) * 0.1
+    frame_times = torch.arange(T).float()[None].repeat(B, 1) * seconds_per_frame
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[1, -1] = False
+    face = torch.ones(B, T, dtype=torch.bool)
+    face[0, 1] = False
+    return dict(video=video, audio=audio, frame_times=frame_times, audio_lengths=torch.tensor([S, S - 160]),
+                mask=mask, face_mask=face, audio_valid=torch.tensor([True, False]))
+
+
+def test_named_configs_exist():
+    assert {"emonet_8", "emonet_5", "afew_emonet_video", "av_emonet_wav2vec2", "av_mae_vitb_wav2vec2",
+            "tiny"} <= set(list_models())
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_named_config_forward_backward_at_tiny_width(name):
+    torch.manual_seed(0)
+    model = create_model(name, **tiny_overrides(name))
+    model.train()
+    out = model(**raw_inputs(model))
+    assert out["valence"].shape == (2, 4)
+    assert out["valence"].abs().max() <= 1 and torch.isfinite(out["arousal"]).all()
+    if model.fusion is None:  # frame-by-frame EmoNet: nothing trains
+        assert out["valence"][0, 1] == 0  # no face -> no prediction
+        return
+    (out["valence"].sum() + out["arousal"].sum()).backward()
+    for enc in (model.video_encoder, model.audio_encoder):
+        if enc is None:
+            continue
+        assert not enc.training, "frozen encoders stay in eval() under model.train()"
+        frozen = [n for n, p in enc.named_parameters() if not p.requires_grad]
+        assert frozen, "encoders of the named configs are frozen"
+        assert all(p.grad is None for p in enc.parameters() if not p.requires_grad)
+    fusion_grads = [p.grad for p in model.fusion.parameters()]
+    assert all(g is not None for g in fusion_grads[:4])
+    assert sum(float(g.abs().sum()) for g in fusion_grads if g is not None) > 0
+
+
+def test_export_of_model_with_wav2vec2_folder_is_self_contained(tmp_path):
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    torch.manual_seed(0)
+    folder = tmp_path / "w2v"
+    Wav2Vec2Model(Wav2Vec2Config(**TINY_W2V)).save_pretrained(folder)
+    model = create_model("tiny", audio={"path": str(folder)}, video={"width": 32}).eval()
+    x = {k: v[:1] for k, v in raw_inputs(model).items()}
+    ref = model(**x)
+    save_pretrained(model, tmp_path / "export")
+    import shutil
+    shutil.rmtree(folder)  # the export must not need the original folder
+    out = from_pretrained(tmp_path / "export").eval()(**x)
+    torch.testing.assert_close(out["arousal"], ref["arousal"])

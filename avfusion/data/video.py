@@ -38,15 +38,13 @@ class NoVideoStreamError(VideoDecodeError):
 
 
 def _short_decord_message(err: BaseException) -> str:
-    """decord errors carry a C++ stack trace; keep the line that says what failed."""
-    text = str(err).strip()
-    text = text.split("Stack trace", 1)[0]
+    """decord errors carry C++ source locations and a stack trace; keep the words that say what failed."""
+    text = str(err).strip().split("Stack trace", 1)[0]
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in lines:
-        if "Check failed" in ln or "ERROR" in ln or "Error" in ln:
-            # Drop decord's "[time] /path/file.cc:123:" prefixes.
-            return re.sub(r"(\[[\d:]+\]\s*)?\S+\.cc:\d+:\s*", "", ln).strip()
-    return lines[0] if lines else type(err).__name__
+    pick = next((ln for ln in lines if "Check failed" in ln or "ERROR" in ln or "Error" in ln), None)
+    pick = pick or (lines[0] if lines else type(err).__name__)
+    # Drop decord's "[12:00:00] /path/file.cc:123: " prefixes (there can be several).
+    return re.sub(r"(\[[\d:]+\]\s*)?\S+\.(cc|h):\d+:\s*", "", pick).strip()
 
 
 def _diagnose(path: Path, err: BaseException) -> VideoDecodeError:
@@ -82,7 +80,8 @@ def _diagnose(path: Path, err: BaseException) -> VideoDecodeError:
                 "re-encode or re-download the file"
             )
     return VideoDecodeError(
-        f"{path}: cannot decode the video stream (corrupt or unsupported?): {_short_decord_message(err)}"
+        f"{path}: cannot index the video stream (corrupt, or a raw stream without container timestamps?): "
+        f"{_short_decord_message(err)}; remuxing may help: ffmpeg -i IN -c copy OUT.mp4"
     )
 
 

@@ -238,6 +238,9 @@ class EmoNetEncoder(VideoEncoder):
             image, as the official evaluation does (heatmaps are those of the unmirrored image).
     """
 
+    # Has its own per-frame valence/arousal head (frame-by-frame models, `fusion: null`).
+    has_va_head = True
+
     def __init__(
         self,
         n_expression: int = 8,

@@ -221,6 +221,10 @@ class Wav2Vec2Encoder(AudioEncoder):
             self.model.requires_grad_(False)
             self.model.eval()
 
+    def hf_config_dict(self) -> dict:
+        """The architecture as Wav2Vec2Config keyword arguments (exports rebuild it without the folder)."""
+        return self.model.config.to_diff_dict()
+
     @classmethod
     def from_config(cls, cfg: AudioEncoderConfig) -> "Wav2Vec2Encoder":
         """``cfg.path``: a local folder (config.json + model.safetensors); else ``Wav2Vec2Config(**cfg.hf_config)``."""

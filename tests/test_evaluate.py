@@ -1,0 +1,238 @@
+"""scripts/evaluate.py: EmoNet-8 zero-shot on an AFEW-VA tree, checked against an independent run of
+the network and metrics written out in numpy here; exported models on raw clips and on cached
+features give the same metrics."""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+
+import evaluate as evaluate_script  # noqa: E402
+
+# A tiny EmoNet (the official one is width 256, 2 hourglasses, 4 head blocks): same code paths.
+TINY_EMONET = {"width": 16, "num_modules": 1, "n_blocks": 1, "n_expression": 8}
+CLIP_LEN = 6  # 12 frames per clip: two windows, so stitching is exercised
+N_CLIPS, N_FRAMES = 5, 12
+SMOOTH = 3
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory) -> Path:
+    from avfusion.data.synthetic import SyntheticConfig, generate_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_dataset(root, SyntheticConfig(clips=N_CLIPS, frames=N_FRAMES, size=64, pair=False, gaps=False,
+                                           clips_per_actor=2))
+    return root
+
+
+# ---- an independent reading of the AFEW-VA tree and run of the network ---------------------------
+
+
+def read_clip(clip_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """frames (N, H, W, 3) RGB, labels (N, 2) in [-1, 1], landmarks (N, 68, 2), from the files."""
+    data = json.loads((clip_dir / f"{clip_dir.name}.json").read_text())
+    keys = sorted(data["frames"])
+    frames = np.stack([cv2.imread(str(clip_dir / f"{k}.png"))[..., ::-1] for k in keys])
+    labels = np.array([[data["frames"][k]["valence"], data["frames"][k]["arousal"]] for k in keys]) / 10.0
+    lms = np.array([data["frames"][k]["landmarks"] for k in keys], dtype=np.float32)
+    return frames, labels, lms
+
+
+def emonet_va(net: torch.nn.Module, crops: np.ndarray) -> np.ndarray:
+    """(N, 2) valence/arousal of face crops (N, 256, 256, 3), averaged with the mirrored image."""
+    x = torch.from_numpy(crops.transpose(0, 3, 1, 2).copy()).float() / 255.0
+    with torch.no_grad():
+        a, b = net(x), net(x.flip(-1))
+    return torch.stack([(a["valence"] + b["valence"]) / 2, (a["arousal"] + b["arousal"]) / 2], 1).numpy()
+
+
+def crop_windows(frames: np.ndarray, lms: np.ndarray) -> np.ndarray:
+    """Landmark face crops as the dataset cuts them: per window of CLIP_LEN frames."""
+    from avfusion.data.faces import FaceCropper
+
+    cropper = FaceCropper("landmarks", margin=0.25, output_size=256, smoothing=5)
+    return np.concatenate([cropper(frames[s:s + CLIP_LEN], lms[s:s + CLIP_LEN])[0]
+                           for s in range(0, len(frames), CLIP_LEN)])
+
+
+@pytest.fixture(scope="module")
+def checkpoint(synthetic_root, tmp_path_factory) -> Path:
+    """Random tiny EmoNet weights, its valence/arousal outputs rescaled to spread over about
+    [-0.6, 0.6] on these faces (raw random heads give near-constant outputs), saved like the
+    official files (a plain state dict, keys prefixed ``module.``)."""
+    from avfusion.encoders.emonet import EmoNet
+
+    torch.manual_seed(0)
+    net = EmoNet(**TINY_EMONET).eval()
+    raw = np.concatenate([emonet_va(net, crop_windows(*read_clip(clip)[::2]))
+                          for clip in sorted((synthetic_root / "AFEW-VA").iterdir())])
+    m, s = raw.mean(0), raw.std(0)
+    with torch.no_grad():
+        last = net.emo_fc_2[3]
+        for j, row in enumerate((-2, -1)):
+            k = 0.3 / float(s[j])
+            last.weight[row] *= k
+            last.bias[row] = (last.bias[row] - float(m[j])) * k
+    path = tmp_path_factory.mktemp("weights") / "emonet_8_tiny.pth"
+    torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, path)
+    return path
+
+
+def ccc_np(p: np.ndarray, t: np.ndarray) -> float:
+    p = np.clip(p, -1, 1)
+    if np.all(p == p[0]) or np.all(t == t[0]):
+        return 0.0
+    cov = np.mean((p - p.mean()) * (t - t.mean()))
+    return float(2 * cov / (p.var() + t.var() + (p.mean() - t.mean()) ** 2))
+
+
+def quadrant_np(v: np.ndarray, a: np.ndarray) -> np.ndarray:
+    return np.select([(v >= 0) & (a >= 0), (v < 0) & (a >= 0), (v < 0) & (a < 0)], [1, 2, 3], 4)
+
+
+def moving_average_np(x: np.ndarray, w: int) -> np.ndarray:
+    h = w // 2
+    return np.stack([x[max(0, t - h):t + h + 1].mean(0) for t in range(len(x))])
+
+
+def expected_metrics(root: Path, checkpoint: Path, smooth: int) -> dict:
+    from avfusion.encoders.emonet import EmoNet
+
+    net = EmoNet(**TINY_EMONET).eval()
+    sd = torch.load(checkpoint, weights_only=True)
+    net.load_state_dict({k.removeprefix("module."): v for k, v in sd.items()})
+    per_clip, cat_p, cat_t, cat_s = {}, [], [], []
+    for clip in sorted((root / "AFEW-VA").iterdir()):
+        frames, labels, lms = read_clip(clip)
+        pred = np.clip(emonet_va(net, crop_windows(frames, lms)), -1, 1)
+        smoothed = moving_average_np(pred, smooth)
+        per_clip[clip.name] = (pred, labels, smoothed)
+        cat_p.append(pred), cat_t.append(labels), cat_s.append(smoothed)
+    p, t, s = np.concatenate(cat_p), np.concatenate(cat_t), np.concatenate(cat_s)
+    out: dict = {"raw": {}, "smoothed": {}}
+    for name, idx in (("raw", 0), ("smoothed", 2)):
+        res = out[name]
+        allp = p if name == "raw" else s
+        for i, dim in enumerate(("valence", "arousal")):
+            c = np.array([ccc_np(v[idx][:, i], v[1][:, i]) for v in per_clip.values()])
+            res[f"ccc_{dim}_min"], res[f"ccc_{dim}_max"], res[f"ccc_{dim}_mean"] = c.min(), c.max(), c.mean()
+            res[f"n_clips_{dim}_ge"], res[f"n_clips_{dim}_lt"] = int((c >= 0.5).sum()), int((c < 0.5).sum())
+            res[f"ccc_{dim}_combined"] = ccc_np(allp[:, i], t[:, i])
+        res["quadrant_acc_frame"] = float(np.mean(quadrant_np(allp[:, 0], allp[:, 1]) == quadrant_np(t[:, 0], t[:, 1])))
+        hits = [quadrant_np(*v[idx].mean(0)) == quadrant_np(*v[1].mean(0)) for v in per_clip.values()]
+        res["quadrant_acc_clip"] = float(np.mean(hits))
+        res["per_clip"] = {cid: (ccc_np(v[idx][:, 0], v[1][:, 0]), ccc_np(v[idx][:, 1], v[1][:, 1]))
+                           for cid, v in per_clip.items()}
+    return out
+
+
+def parse_table(text: str, title: str) -> dict[str, list[float]]:
+    """The valence/arousal rows of the markdown table printed under ``title``."""
+    block = text.split(title, 1)[1]
+    rows = {}
+    for dim in ("valence", "arousal"):
+        line = re.search(rf"^\| {dim} \|(.*)\|$", block, re.M).group(1)
+        rows[dim] = [float(c) for c in line.split("|")]
+    return rows
+
+
+def test_emonet8_zero_shot_on_afew_va(synthetic_root, checkpoint, tmp_path, capsys):
+    out = tmp_path / "eval"
+    argv = ["--model", "emonet_8", "--checkpoint", str(checkpoint), "--data-kind", "afew_va",
+            "--root", str(synthetic_root / "AFEW-VA"), "--clip-len", str(CLIP_LEN), "--batch-size", "2",
+            "--smooth", str(SMOOTH), "--out", str(out), "--cpu"]
+    for k, v in TINY_EMONET.items():
+        argv += ["--set", f"video.{k}={v}"]
+    results = evaluate_script.main(argv)
+    printed = capsys.readouterr().out
+    expected = expected_metrics(synthetic_root, checkpoint, SMOOTH)
+
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["n_videos"] == N_CLIPS and saved["n_frames_scored"] == N_CLIPS * N_FRAMES
+    assert saved["part"] == "all"
+    for name, res in (("raw", saved["per_clip"]), ("smoothed", saved["smoothed"]["per_clip"])):
+        exp = expected[name]
+        for key in [k for k in exp if k != "per_clip"]:
+            assert res[key] == pytest.approx(exp[key], abs=2e-4), (name, key)
+    # The example must not be degenerate: the clips spread over the threshold and the quadrants.
+    ccc_v = [v[0] for v in expected["raw"]["per_clip"].values()]
+    assert max(ccc_v) - min(ccc_v) > 0.2
+    assert saved["quadrant_accuracy"]["frame"] == pytest.approx(expected["raw"]["quadrant_acc_frame"], abs=1e-9)
+    # Whole-split CCC (va_metrics over all frames) is the combined per-clip CCC.
+    assert saved["frames"]["ccc_valence"] == pytest.approx(expected["raw"]["ccc_valence_combined"], abs=2e-4)
+    assert saved["frames"]["ccc_arousal"] == pytest.approx(expected["raw"]["ccc_arousal_combined"], abs=2e-4)
+
+    # The printed tables carry the same numbers (3 decimals) and the quadrant accuracy.
+    for title, name in (("Per-clip CCC (no smoothing)", "raw"), (f"moving average over {SMOOTH} frames", "smoothed")):
+        rows = parse_table(printed, title)
+        exp = expected[name]
+        for dim in ("valence", "arousal"):
+            want = [exp[f"ccc_{dim}_min"], exp[f"ccc_{dim}_max"], exp[f"ccc_{dim}_mean"],
+                    exp[f"n_clips_{dim}_ge"], exp[f"n_clips_{dim}_lt"], exp[f"ccc_{dim}_combined"]]
+            assert rows[dim] == pytest.approx(want, abs=1.5e-3), (title, dim)
+    q = 100 * expected["raw"]["quadrant_acc_frame"]
+    assert f"quadrant accuracy {q:.1f} % of frames" in printed
+
+    # Per-clip CSV and per-frame predictions.
+    import pandas as pd
+
+    table = pd.read_csv(out / "per_clip.csv", dtype={"clip_id": str}).set_index("clip_id")
+    for cid, (cv, ca) in expected["raw"]["per_clip"].items():
+        assert table.loc[cid, "ccc_valence"] == pytest.approx(cv, abs=2e-4)
+        assert table.loc[cid, "ccc_arousal"] == pytest.approx(ca, abs=2e-4)
+        sv, sa = expected["smoothed"]["per_clip"][cid]
+        assert table.loc[cid, "smoothed_ccc_valence"] == pytest.approx(sv, abs=2e-4)
+    frames_csv = pd.read_csv(out / "predictions.csv", dtype={"video_id": str})
+    assert len(frames_csv) == N_CLIPS * N_FRAMES
+    assert frames_csv.groupby("video_id")["frame"].apply(lambda f: sorted(f) == list(range(N_FRAMES))).all()
+    for name in ("scatter.png", "per_clip_ccc_hist.png", "clips_over_time.png"):
+        assert (out / "plots" / name).stat().st_size > 1000
+    assert results["per_clip"]["n_clips"] == N_CLIPS
+
+
+def test_exported_model_on_raw_clips_and_cached_features(synthetic_root, tmp_path):
+    """An exported audio-visual model scores the same on raw clips and on a float32 feature cache."""
+    import yaml
+
+    import cache_features
+    from avfusion import save_pretrained, training
+
+    cfg = {"model": "tiny",
+           "model_overrides": {"video": {"width": 16, "num_modules": 1, "n_blocks": 1}},
+           "data": {"kind": "synthetic", "root": str(synthetic_root), "clip_len": 8, "stride": 8,
+                    "face_backend": "full", "face_mode": "full", "test_fraction": 0.4, "val_fraction": 0.2},
+           "train": {"seed": 0, "cpu": True}}
+    cfg_path = tmp_path / "exp.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    torch.manual_seed(0)
+    model = training.build_model(training.load_experiment(cfg_path))
+    save_pretrained(model, tmp_path / "model")
+    cache_features.main(["--config", str(cfg_path), "--out", str(tmp_path / "cache"), "--dtype", "float32"])
+
+    common = ["--model", str(tmp_path / "model"), "--config", str(cfg_path), "--no-plots", "--cpu"]
+    raw = evaluate_script.main(common + ["--out", str(tmp_path / "raw")])
+    cached = evaluate_script.main(common + ["--out", str(tmp_path / "cached"), "--features", str(tmp_path / "cache")])
+    assert json.loads((tmp_path / "raw" / "metrics.json").read_text())["part"] == "test"
+    assert raw["n_frames_scored"] == cached["n_frames_scored"] > 0
+    for key, value in raw["frames"].items():
+        assert cached["frames"][key] == pytest.approx(value, abs=1e-6), key
+    for key in ("ccc_valence_mean", "ccc_arousal_mean", "quadrant_acc_clip"):
+        assert cached["per_clip"][key] == pytest.approx(raw["per_clip"][key], abs=1e-6), key
