@@ -17,7 +17,6 @@ and experiment. :func:`cache_dataset` does that:
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import time
@@ -71,14 +70,17 @@ def encoder_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def encoder_hash(model: nn.Module) -> str:
+def encoder_hash(model: nn.Module, names: Optional[Sequence[str]] = None) -> str:
     """sha256 of the encoders' weights: key, dtype, shape and raw bytes of every tensor, keys sorted.
 
     Two models give the same hash exactly when their encoders hold bit-identical tensors under the
-    same names, whatever file or seed they came from.
+    same names, whatever file or seed they came from. ``names`` restricts the hash to some encoders
+    (``["video_encoder"]``).
     """
     h = hashlib.sha256()
     state = encoder_state_dict(model)
+    if names is not None:
+        state = {k: v for k, v in state.items() if k.split(".", 1)[0] in names}
     for k in sorted(state):
         t = state[k].detach().to("cpu").contiguous()
         h.update(f"{k}|{t.dtype}|{tuple(t.shape)}\n".encode())
@@ -149,6 +151,9 @@ def build_manifest(
         "version": CACHE_VERSION,
         "avfusion_version": __version__,
         "encoder_hash": encoder_hash(model),
+        # Per encoder too, so that a model using one of them (video-only on an audio-visual cache)
+        # can be checked against the cache.
+        "encoder_hashes": {name: encoder_hash(model, [name]) for name in encoder_modules(model)},
         "encoders": encoder_description(model),
         "video_dim": int(model.video_encoder.num_features) if use_video else None,
         "audio_dim": int(model.audio_encoder.num_features) if use_audio else None,
@@ -249,12 +254,13 @@ def check_model_matches_cache(model: nn.Module, cache_dir: PathLike) -> None:
         raise ValueError(f"{where}: the model needs video features but the cache has none")
     if model.use_audio and manifest.get("audio_dim") is None:
         raise ValueError(f"{where}: the model needs audio features but the cache has none")
-    got = encoder_hash(model)
-    if got != manifest["encoder_hash"]:
-        raise ValueError(
-            f"{where}: the model's encoders hash to {got}, the cache was made with "
-            f"{manifest['encoder_hash']}; load the cache's encoders (avfusion.caching."
-            "load_cache_encoders) or re-cache with this model")
+    cached = manifest.get("encoder_hashes") or {}
+    for name in encoder_modules(model):
+        got, want = encoder_hash(model, [name]), cached.get(name)
+        if got != want:
+            raise ValueError(
+                f"{where}: the model's {name} hashes to {got}, the cache's to {want}; load the "
+                "cache's encoders (avfusion.caching.load_cache_encoders) or re-cache with this model")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -17,8 +17,9 @@ T = TypeVar("T")
 
 @dataclass
 class VideoEncoderConfig:
-    # "emonet" (face-alignment trunk + emotion head), "mae_vit" (timm ViT with MAE weights), or
-    # "features" (no network: the model reads cached per-frame features of width `dim`).
+    # "emonet" (face-alignment trunk + emotion head), "mae_vit" (timm ViT with MAE weights), "hog"
+    # (weight-free HOG descriptor: the tiny demo model), or "features" (no network: the model reads
+    # cached per-frame features of width `dim`).
     name: str = "emonet"
     # EmoNet: 8 or 5 expression classes, as the official emonet_8.pth / emonet_5.pth.
     n_expression: int = 8
@@ -42,11 +43,14 @@ class VideoEncoderConfig:
     flip_average: bool = False
     # Width of cached features when name == "features".
     dim: int = 256
+    # Input side for "hog" (0 = the encoder's default, 64 px).
+    image_size: int = 0
 
 
 @dataclass
 class AudioEncoderConfig:
-    # "wav2vec2" (transformers Wav2Vec2Model) or "features" (cached per-frame features of width `dim`).
+    # "wav2vec2" (transformers Wav2Vec2Model), "logmel" (weight-free log-mel energies: the tiny demo
+    # model) or "features" (cached per-frame features of width `dim`).
     name: str = "wav2vec2"
     # Local folder with config.json + model.safetensors (from_pretrained), or None: build from
     # `hf_config` (random weights; tiny configs for tests and the demo).
@@ -59,6 +63,8 @@ class AudioEncoderConfig:
     frozen: bool = True
     # Width of cached features when name == "features".
     dim: int = 768
+    # Mel bands for "logmel".
+    n_mels: int = 64
 
 
 @dataclass

@@ -10,6 +10,10 @@ precision). What makes a run exactly resumable:
   process's RNG states; :class:`TrainState` (``trainer_state.json`` beside them) stores the step,
   the epoch and how many batches of it were consumed, which ``skip_first_batches`` skips on resume.
 
+Exact means bit-identical weights (tested, CPU, float32). One limit: with ``num_workers > 0`` *and*
+random augmentation, a resume in the middle of an epoch replays that epoch's data order but not its
+augmentation draws (fresh workers start their RNG streams at the first batch not skipped).
+
 Evaluation gathers per-frame predictions from all processes with ``gather_for_metrics`` (which
 drops the samples Accelerate repeats to even out the last batch), keeps only labelled real frames,
 stitches windows back onto videos by ``(video_id, frame_indices)`` (averaging overlapping windows)
@@ -489,16 +493,16 @@ def fit(accelerator: Any, cfg: ExperimentConfig, resume: Optional[str] = None,
         datasets = build_datasets(cfg, model)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        from .data.splits import save_split
+        if datasets.split is not None:
+            from .data.splits import save_split
 
-        save_split(datasets.split, out / "split.json")
+            save_split(datasets.split, out / "split.json")
         (out / "experiment.yaml").write_text(yaml.safe_dump(experiment_to_dict(cfg), sort_keys=False))
     d = cfg.data
     train_dl, train_sampler = make_loader(datasets.train, d.batch_size, datasets.collate_fn, True, t.seed,
                                           d.num_workers)
-    eval_part = "val" if datasets.val is not None and len(datasets.val) else None
     eval_dl = None
-    if eval_part:
+    if datasets.val is not None and len(datasets.val):
         eval_dl, _ = make_loader(datasets.val, d.eval_batch_size or d.batch_size, datasets.collate_fn,
                                  False, t.seed, d.num_workers)
     test_dl = None
@@ -643,7 +647,8 @@ def fit(accelerator: Any, cfg: ExperimentConfig, resume: Optional[str] = None,
 
 
 def cross_validate(accelerator: Any, cfg: ExperimentConfig, folds: int, resume: Optional[str] = None) -> dict[str, Any]:
-    """Train and evaluate every fold; mean and std (population, over folds) of each metric.
+    """Train and evaluate every fold; mean and sample standard deviation (ddof=1) over folds of
+    each metric.
 
     Each fold writes to ``<output_dir>/fold_<i>``; the held-out fold is its test set, so fold
     results are test metrics of the model chosen on that fold's validation part (or its last
@@ -651,6 +656,8 @@ def cross_validate(accelerator: Any, cfg: ExperimentConfig, folds: int, resume: 
     """
     if folds < 2:
         raise ValueError(f"--folds needs at least 2 folds, got {folds}")
+    if resume not in (None, "latest"):
+        raise ValueError("with --folds, --resume takes 'latest' (each fold resumes from its own folder)")
     runs = []
     for i in range(folds):
         fcfg = with_fold(cfg, i, folds)
@@ -667,7 +674,7 @@ def cross_validate(accelerator: Any, cfg: ExperimentConfig, folds: int, resume: 
     per_fold = [r[part] for r in runs]
     keys = [k for k in per_fold[0] if all(isinstance(f.get(k), (int, float)) for f in per_fold)]
     summary = {k: {"mean": float(np.mean([f[k] for f in per_fold])),
-                   "std": float(np.std([f[k] for f in per_fold])),
+                   "std": float(np.std([f[k] for f in per_fold], ddof=1)),
                    "folds": [float(f[k]) for f in per_fold]} for k in keys}
     out = {"folds": folds, "part": part, "metrics": summary, "runs": [r["output_dir"] for r in runs],
            "split_by": cfg.data.split_by}
@@ -683,7 +690,8 @@ def format_cv_table(cv: dict[str, Any], keys: Optional[list[str]] = None) -> str
     keys = keys or [k for k in ("ccc_valence", "ccc_arousal", "ccc_mean", "pcc_valence", "pcc_arousal",
                                 "rmse_valence", "rmse_arousal", "sagr_valence", "sagr_arousal") if k in m]
     n = cv["folds"]
-    lines = [f"{n}-fold cross-validation ({cv['part']} metrics, split by {cv['split_by']})", "",
+    lines = [f"{n}-fold cross-validation ({cv['part']} metrics, split by {cv['split_by']}; "
+             "std over folds, ddof=1)", "",
              "| metric | mean ± std | " + " | ".join(f"fold {i}" for i in range(n)) + " |",
              "|---|---:|" + "---:|" * n]
     for k in keys:

@@ -13,10 +13,9 @@ Works on raw-clip batches (:class:`~avfusion.data.clips.ClipDataset`) and cached
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Union
 
 import numpy as np
 import pandas as pd
@@ -181,6 +180,18 @@ class PredictionCollector:
         return out
 
 
+def _real_frames(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """The batch with ``mask`` = real (non-padding) frames, the model's notion of its ``mask``.
+
+    A batch's ``mask`` marks *labelled* real frames (what losses and metrics score); the model must
+    see every real frame, labelled or not, or an unlabelled video (prediction) or an unlabelled
+    stretch (Aff-Wild2's -5 frames) would reach it as padding and its features would be ignored.
+    """
+    if "frame_indices" not in batch:
+        return dict(batch)
+    return {**batch, "mask": batch["frame_indices"] >= 0}
+
+
 def _to_device(batch: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -213,7 +224,7 @@ def predict_loader(
         it = tqdm(loader, desc="evaluating", unit="batch")
     for batch in it:
         batch = _to_device(batch, device)
-        out = model.forward_batch(batch)
+        out = model.forward_batch(_real_frames(batch))
         rows = batch_rows(batch, out)
         if accelerator is not None:
             rows = accelerator.gather_for_metrics(rows, use_gather_object=True)
@@ -310,6 +321,11 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def _fmt(x: float, digits: int) -> str:
+    # A tiny negative residue printed as "-0.000" reads like a finding: print it as 0.
+    return f"{x:.{digits}f}" if abs(x) >= 0.5 * 10.0 ** -digits else f"{0.0:.{digits}f}"
+
+
 def format_report(results: Mapping[str, Any], digits: int = 3) -> str:
     """The per-clip tables (raw and smoothed), whole-split metrics and quadrant accuracy, as text."""
     w = results["smoothing_window"]
@@ -328,7 +344,7 @@ def format_report(results: Mapping[str, Any], digits: int = 3) -> str:
         f, q = r["frames"], r["quadrant_accuracy"]
         vals = [f["ccc_valence"], f["ccc_arousal"], f["ccc_mean"], f["pcc_valence"], f["pcc_arousal"],
                 f["rmse_valence"], f["rmse_arousal"], f["sagr_valence"], f["sagr_arousal"]]
-        cells = " | ".join(f"{x + 0.0:.{digits}f}" for x in vals)
+        cells = " | ".join(_fmt(x, digits) for x in vals)
         lines.append(f"| {name} | {cells} | {100 * q['frame']:.1f} % | {100 * q['clip']:.1f} % |")
     lines += ["", f"{results['n_videos']} clips, {results['n_frames_scored']} scored frames "
               f"({results['n_frames_scored_without_face']} of them without a detected face"

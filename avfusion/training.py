@@ -19,7 +19,7 @@ import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -99,7 +99,9 @@ class TrainConfig:
     weight_decay: float = 0.05
     betas: list = field(default_factory=lambda: [0.9, 0.999])
     # Linear warmup over warmup_steps optimizer steps (or warmup_ratio of all of them when
-    # warmup_steps is 0), then cosine decay to min_lr_ratio * lr.
+    # warmup_steps is 0), then cosine decay to min_lr_ratio * lr. Steps count as in a one-process
+    # run: Accelerate advances a prepared schedule once per process at every step, so with N
+    # processes (N times the batch) it follows the samples seen.
     warmup_steps: int = 0
     warmup_ratio: float = 0.05
     min_lr_ratio: float = 0.0
@@ -270,7 +272,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float = 0.0):
+def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> Callable[[int], float]:
     """LR multiplier for step ``s``: linear from ~0 to 1 over ``warmup_steps``, then cosine to ``min_ratio``."""
     total_steps = max(1, int(total_steps))
     warmup_steps = min(max(0, int(warmup_steps)), total_steps)
@@ -294,6 +296,7 @@ def build_scheduler(
 
 
 def build_loss_fn(cfg: TrainConfig) -> nn.Module:
+    """The training loss the config names (see :mod:`avfusion.losses`); returns a dict with ``loss``."""
     from .losses import build_loss
 
     if cfg.loss == "ccc":
@@ -537,16 +540,8 @@ def use_feature_cache(model: AVModel, cache_dir: str | Path) -> None:
             raise ValueError(f"{path}: {name} weights do not fit the model: {e}") from None
 
 
-def dataset_frames(dataset: Dataset) -> dict[str, int]:
-    """video id -> number of frames, for stitching per-frame predictions back onto videos."""
-    records = getattr(dataset, "records", None)
-    if records is None:
-        raise TypeError(f"{type(dataset).__name__} has no `records`: cannot stitch predictions per video")
-    return {r.video_id: int(r.n_frames) for r in records}
-
-
 __all__ = [
     "DataConfig", "TrainConfig", "ExperimentConfig", "Datasets", "load_experiment", "check_experiment",
     "build_model", "build_optimizer", "build_scheduler", "build_loss_fn", "param_groups", "warmup_cosine",
-    "build_datasets", "use_feature_cache", "load_records", "make_split", "with_fold", "dataset_frames",
+    "build_datasets", "use_feature_cache", "load_records", "make_split", "with_fold",
 ]

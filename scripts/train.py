@@ -1,9 +1,15 @@
 """Train (and evaluate) an avfusion experiment with Accelerate.
 
     python scripts/train.py --config configs/tiny_synthetic.yaml data.root=data/synth
-    accelerate launch --cpu --num_processes 2 scripts/train.py --config configs/tiny_synthetic.yaml ...
+    accelerate launch --num_processes 2 scripts/train.py --config configs/tiny_synthetic.yaml ...  # 2 GPUs
+    accelerate launch --multi_gpu --num_processes 2 scripts/train.py ... train.cpu=true   # 2 CPU processes
     python scripts/train.py --config configs/afew_emonet_video.yaml --folds 5       # cross-validation
     python scripts/train.py --config configs/tiny_synthetic.yaml --resume latest    # continue a run
+
+Several CPU processes: ``--multi_gpu`` only selects torchrun's launcher, ``train.cpu=true`` keeps
+every process on the CPU (gloo). ``accelerate launch --cpu --num_processes 2`` starts a single
+process (Accelerate launches several CPU processes only through MPI); the first line printed says
+how many processes run.
 
 ``key=value`` overrides any config field (``train.lr=1e-3``, ``data.batch_size=4``, ``output_dir=...``).
 """
@@ -35,6 +41,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     cfg = load_experiment(args.config, args.overrides)
     accelerator = make_accelerator(cfg, log=not args.no_tensorboard)
     init_logging(accelerator, cfg)
+    # `accelerate launch --cpu --num_processes N` starts ONE process (Accelerate needs MPI for
+    # several CPU processes): say how many really run, so a silent single-process run is visible.
+    accelerator.print(f"{cfg.name}: {accelerator.num_processes} process(es) on {accelerator.device}, "
+                      f"mixed precision {accelerator.mixed_precision}, output {cfg.output_dir}")
     try:
         if args.folds:
             result = cross_validate(accelerator, cfg, args.folds, resume=args.resume)

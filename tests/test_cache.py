@@ -14,12 +14,22 @@ import pytest
 import torch
 import yaml
 
+from avfusion.data import features as F
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
 
-import cache_features  # noqa: E402
 
-from avfusion.data import features as F  # noqa: E402
+def load_script(name: str):
+    """A script of scripts/ as a module (by path: `evaluate` would clash with other packages)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"avfusion_scripts_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cache_features = load_script("cache_features")
 
 N_CLIPS, N_FRAMES, CLIP_LEN = 4, 16, 8
 TINY = {"video": {"width": 16, "num_modules": 1, "n_blocks": 1},
@@ -268,3 +278,21 @@ def test_feature_dataset_windows_match_clip_dataset(clean_cache, dataset_root):
         assert torch.equal(item["video_feats"][real], full.video[w.indices[real]].float())
     with pytest.raises(KeyError, match="not in the cache"):
         FeatureDataset(clean_cache, 8, video_ids=["nope"])
+
+
+def test_model_checks_against_the_cache(clean_cache, dataset_root, tmp_path):
+    """A video-only model may read an audio-visual cache when its video encoder is the cache's;
+    load_cache_encoders gives a fresh model exactly those weights."""
+    import avfusion
+    from avfusion.caching import check_model_matches_cache, encoder_hash, load_cache_encoders
+
+    torch.manual_seed(123)  # other random weights than the cache's
+    video_only = avfusion.create_model("tiny", mode="video", audio=None, **TINY)
+    with pytest.raises(ValueError, match="video_encoder hashes to"):
+        check_model_matches_cache(video_only, clean_cache)
+    av = avfusion.create_model("tiny", **TINY)
+    load_cache_encoders(av, clean_cache)
+    assert encoder_hash(av) == F.read_manifest(clean_cache)["encoder_hash"]
+    video_only.video_encoder.load_state_dict(av.video_encoder.state_dict())
+    check_model_matches_cache(video_only, clean_cache)
+    check_model_matches_cache(av, clean_cache)

@@ -194,7 +194,7 @@ def test_cross_validation_reports_mean_and_std(cache: Path, tmp_path: Path) -> N
     assert not tested[0] & tested[1] and len(tested[0] | tested[1]) == 8  # every clip tested once
     vals = [json.loads((out / f"fold_{i}" / "test_metrics.json").read_text())["ccc_mean"] for i in range(2)]
     assert cv["metrics"]["ccc_mean"]["mean"] == pytest.approx(np.mean(vals))
-    assert cv["metrics"]["ccc_mean"]["std"] == pytest.approx(np.std(vals))
+    assert cv["metrics"]["ccc_mean"]["std"] == pytest.approx(np.std(vals, ddof=1))
     assert json.loads((out / "cv_results.json").read_text())["metrics"]["ccc_mean"]["folds"] == pytest.approx(vals)
 
 

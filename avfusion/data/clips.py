@@ -39,6 +39,9 @@ from .records import VideoRecord
 
 SAMPLE_RATE = 16000  # wav2vec2's input rate (FORMATS.md)
 
+# Readers a worker inherited from its parent through fork (see ClipDataset._check_process).
+_INHERITED_READERS: list[Any] = []
+
 # Keys of a batch, in the order collate writes them.
 BATCH_KEYS = ("video", "audio", "audio_lengths", "frame_times", "audio_offsets", "valence", "arousal",
               "mask", "face_mask", "audio_valid", "video_id", "frame_indices", "timestamps")
@@ -187,7 +190,7 @@ class ClipDataset(Dataset):
                 "cropper=FaceCropper('yunet') (or a dict face_mode -> cropper)")
         self._pid: Optional[int] = None
         self._readers: OrderedDict[int, Any] = OrderedDict()
-        self._audio: OrderedDict[int, Optional[np.ndarray]] = OrderedDict()
+        self._audio: OrderedDict[int, np.ndarray] = OrderedDict()
         self._warned_audio: set[str] = set()
 
     def __len__(self) -> int:
@@ -200,8 +203,12 @@ class ClipDataset(Dataset):
         return state
 
     def _check_process(self) -> None:
-        # Readers opened in another process (the parent before a fork) must not be shared.
+        # Readers opened in another process (the parent before a fork) must not be used here, nor
+        # destroyed: a decord reader inherited through fork aborts the worker in its destructor
+        # (it joins decoder threads that exist only in the parent). They are parked, never freed.
         if self._pid != os.getpid():
+            if self._readers:
+                _INHERITED_READERS.extend(self._readers.values())
             self._readers, self._audio, self._pid = OrderedDict(), OrderedDict(), os.getpid()
 
     def _reader(self, r: int) -> Any:
@@ -225,8 +232,8 @@ class ClipDataset(Dataset):
             old.close()
         return reader
 
-    def _track(self, r: int) -> Optional[np.ndarray]:
-        """The whole audio track of record ``r`` when it is short enough to cache, else None."""
+    def _track(self, r: int) -> np.ndarray:
+        """The whole audio track of record ``r`` (16 kHz mono), decoded once per worker."""
         if r in self._audio:
             self._audio.move_to_end(r)
             return self._audio[r]
@@ -257,6 +264,10 @@ class ClipDataset(Dataset):
 
     # -- items ------------------------------------------------------------------------------------
     def __getitem__(self, i: int) -> dict[str, Any]:
+        """Window ``i``: ``video (T, 3, H, W)``, ``audio (S,)`` with ``audio_length`` S, and
+        ``(T,)`` ``frame_times``, ``audio_offsets``, ``valence``, ``arousal``, ``mask``,
+        ``face_mask``, ``frame_indices``, ``timestamps``; ``audio_valid`` and ``video_id``.
+        Padding positions are zero (``-1`` in ``frame_indices``)."""
         self._check_process()
         w = self.windows[i]
         rec = self.records[w.record]

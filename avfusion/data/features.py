@@ -145,6 +145,8 @@ class VideoFeatures:
     labels: Optional[np.ndarray] = None
     label_mask: Optional[np.ndarray] = None
     meta: dict[str, str] = field(default_factory=dict)
+    # Which of "video" / "audio" the file holds (also when they were not loaded).
+    stored: tuple[str, ...] = ()
 
     @property
     def n_frames(self) -> int:
@@ -222,11 +224,10 @@ def load_video_features(path: PathLike, arrays_only: bool = False) -> VideoFeatu
         labels=get["labels"].numpy() if "labels" in get else None,
         label_mask=get["label_mask"].numpy().astype(bool) if "label_mask" in get else None,
         meta={k: v for k, v in meta.items() if k not in ("format", "version", "video_id", "fps")},
+        stored=tuple(k for k in ("video", "audio") if k in keys),
     )
     if arrays_only:
-        # Keep track of what the file holds without loading it.
-        feats.meta["_has"] = ",".join(sorted(keys & {"video", "audio"}))
-        if not keys & {"video", "audio"}:
+        if not feats.stored:
             raise ValueError(f"{path}: neither 'video' nor 'audio' features")
         n = feats.n_frames
         for name, arr in (("face_mask", feats.face_mask), ("labels", feats.labels)):
@@ -349,7 +350,7 @@ class FeatureDataset(Dataset):
                 raise ValueError(f"{p}: holds video {feats.video_id!r}, the manifest says {v!r}")
             self.records.append(_record_from_features(feats, p))
             self.audio_valid.append(feats.audio_valid)
-            has.update(filter(None, feats.meta["_has"].split(",")))
+            has.update(feats.stored)
         self.has_video = "video" in has
         self.has_audio = "audio" in has
         self.video_dim = self.manifest.get("video_dim") if self.has_video else None

@@ -74,7 +74,7 @@ class VideoRecord:
         if not (np.isfinite(self.fps) and self.fps > 0):
             raise ValueError(f"{where}: fps must be a positive number, got {self.fps}")
         self.fps = float(self.fps)
-        self.labels = np.asarray(self.labels, dtype=np.float32)
+        self.labels = np.array(self.labels, dtype=np.float32)  # a copy: NaN is written below
         if self.labels.shape != (n, 2):
             raise ValueError(f"{where}: labels must have shape ({n}, 2), got {self.labels.shape}")
         self.label_mask = np.asarray(self.label_mask, dtype=bool)

@@ -5,8 +5,8 @@ stores integers in [-10, 10], so every layout can carry the exact same labels).
 
 What carries the labels (and what is deliberately noise):
 - video: mouth-corner curvature and brow tilt follow valence strongly; eye opening, head motion and
-  mouth opening follow arousal only weakly (small effects beside blinks, per-clip scales and the
-  syllable rhythm);
+  mouth opening follow arousal only weakly (small effects beside blinks, per-clip eye baselines and
+  scales, and the syllable rhythm), so a face alone under-determines arousal;
 - audio: pitch (+-6 semitones), loudness (24 dB) and syllable rate (2.5-6 Hz) follow arousal
   strongly; spectral tilt and formant positions follow valence weakly (smaller than the differences
   between speakers and vowels);
@@ -29,20 +29,21 @@ Frames of an Aff-Wild2 label gap (``-5,-5``, no crop) have no label in the manif
 AFEW-VA json has no way to say "no label" (a missing key is a format error), so there those frames
 keep their true trajectory values. ``metadata.json`` lists the gaps.
 
-Deterministic: clip ``i`` draws from ``SeedSequence([seed, i])`` and actor ``k`` from
-``SeedSequence([seed, 7919, k])``, so a clip does not depend on how many clips are made or on the
-worker that makes it, and the same seed gives byte-identical label files and identical frames.
+Deterministic: clip ``i`` draws its labels from ``SeedSequence([seed, i, 0])`` and its drawing and
+voice from ``SeedSequence([seed, i, 1])``, actor ``k`` from ``SeedSequence([seed, 2**31 - 1, k])``; actors
+are dealt to clips round-robin (``ceil(clips / clips_per_actor)`` of them). Nothing depends on which
+worker makes a clip: the same arguments give byte-identical label files, PNG/JPEG frames and mp4s
+(single-threaded x264 without macroblock-tree, see ``_write_mp4``).
 """
 from __future__ import annotations
 
 import csv
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -117,12 +118,16 @@ def parse_fps(value: Union[str, float, Fraction]) -> Optional[Fraction]:
     return fps
 
 
+# Seed-sequence key of actors: no clip index reaches it, so actor and clip streams never coincide.
+_ACTOR_KEY = 2**31 - 1
+
+
 def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
 
 
 def make_actor(seed: int, index: int) -> Actor:
-    rng = _rng(seed, 7919, index)
+    rng = _rng(seed, _ACTOR_KEY, index)
     # Skin tones from dark to light, hair dark to blond: appearance must not predict labels.
     tone = rng.uniform(0.0, 1.0)
     skin = np.array([95, 60, 40]) * (1 - tone) + np.array([245, 205, 180]) * tone
@@ -186,7 +191,7 @@ def face_landmarks(
     pts[0:17, 1] = -1.25 * np.sin(phi)
     # Brows 17-21 (image left, outer -> inner) and 22-26 (inner -> outer). Valence tilts them
     # (inner ends down when negative: a frown); arousal raises them a little.
-    raise_ = -0.05 * arousal
+    raise_ = -0.02 * arousal
     tilt = -0.14 * valence
     xs = np.linspace(-0.78, -0.18, 5)
     u = (xs - xs[0]) / (xs[-1] - xs[0])  # 0 outer .. 1 inner
@@ -532,7 +537,7 @@ def render_clip(
         envs.append(np.interp(t_frames, t_audio, env))
     noise_db = rng.uniform(-50, -34)
     audio += rng.normal(0, 10 ** (noise_db / 20), n_samples)
-    audio *= 0.9 / max(1.0, float(np.max(np.abs(audio))) / 0.9)
+    audio /= max(1.0, float(np.max(np.abs(audio))) / 0.9)  # limit peaks; keep loudness differences
 
     # Per-person pose and face parameters.
     poses = []
@@ -547,11 +552,11 @@ def render_clip(
         my = 0.6 * amp * smooth_noise(rng, t_frames, 0.3, 1.2)
         roll = (0.04 + 0.08 * a01) * smooth_noise(rng, t_frames, 0.2, 1.0)
         # Eyes: opening rises weakly with arousal, with per-frame jitter and blinks.
-        eye = np.clip(0.55 + 0.2 * person.arousal + rng.normal(0, 0.12, n_frames), 0.05, 1.0)
+        eye = np.clip(rng.uniform(0.45, 0.65) + 0.08 * person.arousal + rng.normal(0, 0.12, n_frames), 0.05, 1.0)
         for b in np.flatnonzero(rng.random(n_frames) < 0.04):
             eye[b : b + 3] = 0.0
         mouth_scale = rng.uniform(0.6, 1.0)
-        mouth = np.clip(envs[k] * mouth_scale * (0.6 + 0.4 * a01), 0, 1)
+        mouth = np.clip(envs[k] * mouth_scale * (0.8 + 0.2 * a01), 0, 1)
         rest = rng.uniform(-0.03, 0.03)
         person.params = {
             "radius": round(float(r), 3),
@@ -691,6 +696,8 @@ def plan_clips(cfg: SyntheticConfig) -> list[tuple[str, int, list[_Person], Frac
         raise ValueError("need at least 1 clip and 2 frames per clip")
     if cfg.size % 2 or cfg.size < 32:
         raise ValueError(f"size {cfg.size}: must be even (yuv420p) and at least 32")
+    if cfg.afew_layout not in ("flat", "official"):
+        raise ValueError(f"afew_layout {cfg.afew_layout!r}: expected 'flat' or 'official'")
     fixed = parse_fps(cfg.fps)
     n_actors = max(1, math.ceil(cfg.clips / max(1, cfg.clips_per_actor)))
     n_val = min(n_actors - 1, max(1, int(round(cfg.val_fraction * n_actors)))) if n_actors > 1 else 0

@@ -50,7 +50,11 @@ def create_video_encoder(cfg: VideoEncoderConfig) -> VideoEncoder | None:
         from .vit import MAEViTEncoder
 
         return MAEViTEncoder.from_config(cfg)
-    raise ValueError(f"unknown video encoder {cfg.name!r}: expected 'emonet', 'mae_vit' or 'features'")
+    if cfg.name == "hog":
+        from .handcrafted import HOGEncoder
+
+        return HOGEncoder.from_config(cfg)
+    raise ValueError(f"unknown video encoder {cfg.name!r}: expected 'emonet', 'mae_vit', 'hog' or 'features'")
 
 
 def create_audio_encoder(cfg: AudioEncoderConfig) -> AudioEncoder | None:
@@ -61,4 +65,8 @@ def create_audio_encoder(cfg: AudioEncoderConfig) -> AudioEncoder | None:
         from .wav2vec2 import Wav2Vec2Encoder
 
         return Wav2Vec2Encoder.from_config(cfg)
-    raise ValueError(f"unknown audio encoder {cfg.name!r}: expected 'wav2vec2' or 'features'")
+    if cfg.name == "logmel":
+        from .handcrafted import LogMelEncoder
+
+        return LogMelEncoder.from_config(cfg)
+    raise ValueError(f"unknown audio encoder {cfg.name!r}: expected 'wav2vec2', 'logmel' or 'features'")

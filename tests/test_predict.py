@@ -1,0 +1,131 @@
+"""Predictor: per-frame tables for a short mp4 with an audio track and one without (audio masked),
+the CSV / plot / overlay outputs, and the `predict` subcommand parser."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+COLUMNS = ["frame", "timestamp", "valence", "arousal", "face_found"]
+TINY = {"video": {"width": 16, "num_modules": 1, "n_blocks": 1},
+        "fusion": {"dropout": 0.0, "modality_dropout": 0.0}}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> tuple[Path, Path]:
+    """A synthetic talking-face mp4 with AAC audio, and the same frames re-encoded without audio."""
+    import av
+
+    from avfusion.data.synthetic import SyntheticConfig, generate_dataset
+    from avfusion.data.video import VideoFile
+
+    root = tmp_path_factory.mktemp("videos")
+    generate_dataset(root / "syn", SyntheticConfig(clips=1, frames=12, size=64, pair=False, gaps=False))
+    with_audio = root / "syn" / "videos" / "001.mp4"
+    frames = VideoFile(with_audio).get_batch(list(range(12)))
+    silent = root / "silent.mp4"
+    with av.open(str(silent), "w") as c:
+        s = c.add_stream("mpeg4", rate=25)
+        s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
+        for f in frames:
+            for packet in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+    return with_audio, silent
+
+
+def tiny_model():
+    import avfusion
+
+    torch.manual_seed(0)
+    return avfusion.create_model("tiny", **TINY)
+
+
+def check_table(table: pd.DataFrame, path: Path) -> None:
+    from avfusion.data.video import VideoFile
+
+    video = VideoFile(path)
+    assert list(table.columns) == COLUMNS
+    assert len(table) == len(video)
+    np.testing.assert_array_equal(table["frame"], np.arange(len(video)))
+    np.testing.assert_allclose(table["timestamp"], video.timestamps, atol=1e-6)
+    for dim in ("valence", "arousal"):
+        v = table[dim].to_numpy()
+        assert np.isfinite(v).all() and (np.abs(v) <= 1).all()
+    assert table["face_found"].all()  # the 'full' backend: the frame is the face
+
+
+def test_predict_with_and_without_audio(videos, tmp_path):
+    from avfusion.data.video import VideoFile
+    from avfusion.predict import Predictor
+
+    with_audio, silent = videos
+    model = tiny_model()
+    predictor = Predictor(model, clip_len=8, device="cpu")
+    out = tmp_path / "out"
+    table = predictor.predict_video(with_audio, face_backend="full", out_dir=out, overlay=True)
+    check_table(table, with_audio)
+    saved = pd.read_csv(out / "001_va.csv")
+    pd.testing.assert_frame_equal(saved, table, check_dtype=False)
+    assert (out / "001_va.png").stat().st_size > 1000
+    assert len(VideoFile(out / "001_overlay.mp4")) == len(table)
+
+    with pytest.warns(RuntimeWarning, match="no audio stream"):
+        quiet = predictor.predict_video(silent, face_backend="full")
+    check_table(quiet, silent)
+
+    # The audio really is masked: other audio-encoder weights change the predictions of the video
+    # with a voice, and leave those of the silent one untouched.
+    with torch.no_grad():
+        for p in model.audio_encoder.parameters():
+            p.add_(torch.randn_like(p))
+    table2 = predictor.predict_video(with_audio, face_backend="full")
+    with pytest.warns(RuntimeWarning, match="no audio stream"):
+        quiet2 = predictor.predict_video(silent, face_backend="full")
+    assert not np.allclose(table2["valence"], table["valence"], atol=1e-4)
+    np.testing.assert_allclose(quiet2[["valence", "arousal"]], quiet[["valence", "arousal"]], atol=1e-6)
+
+
+def test_predict_command_on_exported_model(videos, tmp_path, capsys):
+    from avfusion import save_pretrained
+    from avfusion.predict import add_predict_parser
+
+    save_pretrained(tiny_model(), tmp_path / "model")
+    parser = argparse.ArgumentParser(prog="avfusion")
+    add_predict_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["predict", str(videos[0]), "--model", str(tmp_path / "model"), "--out",
+                              str(tmp_path / "pred"), "--face-backend", "full", "--clip-len", "8",
+                              "--device", "cpu", "--no-plot"])
+    assert args.func(args) == 0
+    table = pd.read_csv(tmp_path / "pred" / "001_va.csv")
+    check_table(table, videos[0])
+    assert "12 frames, face found in 100 %" in capsys.readouterr().out
+    assert not (tmp_path / "pred" / "001_va.png").exists()
+
+
+def test_predict_bad_input(tmp_path):
+    from avfusion.data.video import VideoDecodeError
+    from avfusion.predict import Predictor
+
+    predictor = Predictor(tiny_model(), clip_len=8, device="cpu")
+    with pytest.raises(FileNotFoundError, match="missing.mp4"):
+        predictor.predict_video(tmp_path / "missing.mp4", face_backend="full")
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video at all" * 10)
+    with pytest.raises(VideoDecodeError, match="bad.mp4"):
+        predictor.predict_video(bad, face_backend="full")
+    with pytest.raises(ValueError, match="temporal range"):
+        Predictor(tiny_model(), clip_len=10_000)
