@@ -495,7 +495,7 @@ def use_feature_cache(model: AVModel, cache_dir: str | Path) -> None:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from .caching import encoder_modules, load_cache_encoders
+    from .caching import encoder_description, encoder_modules, load_cache_encoders
     from .data.features import ENCODERS_NAME, manifest_path, read_manifest
 
     manifest = read_manifest(cache_dir)
@@ -512,8 +512,19 @@ def use_feature_cache(model: AVModel, cache_dir: str | Path) -> None:
         if width != int(cached):
             raise ValueError(f"{where}: cached {mod} features are {cached} wide, the model expects {width}")
     mods = encoder_modules(model)
+    # Weight-free encoders (HOG, log-mel) have nothing to load and no weights to hash: their
+    # configuration is what must match the cache's.
+    described = encoder_description(model)
+    for name in [n for n, enc in mods.items() if not enc.state_dict()]:
+        mod = name.split("_")[0]
+        cached = (manifest.get("encoders") or {}).get(mod)
+        if cached is not None and cached != described.get(mod):
+            keys = sorted(k for k in set(cached) | set(described[mod]) if cached.get(k) != described[mod].get(k))
+            raise ValueError(f"{where}: the cache's {mod} encoder was configured differently "
+                             f"(differs in {keys}); re-cache with this model or use the cache's settings")
+        del mods[name]
     if not mods:
-        return  # encoders named "features": the model reads the cache and nothing else
+        return  # nothing with weights: "features" or weight-free encoders
     path = Path(cache_dir) / ENCODERS_NAME
     if not path.is_file():
         warnings.warn(f"{path} not found: cannot give the model the encoder weights that made the "

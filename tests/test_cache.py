@@ -32,8 +32,17 @@ def load_script(name: str):
 cache_features = load_script("cache_features")
 
 N_CLIPS, N_FRAMES, CLIP_LEN = 4, 16, 8
-TINY = {"video": {"width": 16, "num_modules": 1, "n_blocks": 1},
-        "fusion": {"dropout": 0.0, "modality_dropout": 0.0}}
+# A small neural audio-visual model (random weights: EmoNet at width 16, a 2-layer wav2vec2), written
+# out here so that these tests do not follow changes of the named "tiny" config.
+NEURAL_AV = {
+    "mode": "av",
+    "video": {"name": "emonet", "n_expression": 8, "width": 16, "num_modules": 1, "n_blocks": 1, "frozen": True},
+    "audio": {"name": "wav2vec2", "layer": -1, "frozen": True, "hf_config": {
+        "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+        "conv_dim": [32] * 7, "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4}},
+    "fusion": {"d_model": 32, "n_layers": 1, "n_heads": 4, "dropout": 0.0, "max_len": 64,
+               "modality_dropout": 0.0},
+}
 
 
 @pytest.fixture(autouse=True)
@@ -56,10 +65,11 @@ def dataset_root(tmp_path_factory) -> Path:
 
 
 def write_config(path: Path, root: Path, seed: int = 0) -> Path:
+    model = path.parent / "neural_av.yaml"
+    model.write_text(yaml.safe_dump(NEURAL_AV))
     cfg = {
         "name": "cache_test",
-        "model": "tiny",
-        "model_overrides": TINY,
+        "model": str(model),
         "data": {"kind": "synthetic", "root": str(root), "clip_len": CLIP_LEN, "stride": CLIP_LEN,
                  "face_backend": "full", "face_mode": "full", "batch_size": 2, "num_workers": 0},
         "train": {"seed": seed, "cpu": True},
@@ -286,11 +296,13 @@ def test_model_checks_against_the_cache(clean_cache, dataset_root, tmp_path):
     import avfusion
     from avfusion.caching import check_model_matches_cache, encoder_hash, load_cache_encoders
 
+    from avfusion.config import ModelConfig, from_dict
+
     torch.manual_seed(123)  # other random weights than the cache's
-    video_only = avfusion.create_model("tiny", mode="video", audio=None, **TINY)
+    video_only = avfusion.create_model(from_dict(ModelConfig, {**NEURAL_AV, "mode": "video", "audio": None}))
     with pytest.raises(ValueError, match="video_encoder hashes to"):
         check_model_matches_cache(video_only, clean_cache)
-    av = avfusion.create_model("tiny", **TINY)
+    av = avfusion.create_model(from_dict(ModelConfig, NEURAL_AV))
     load_cache_encoders(av, clean_cache)
     assert encoder_hash(av) == F.read_manifest(clean_cache)["encoder_hash"]
     video_only.video_encoder.load_state_dict(av.video_encoder.state_dict())

@@ -11,8 +11,17 @@ import pytest
 import torch
 
 COLUMNS = ["frame", "timestamp", "valence", "arousal", "face_found"]
-TINY = {"video": {"width": 16, "num_modules": 1, "n_blocks": 1},
-        "fusion": {"dropout": 0.0, "modality_dropout": 0.0}}
+# A small neural audio-visual model (random weights: EmoNet at width 16, a 2-layer wav2vec2), written
+# out here so that these tests do not follow changes of the named "tiny" config.
+NEURAL_AV = {
+    "mode": "av",
+    "video": {"name": "emonet", "n_expression": 8, "width": 16, "num_modules": 1, "n_blocks": 1, "frozen": True},
+    "audio": {"name": "wav2vec2", "layer": -1, "frozen": True, "hf_config": {
+        "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+        "conv_dim": [32] * 7, "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4}},
+    "fusion": {"d_model": 32, "n_layers": 1, "n_heads": 4, "dropout": 0.0, "max_len": 64,
+               "modality_dropout": 0.0},
+}
 
 
 @pytest.fixture(autouse=True)
@@ -49,9 +58,10 @@ def videos(tmp_path_factory) -> tuple[Path, Path]:
 
 def tiny_model():
     import avfusion
+    from avfusion.config import ModelConfig, from_dict
 
     torch.manual_seed(0)
-    return avfusion.create_model("tiny", **TINY)
+    return avfusion.create_model(from_dict(ModelConfig, NEURAL_AV))
 
 
 def check_table(table: pd.DataFrame, path: Path) -> None:
