@@ -114,6 +114,10 @@ def _jsonable(x: Any) -> Any:
 def check_cacheable(model: nn.Module) -> None:
     """Refuse encoders that train (their cached outputs would go stale after one step); warn about
     trainable parts that caching freezes (wav2vec2's ``layer: weighted`` sum)."""
+    for mod in ("video", "audio"):
+        if getattr(model, f"use_{mod}", False) and getattr(model, f"{mod}_encoder", None) is None:
+            raise ValueError(f"the model's {mod} encoder is 'features' (it reads cached features): "
+                             "caching needs a model with the real encoders")
     for name, enc in encoder_modules(model).items():
         trainable = [k for k, p in enc.named_parameters() if p.requires_grad]
         if not trainable:
@@ -450,10 +454,17 @@ def _finish(acc: dict[str, Any], rec: Any, manifest: Mapping[str, Any], dtype: t
         bad = np.flatnonzero(seen != 1)
         raise RuntimeError(f"{rec.video_id}: frames {bad[:5].tolist()} were encoded {seen[bad[:5]].tolist()} "
                            "times; expected every frame exactly once (windows with stride == clip_len)")
+    # The record's float64 times (the batches carry float32 copies): FeatureDataset then rebuilds
+    # the very timestamps ClipDataset gives, padding included.
+    times = rec.frame_times()
+    if np.abs(times - acc["timestamps"]).max() > 1e-3:
+        k = int(np.argmax(np.abs(times - acc["timestamps"])))
+        raise RuntimeError(f"{rec.video_id}: frame {k} is at {acc['timestamps'][k]:.4f} s in the decoded "
+                           f"windows but at {times[k]:.4f} s in the record; refusing misaligned features")
     labelled = bool(rec.label_mask.any())
     return VideoFeatures(
         video_id=rec.video_id,
-        timestamps=acc["timestamps"],
+        timestamps=times,
         face_mask=acc["face_mask"],
         fps=rec.fps,
         video=None if acc["video"] is None else acc["video"].to(dtype),

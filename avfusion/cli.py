@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("what", choices=["yunet"], help="yunet: OpenCV's YuNet face detector (MIT)")
     s.add_argument("--dest", default=None, help="folder or file (default: $AVFUSION_HOME)")
     s.set_defaults(func=_cmd_download)
+    from .predict import add_predict_parser
+
+    add_predict_parser(sub)
     return p
 
 

@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from .metrics import DIMS, per_clip_summary, va_metrics
+from .model import AVModel
 from .training import (
     Datasets,
     ExperimentConfig,
@@ -52,9 +53,6 @@ from .training import (
     with_fold,
 )
 
-# Batch keys AVModel.forward reads; everything else (labels, ids, times) stays out of the call.
-MODEL_INPUTS = ("video", "audio", "frame_times", "audio_lengths", "video_feats", "audio_feats",
-                "mask", "face_mask", "audio_valid")
 STATE_FILE = "trainer_state.json"
 # The metric that picks the best epoch (FORMATS.md: Aff-Wild2's P_VA is the mean of the two CCCs).
 SELECT_METRIC = "ccc_mean"
@@ -167,7 +165,7 @@ def _seed_epoch(loader: Any, sampler: EpochSampler, seed: int, epoch: int) -> No
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     """The keyword arguments of ``AVModel.forward`` a batch provides (raw or cached features)."""
-    return {k: batch[k] for k in MODEL_INPUTS if batch.get(k) is not None}
+    return AVModel.inputs_from_batch(batch)
 
 
 def predictions(out: dict[str, torch.Tensor]) -> torch.Tensor:

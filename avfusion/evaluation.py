@@ -180,18 +180,6 @@ class PredictionCollector:
         return out
 
 
-def _real_frames(batch: Mapping[str, Any]) -> dict[str, Any]:
-    """The batch with ``mask`` = real (non-padding) frames, the model's notion of its ``mask``.
-
-    A batch's ``mask`` marks *labelled* real frames (what losses and metrics score); the model must
-    see every real frame, labelled or not, or an unlabelled video (prediction) or an unlabelled
-    stretch (Aff-Wild2's -5 frames) would reach it as padding and its features would be ignored.
-    """
-    if "frame_indices" not in batch:
-        return dict(batch)
-    return {**batch, "mask": batch["frame_indices"] >= 0}
-
-
 def _to_device(batch: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -224,7 +212,7 @@ def predict_loader(
         it = tqdm(loader, desc="evaluating", unit="batch")
     for batch in it:
         batch = _to_device(batch, device)
-        out = model.forward_batch(_real_frames(batch))
+        out = model.forward_batch(batch)
         rows = batch_rows(batch, out)
         if accelerator is not None:
             rows = accelerator.gather_for_metrics(rows, use_gather_object=True)

@@ -16,6 +16,9 @@ from .encoders import AudioEncoder, VideoEncoder, create_audio_encoder, create_v
 from .fusion import FusionTransformer, modality_dropout
 
 MODES = ("av", "video", "audio")
+# Batch keys forward() reads; labels, ids and times stay out of the call.
+MODEL_INPUT_KEYS = ("video", "audio", "frame_times", "audio_lengths", "video_feats", "audio_feats",
+                    "mask", "face_mask", "audio_valid")
 
 
 class AVModel(nn.Module):
@@ -153,11 +156,22 @@ class AVModel(nn.Module):
         vals = vals.clamp(-1, 1).view(B, T, 2)
         return {"valence": vals[..., 0], "arousal": vals[..., 1]}
 
+    @staticmethod
+    def inputs_from_batch(batch: dict[str, Any]) -> dict[str, Any]:
+        """The keyword arguments of :meth:`forward` a collated batch provides (raw or cached keys).
+
+        A batch's ``mask`` marks *labelled* real frames (what losses and metrics score). The model's
+        ``mask`` is every real frame, labelled or not (``frame_indices >= 0``): an unlabelled stretch
+        (Aff-Wild2's -5 frames) or an unlabelled video is still evidence for its neighbours.
+        """
+        kwargs = {k: batch[k] for k in MODEL_INPUT_KEYS if batch.get(k) is not None}
+        if batch.get("frame_indices") is not None:
+            kwargs["mask"] = batch["frame_indices"] >= 0
+        return kwargs
+
     def forward_batch(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Run on a collated batch dict (raw or cached-feature keys, see avfusion.data)."""
-        keys = ("video", "audio", "frame_times", "audio_lengths", "video_feats", "audio_feats",
-                "mask", "face_mask", "audio_valid")
-        kwargs = {k: batch[k] for k in keys if batch.get(k) is not None}
+        kwargs = self.inputs_from_batch(batch)
         if not self.use_video:
             kwargs.pop("video", None), kwargs.pop("video_feats", None)
         if not self.use_audio:

@@ -2,7 +2,9 @@
 """Run the frozen encoders of an experiment's model over its dataset and cache per-frame features.
 
     python scripts/cache_features.py --config configs/exp.yaml --out cache/exp
-    accelerate launch --num_processes 4 scripts/cache_features.py --config configs/exp.yaml --out cache/exp
+    accelerate launch --multi_gpu --num_processes 4 scripts/cache_features.py --config configs/exp.yaml --out cache/exp
+    # several processes on a CPU-only machine (gloo): add --cpu to the script's arguments
+    accelerate launch --multi_gpu --num_processes 2 scripts/cache_features.py --config ... --out ... --cpu
 
 Writes one safetensors file per video plus manifest.json (see avfusion/data/features.py). Every
 video of the dataset is cached (all split parts: the split picks ids later). Rerunning with the same

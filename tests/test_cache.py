@@ -308,3 +308,25 @@ def test_model_checks_against_the_cache(clean_cache, dataset_root, tmp_path):
     video_only.video_encoder.load_state_dict(av.video_encoder.state_dict())
     check_model_matches_cache(video_only, clean_cache)
     check_model_matches_cache(av, clean_cache)
+
+
+def test_feature_batches_equal_clip_batches_with_padding(clean_cache, dataset_root):
+    """Every non-feature key of every batch, padded last windows included, equals ClipDataset's."""
+    from torch.utils.data import DataLoader
+
+    from avfusion.data.clips import ClipDataset, collate
+    from avfusion.data.faces import FaceCropper
+    from avfusion.data.features import FeatureDataset, collate_features
+    from avfusion.data.manifest import load_manifest
+
+    records = sorted(load_manifest(dataset_root / "manifest.csv", face_mode="full"), key=lambda r: r.video_id)
+    clips = ClipDataset(records, 12, stride=6, cropper=FaceCropper("full"), with_audio=False)
+    feats = FeatureDataset(clean_cache, 12, stride=6)
+    n = 0
+    for a, b in zip(DataLoader(clips, batch_size=4, collate_fn=collate),
+                    DataLoader(feats, batch_size=4, collate_fn=collate_features)):
+        for k in ("valence", "arousal", "mask", "face_mask", "frame_indices", "timestamps"):
+            assert torch.equal(a[k], b[k]), k
+        assert a["video_id"] == b["video_id"]
+        n += len(a["video_id"])
+    assert n == len(clips) == len(feats)

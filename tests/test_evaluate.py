@@ -201,12 +201,15 @@ def test_emonet8_zero_shot_on_afew_va(synthetic_root, zero_shot_case, tmp_path, 
     for name, res in (("raw", saved["per_clip"]), ("smoothed", saved["smoothed"]["per_clip"])):
         exp = expected[name]
         for key in [k for k in exp if k != "per_clip"]:
-            assert res[key] == pytest.approx(exp[key], abs=2e-4), (name, key)
+            # A prediction within ~1e-6 of 0 could land in another quadrant here than in the float32
+            # network: quadrant accuracies may differ by one frame at most.
+            tol = 1.01 / (N_CLIPS * N_FRAMES) if key == "quadrant_acc_frame" else 2e-4
+            assert res[key] == pytest.approx(exp[key], abs=tol), (name, key)
     # The example must not be degenerate: clips on both sides of the threshold, none constant.
     assert "clips CCC >= 0.2" in printed
     assert saved["per_clip"]["n_clips_valence_ge"] + saved["per_clip"]["n_clips_arousal_ge"] > 0
     assert saved["per_clip"]["n_clips_valence_lt"] + saved["per_clip"]["n_clips_arousal_lt"] > 0
-    assert saved["quadrant_accuracy"]["frame"] == pytest.approx(expected["raw"]["quadrant_acc_frame"], abs=1e-9)
+    assert saved["quadrant_accuracy"]["frame"] == saved["per_clip"]["quadrant_acc_frame"]
     # Whole-split CCC (va_metrics over all frames) is the combined per-clip CCC.
     assert saved["frames"]["ccc_valence"] == pytest.approx(expected["raw"]["ccc_valence_combined"], abs=2e-4)
     assert saved["frames"]["ccc_arousal"] == pytest.approx(expected["raw"]["ccc_arousal_combined"], abs=2e-4)
@@ -219,8 +222,8 @@ def test_emonet8_zero_shot_on_afew_va(synthetic_root, zero_shot_case, tmp_path, 
             want = [exp[f"ccc_{dim}_min"], exp[f"ccc_{dim}_max"], exp[f"ccc_{dim}_mean"],
                     exp[f"n_clips_{dim}_ge"], exp[f"n_clips_{dim}_lt"], exp[f"ccc_{dim}_combined"]]
             assert rows[dim] == pytest.approx(want, abs=1.5e-3), (title, dim)
-    q = 100 * expected["raw"]["quadrant_acc_frame"]
-    assert f"quadrant accuracy {q:.1f} % of frames" in printed
+    q, qc = 100 * saved["per_clip"]["quadrant_acc_frame"], 100 * expected["raw"]["quadrant_acc_clip"]
+    assert f"quadrant accuracy {q:.1f} % of frames, {qc:.1f} % of clips" in printed
 
     # Per-clip CSV and per-frame predictions.
     import pandas as pd

@@ -198,6 +198,29 @@ def test_cross_validation_reports_mean_and_std(cache: Path, tmp_path: Path) -> N
     assert json.loads((out / "cv_results.json").read_text())["metrics"]["ccc_mean"]["folds"] == pytest.approx(vals)
 
 
+@pytest.mark.slow
+def test_tiny_model_on_features_cached_from_synthetic_video(tmp_path: Path) -> None:
+    """The demo's path: synthetic mp4s -> scripts/cache_features.py -> training, with the tiny
+    model's own (weight-free) encoders; video-only training reads the audio-visual cache too."""
+    from avfusion.data.synthetic import SyntheticConfig, generate_dataset
+
+    spec = importlib.util.spec_from_file_location("avfusion_cache_script", REPO / "scripts" / "cache_features.py")
+    cache_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cache_script)
+    root, cache = tmp_path / "synth", tmp_path / "cache"
+    generate_dataset(root, SyntheticConfig(clips=6, frames=24, size=64, clips_per_actor=2))
+    cache_script.main(["--config", str(CONFIG), "--out", str(cache), "--cpu", f"data.root={root}",
+                       "data.clip_len=12", "data.stride=6"])
+    args = ["--config", str(CONFIG), "--no-tensorboard", f"data.root={root}", f"data.features={cache}",
+            "data.clip_len=12", "data.stride=6", "data.batch_size=4", "train.epochs=1", "train.cpu=true"]
+    for mode in ("av", "video"):
+        result = train_script.main(args + [f"output_dir={tmp_path / mode}", f"model_overrides.mode={mode}"])
+        assert result["best"]["n_frames"] == result["n_labelled"]["val"] > 0
+        assert from_pretrained(result["best_model"]).cfg.mode == mode
+    with pytest.raises(ValueError, match="64 wide, the model expects 32"):
+        train_script.main(args + [f"output_dir={tmp_path / 'bad'}", "model_overrides.audio.n_mels=32"])
+
+
 # ------------------------------------------------------------------------------------------------
 # Pieces
 
