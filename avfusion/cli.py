@@ -20,6 +20,16 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _script_command(script: str):
+    def run(args: argparse.Namespace) -> int:
+        from .scripts import load_script
+
+        load_script(script).main(args.rest)
+        return 0
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="avfusion",
@@ -32,15 +42,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("what", choices=["yunet"], help="yunet: OpenCV's YuNet face detector (MIT)")
     s.add_argument("--dest", default=None, help="folder or file (default: $AVFUSION_HOME)")
     s.set_defaults(func=_cmd_download)
+    from .demo import add_demo_parser
     from .predict import add_predict_parser
 
+    add_demo_parser(sub)
     add_predict_parser(sub)
+    for name, what in (("train", "train a model (scripts/train.py)"),
+                       ("evaluate", "evaluate a model on a split (scripts/evaluate.py)"),
+                       ("cache", "cache per-frame encoder features (scripts/cache_features.py)")):
+        s = sub.add_parser(name, help=what, add_help=False)
+        s.set_defaults(func=_script_command("cache_features" if name == "cache" else name))
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if getattr(args, "func", None) is not None and args.command in ("train", "evaluate", "cache"):
+        args.rest = rest  # the script parses its own options (and --help)
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -82,6 +82,10 @@ class FusionConfig:
     modality_dropout: float = 0.1
     # Extra expression-classification head (0 = none).
     n_expression: int = 0
+    # Normalisation of each incoming feature vector before its projection: "layer" (LayerNorm: for
+    # learned features of arbitrary scale) or "none" (keeps the vector's overall level, e.g. the
+    # loudness that log-mel energies carry in their mean, which a LayerNorm would remove).
+    input_norm: str = "layer"
 
 
 @dataclass

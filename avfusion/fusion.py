@@ -26,9 +26,14 @@ class FusionTransformer(nn.Module):
         self.cfg = cfg
         d = cfg.d_model
         self.dims = {"video": video_dim, "audio": audio_dim}
+        if cfg.input_norm not in ("layer", "none"):
+            raise ValueError(f"fusion.input_norm must be 'layer' or 'none', got {cfg.input_norm!r}")
         self.proj = nn.ModuleDict(
             {
-                m: nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, d), nn.GELU(), nn.Linear(d, d))
+                m: nn.Sequential(
+                    nn.LayerNorm(dim) if cfg.input_norm == "layer" else nn.Identity(),
+                    nn.Linear(dim, d), nn.GELU(), nn.Linear(d, d),
+                )
                 for m, dim in self.dims.items()
                 if dim is not None
             }
