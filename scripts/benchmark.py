@@ -1,6 +1,7 @@
 """Throughput benchmarks, one section per component.
 
     python scripts/benchmark.py emonet [--batch 8 --iters 5 --warmup 2 --no-compile]
+    python scripts/benchmark.py data [--clips 16 --batches 10 --root DIR] [--quick]
 
 Each section times its variants, merges its results into ``benchmarks/results.json`` (other
 sections' entries are kept) and prints a markdown table. Timings on a shared machine are noisy:
@@ -18,7 +19,7 @@ import sys
 import time
 import zlib
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -55,9 +56,12 @@ def cpu_flags() -> list[str]:
     return []
 
 
-def time_call(fn: Callable[[], object], warmup: int, iters: int, sync: Callable[[], None]) -> tuple[float, float]:
-    """Median seconds per call over ``iters`` timed calls after ``warmup`` untimed ones, and the
-    seconds of the very first call (compilation happens there)."""
+def time_call(
+    fn: Callable[[], object], warmup: int, iters: int, sync: Callable[[], None],
+    stat: Callable[[list[float]], float] = np.median,
+) -> tuple[float, float]:
+    """Median (or ``stat``) seconds per call over ``iters`` timed calls after ``warmup`` untimed
+    ones, and the seconds of the very first call (compilation happens there)."""
     t0 = time.perf_counter()
     fn()
     sync()
@@ -71,7 +75,7 @@ def time_call(fn: Callable[[], object], warmup: int, iters: int, sync: Callable[
         fn()
         sync()
         times.append(time.perf_counter() - t0)
-    return float(np.median(times)), first
+    return float(stat(times)), first
 
 
 def markdown_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
@@ -215,24 +219,143 @@ def bench_emonet(args: argparse.Namespace) -> dict:
     }
 
 
+# --- data ------------------------------------------------------------------------------------------
+
+
+def bench_data(args: argparse.Namespace) -> dict:
+    """Batches of clips from the synthetic mp4s, built as training builds them (build_datasets of an
+    experiment on a synthetic folder: training windows, augmentation, face crops, audio)."""
+    import tempfile
+
+    from torch.utils.data import DataLoader
+
+    from avfusion.data.synthetic import SyntheticConfig, generate_dataset
+    from avfusion.training import DataConfig, ExperimentConfig, build_datasets, build_model
+
+    if args.quick:
+        args.clips, args.batches = 4, 2
+    tmp = None if args.root else tempfile.TemporaryDirectory(prefix="avfusion_bench_")
+    root = Path(args.root or tmp.name)
+    syn = SyntheticConfig(clips=args.clips, frames=args.frames, size=args.size, seed=0)
+    generate_s = None
+    if not (root / "manifest.csv").is_file():
+        print(f"[data] writing {syn.clips} clips x {syn.frames} frames to {root} ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        generate_dataset(root, syn)
+        generate_s = time.perf_counter() - t0
+
+    frames_per_batch = args.batch * args.clip_len
+    # (label, model overrides): the tiny model's HOG input, and EmoNet's preprocessing.
+    crops = [("64 px (tiny: HOG)", {}), ("256 px (EmoNet, mean 0 std 1)", {"video": {"name": "emonet"}})]
+    rows: list[dict] = []
+    n_windows = None
+    for crop_name, overrides in crops:
+        data = DataConfig(kind="synthetic", root=str(root), face_mode="full", clip_len=args.clip_len,
+                          val_fraction=0.0, batch_size=args.batch)
+        cfg = ExperimentConfig(model="tiny", model_overrides=overrides, data=data)
+        model = build_model(cfg)
+        datasets = build_datasets(cfg, model)
+        audio = model.use_audio
+        del model  # only its preprocessing (pretrained_cfg) was needed
+        dataset, n_windows = datasets.train, len(datasets.train)
+        # Shuffled windows as in training, repeated when the run needs more batches than an epoch
+        # has, so every worker count reads the same windows in the same order.
+        g = torch.Generator().manual_seed(0)
+        need = args.batch * (args.batches + 1)
+        order = [int(i) for _ in range(-(-need // n_windows)) for i in torch.randperm(n_windows, generator=g)]
+        for workers in args.workers:
+            name = f"{workers} workers, {crop_name}, audio {'on' if audio else 'off'}"
+            print(f"[data] {name} ...", file=sys.stderr, flush=True)
+            loader = DataLoader(dataset, batch_size=args.batch, sampler=order[:need], collate_fn=datasets.collate_fn,
+                                num_workers=workers, generator=torch.Generator().manual_seed(0))
+
+            def batches() -> Iterator[dict]:  # starts the workers on the first next(), inside the timing
+                yield from loader
+
+            stream = batches()
+            # Mean, not median: with workers, prefetched batches arrive in bursts.
+            seconds, first = time_call(lambda: next(stream), warmup=1, iters=args.batches,
+                                       sync=lambda: None, stat=np.mean)
+            stream.close()
+            rows.append({
+                "variant": name,
+                "workers": workers,
+                "crop": crop_name,
+                "audio": audio,
+                "frames_per_s": frames_per_batch / seconds,
+                "ms_per_batch": 1000 * seconds,
+                "first_batch_s": first,
+            })
+    if tmp is not None:
+        tmp.cleanup()
+
+    table = markdown_table(
+        rows,
+        [
+            ("variant", "variant (workers, crop size, audio)", ""),
+            ("frames_per_s", "frames/s", ".0f"),
+            ("ms_per_batch", "ms/batch", ".0f"),
+            ("first_batch_s", "first batch (s)", ".2f"),
+        ],
+    )
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "device": cpu_name(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "dataset": {"clips": syn.clips, "frames": syn.frames, "size": syn.size, "fps": syn.fps, "seed": syn.seed,
+                    "root": str(args.root) if args.root else None, "generate_s": generate_s},
+        "batch": args.batch,
+        "clip_len": args.clip_len,
+        "windows": n_windows,
+        "timed_batches": args.batches,
+        "pipeline": f"avfusion.training.build_datasets (train part: stride {data.stride}, augmentation, "
+        "face_mode full, 16 kHz audio) + DataLoader(collate) over shuffled windows",
+        "timing": "first batch: from creating the loader's iterator (worker start-up) to the first batch; "
+        "then mean seconds per batch over the timed batches; frames/s = batch * clip_len / that",
+        "rows": rows,
+        "table": table,
+    }
+
+
 # --- command line ----------------------------------------------------------------------------------
 
-SECTIONS: dict[str, Callable[[argparse.Namespace], dict]] = {"emonet": bench_emonet}
+SECTIONS: dict[str, Callable[[argparse.Namespace], dict]] = {"emonet": bench_emonet, "data": bench_data}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="results JSON (sections merged)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
-    parser.add_argument("--note", default="", help="free text stored with the results (machine state, ...)")
+    # The common options go before or after the section name; after it they must not reset
+    # values given before it, hence SUPPRESS defaults in the sections' copy.
+    common = argparse.ArgumentParser(add_help=False)
+    for target, defaults in ((parser, True), (common, False)):
+        target.add_argument("--output", type=Path, default=DEFAULT_OUTPUT if defaults else argparse.SUPPRESS,
+                            help="results JSON (sections merged)")
+        target.add_argument("--threads", type=int, default=os.cpu_count() if defaults else argparse.SUPPRESS,
+                            help="torch threads (default: all cores)")
+        target.add_argument("--note", default="" if defaults else argparse.SUPPRESS,
+                            help="free text stored with the results (machine state, ...)")
     sub = parser.add_subparsers(dest="section", required=True)
-    emonet = sub.add_parser("emonet", help="EmoNet frames/s: fp32 eager vs bf16 channels_last (eager, compiled)")
+    emonet = sub.add_parser("emonet", parents=[common],
+                            help="EmoNet frames/s: fp32 eager vs bf16 channels_last (eager, compiled)")
     emonet.add_argument("--batch", type=int, default=8)
     emonet.add_argument("--warmup", type=int, default=2, help="untimed calls (the first compiles)")
     emonet.add_argument("--iters", type=int, default=5)
     emonet.add_argument("--device", default="cpu")
     emonet.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
     emonet.add_argument("--checkpoint", default=None, help="emonet_8.pth (default: synthetic weights)")
+    data = sub.add_parser("data", parents=[common],
+                          help="DataLoader frames/s: batches of clips (video + audio) from synthetic mp4s")
+    data.add_argument("--root", type=Path, default=None,
+                      help="dataset folder, written unless it holds a manifest.csv (default: a temp folder)")
+    data.add_argument("--clips", type=int, default=16)
+    data.add_argument("--frames", type=int, default=64, help="frames per synthetic clip")
+    data.add_argument("--size", type=int, default=128, help="synthetic frame size (px)")
+    data.add_argument("--batch", type=int, default=8, help="clips per batch")
+    data.add_argument("--clip-len", type=int, default=32, help="frames per clip (T)")
+    data.add_argument("--batches", type=int, default=10, help="timed batches after the first")
+    data.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader num_workers to try")
+    data.add_argument("--quick", action="store_true", help="smoke test: 4 clips, 2 timed batches")
     return parser
 
 

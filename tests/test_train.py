@@ -100,7 +100,7 @@ def tiny_args(cache: Path, out: Path, *extra: str) -> list[str]:
         f"output_dir={out}", f"data.features={cache}", "data.root=null",
         f"model_overrides={{video: {{name: features, dim: {DIM}}}, audio: {{name: features, dim: {DIM}}}, "
         "fusion: {d_model: 16, n_layers: 1, n_heads: 2, dropout: 0.1, modality_dropout: 0.3}}",
-        "data.clip_len=10", "data.stride=5", "data.batch_size=3", "data.val_fraction=0.25",
+        "data.clip_len=10", "data.stride=5", "data.batch_size=3", "data.val_fraction=0.25", "data.test_fraction=0",
         "train.epochs=2", "train.cpu=true", "train.lr=3e-3", "train.warmup_steps=2", "train.log_every=1",
         *extra,
     ]
