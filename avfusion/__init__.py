@@ -6,10 +6,12 @@ from .factory import create_model, from_pretrained, get_model_config, list_model
 from .losses import CCCLoss, EmoNetLoss, build_loss
 from .metrics import ccc, format_clip_summary, pcc, per_clip_summary, rmse, sagr, smooth_clips, va_metrics
 from .model import AVModel
+from .predict import Predictor
 
 __all__ = [
     "__version__",
     "AVModel",
+    "Predictor",
     "CCCLoss",
     "EmoNetLoss",
     "build_loss",

@@ -78,14 +78,7 @@ def write_cache(root: Path, n_videos: int = 8, n_frames: int = 30, seed: int = 0
     return root
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: a second intra-op thread mostly waits for the
-    other (10x slower steps measured under load), so these tests run single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
