@@ -218,11 +218,13 @@ def save_encoders(model: nn.Module, cache_dir: PathLike, digest: str) -> Path:
     return path
 
 
-def load_cache_encoders(model: nn.Module, cache_dir: PathLike) -> nn.Module:
+def load_cache_encoders(model: nn.Module, cache_dir: PathLike, only: Optional[set[str]] = None) -> nn.Module:
     """Load the cache's encoder weights into ``model``'s encoders (strictly) and check the hash.
 
     Use it when training on cached features, before export: the saved model then turns raw video
-    into exactly the features it was trained on.
+    into exactly the features it was trained on. ``only``: load just these encoder modules (a
+    video-only model reading an audio-visual cache); the caller then checks the file's own hash,
+    since the model's encoders alone cannot reproduce the manifest's.
     """
     from safetensors.torch import load_file
 
@@ -233,13 +235,15 @@ def load_cache_encoders(model: nn.Module, cache_dir: PathLike) -> nn.Module:
         raise FileNotFoundError(f"{path} not found: the cache was written without its encoder weights "
                                 "(cache_features.py --no-save-encoders)")
     state = load_file(str(path))
-    mods = encoder_modules(model)
+    mods = {n: m for n, m in encoder_modules(model).items() if only is None or n in only}
     for name, enc in mods.items():
         part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
         try:
             enc.load_state_dict(part, strict=True)
         except RuntimeError as e:
             raise ValueError(f"{path}: {name} weights do not fit the model: {e}") from None
+    if only is not None:
+        return model
     extra = sorted({k.split(".", 1)[0] for k in state} - set(mods))
     if extra:
         raise ValueError(f"{path}: holds weights for {extra}, which the model does not have")

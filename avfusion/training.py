@@ -493,7 +493,6 @@ def use_feature_cache(model: AVModel, cache_dir: str | Path) -> None:
     loads just those, from the file whose hash the manifest records.
     """
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     from .caching import encoder_description, encoder_modules, load_cache_encoders
     from .data.features import ENCODERS_NAME, manifest_path, read_manifest
@@ -542,13 +541,7 @@ def use_feature_cache(model: AVModel, cache_dir: str | Path) -> None:
     missing = sorted(set(mods) - names)
     if missing:
         raise ValueError(f"{path}: has no weights for {missing}")
-    state = load_file(str(path))
-    for name, enc in mods.items():
-        part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
-        try:
-            enc.load_state_dict(part, strict=True)
-        except RuntimeError as e:
-            raise ValueError(f"{path}: {name} weights do not fit the model: {e}") from None
+    load_cache_encoders(model, cache_dir, only=set(mods))
 
 
 __all__ = [

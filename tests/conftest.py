@@ -23,3 +23,49 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def grey_level(k: int) -> int:
+    """Grey level of frame k in the videos of :func:`write_grey_video`: frames identify themselves."""
+    return 16 + 12 * k
+
+
+def write_grey_video(path, n: int, fps=25, audio: bool = True, size: int = 32, sample_rate: int = 16000,
+                     ramp: bool = False):
+    """A tiny video whose frame k is a flat grey of :func:`grey_level` (k), with a 440 Hz tone
+    (``ramp``: its amplitude grows with time, so audio samples tell their time). H.264 + AAC, or
+    MPEG-4 part 2 for an ``.avi`` path."""
+    from fractions import Fraction
+    from pathlib import Path
+
+    import av
+    import numpy as np
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rate = Fraction(fps).limit_denominator(1001)
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("mpeg4" if path.suffix == ".avi" else "libx264", rate=rate)
+        vs.width = vs.height = size
+        vs.pix_fmt = "yuv420p"
+        if audio:
+            ast = c.add_stream("aac", rate=sample_rate)
+            ast.layout = "mono"
+        for k in range(n):
+            fr = av.VideoFrame.from_ndarray(np.full((size, size, 3), grey_level(k), np.uint8), format="rgb24")
+            fr.pts = k
+            for p in vs.encode(fr):
+                c.mux(p)
+        for p in vs.encode():
+            c.mux(p)
+        if audio:
+            t = np.arange(int(n / float(rate) * sample_rate)) / sample_rate
+            pcm = (0.3 * np.sin(2 * np.pi * 440 * t) * ((1 + t) if ramp else 1)).astype(np.float32)
+            for s in range(0, len(pcm), 1024):
+                af = av.AudioFrame.from_ndarray(pcm[None, s:s + 1024].copy(), format="flt", layout="mono")
+                af.sample_rate, af.pts = sample_rate, s
+                for p in ast.encode(af):
+                    c.mux(p)
+            for p in ast.encode():
+                c.mux(p)
+    return path

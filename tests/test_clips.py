@@ -27,44 +27,18 @@ from avfusion.data.manifest import load_manifest
 from avfusion.data.records import VideoRecord
 from avfusion.data.transforms import build_transform
 
+from conftest import grey_level, write_grey_video  # noqa: E402
+
 SR = 16000
 
 
 def level(k: int) -> int:
-    """Grey level of frame k in every test medium here: frames identify themselves."""
-    return 16 + 12 * k
+    return grey_level(k)
 
 
 def write_video(path: Path, n: int, fps: float | Fraction, audio: bool = True, size: int = 32) -> Path:
-    """Flat grey frames (level(k)) with a 440 Hz tone; H.264 + AAC in mp4."""
-    import av
-
-    rate = Fraction(fps).limit_denominator(1001)
-    with av.open(str(path), "w") as c:
-        vs = c.add_stream("libx264", rate=rate)
-        vs.width = vs.height = size
-        vs.pix_fmt = "yuv420p"
-        if audio:
-            ast = c.add_stream("aac", rate=SR)
-            ast.layout = "mono"
-        for k in range(n):
-            fr = av.VideoFrame.from_ndarray(np.full((size, size, 3), level(k), np.uint8), format="rgb24")
-            fr.pts = k
-            for p in vs.encode(fr):
-                c.mux(p)
-        for p in vs.encode():
-            c.mux(p)
-        if audio:
-            t = np.arange(int(n / float(rate) * SR)) / SR
-            pcm = (0.3 * np.sin(2 * np.pi * 440 * t) * (1 + t)).astype(np.float32)
-            for s in range(0, len(pcm), 1024):
-                af = av.AudioFrame.from_ndarray(pcm[None, s:s + 1024].copy(), format="flt", layout="mono")
-                af.sample_rate, af.pts = SR, s
-                for p in ast.encode(af):
-                    c.mux(p)
-            for p in ast.encode():
-                c.mux(p)
-    return path
+    """Flat grey frames (level(k)) with a 440 Hz tone whose amplitude grows with time."""
+    return write_grey_video(path, n, fps, audio=audio, size=size, sample_rate=SR, ramp=True)
 
 
 def frame_folder_record(tmp: Path, vid: str, n: int, fps: float = 25.0,

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import write_grey_video
 from avfusion.data.afew_va import afew_va_layout, load_afew_va
 from avfusion.data.affwild2 import load_affwild2, raw_video_name
 from avfusion.data.manifest import load_manifest
@@ -22,38 +23,7 @@ from avfusion.data.manifest import load_manifest
 def write_video(path: Path, n: int, fps: float | Fraction = 25, audio: bool = True,
                 size: int = 32, sample_rate: int = 16000) -> Path:
     """A tiny video whose frame k is a flat grey of level 16 + 12 k, optionally with a tone."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rate = Fraction(fps).limit_denominator(1001)
-    codec = "mpeg4" if path.suffix == ".avi" else "libx264"
-    with av.open(str(path), "w") as c:
-        vs = c.add_stream(codec, rate=rate)
-        vs.width = vs.height = size
-        vs.pix_fmt = "yuv420p"
-        if audio:
-            ast = c.add_stream("aac", rate=sample_rate)
-            ast.layout = "mono"
-        for k in range(n):
-            img = np.full((size, size, 3), 16 + 12 * k, dtype=np.uint8)
-            fr = av.VideoFrame.from_ndarray(img, format="rgb24")
-            fr.pts = k
-            for p in vs.encode(fr):
-                c.mux(p)
-        for p in vs.encode():
-            c.mux(p)
-        if audio:
-            t = np.arange(int(n / float(rate) * sample_rate)) / sample_rate
-            pcm = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-            for s in range(0, len(pcm), 1024):
-                af = av.AudioFrame.from_ndarray(pcm[None, s:s + 1024].copy(), format="flt", layout="mono")
-                af.sample_rate = sample_rate
-                af.pts = s
-                for p in ast.encode(af):
-                    c.mux(p)
-            for p in ast.encode():
-                c.mux(p)
-    return path
+    return write_grey_video(path, n, fps, audio=audio, size=size, sample_rate=sample_rate)
 
 
 def landmarks68(k: int) -> list[list[float]]:

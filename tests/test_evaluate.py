@@ -12,17 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+from avfusion.scripts import load_script  # noqa: E402
 
 
-def load_script(name: str):
-    """A script of scripts/ as a module (by path: `evaluate` would clash with other packages)."""
-    import importlib.util
 
-    spec = importlib.util.spec_from_file_location(f"avfusion_scripts_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 evaluate_script = load_script("evaluate")

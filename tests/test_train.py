@@ -3,7 +3,6 @@ resume, cross-validation, and the pieces (schedule, weight decay groups, sampler
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -26,6 +25,7 @@ from avfusion.data.features import (
 from avfusion.engine import EpochSampler, stitch
 from avfusion.factory import from_pretrained
 from avfusion.metrics import va_metrics
+from avfusion.scripts import load_script
 from avfusion.training import load_experiment, param_groups, warmup_cosine
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,14 +33,7 @@ CONFIG = REPO / "configs" / "tiny_synthetic.yaml"
 DIM = 8  # width of the cached test features
 
 
-def _load_train_script():
-    spec = importlib.util.spec_from_file_location("avfusion_train_script", REPO / "scripts" / "train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-train_script = _load_train_script()
+train_script = load_script("train")
 
 
 def write_cache(root: Path, n_videos: int = 8, n_frames: int = 30, seed: int = 0) -> Path:
@@ -197,9 +190,7 @@ def test_tiny_model_on_features_cached_from_synthetic_video(tmp_path: Path) -> N
     model's own (weight-free) encoders; video-only training reads the audio-visual cache too."""
     from avfusion.data.synthetic import SyntheticConfig, generate_dataset
 
-    spec = importlib.util.spec_from_file_location("avfusion_cache_script", REPO / "scripts" / "cache_features.py")
-    cache_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cache_script)
+    cache_script = load_script("cache_features")
     root, cache = tmp_path / "synth", tmp_path / "cache"
     generate_dataset(root, SyntheticConfig(clips=6, frames=24, size=64, clips_per_actor=2))
     cache_script.main(["--config", str(CONFIG), "--out", str(cache), "--cpu", f"data.root={root}",
