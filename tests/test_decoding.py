@@ -7,8 +7,10 @@ frame), so decoded frames, timestamps and the audio span of any frame range can 
 from __future__ import annotations
 
 import math
+import os
 import multiprocessing
 import pickle
+import time
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -472,3 +474,28 @@ def test_damaged_audio_packets_warn_and_keep_timing(tmp_path: Path) -> None:
         damaged = load_audio(bad)
     assert damaged.shape == good.shape  # later packets stay at their timestamps
     np.testing.assert_allclose(damaged[-4000:], good[-4000:], atol=1e-4)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_reader_used_after_fork_reopens_in_the_child(tmp_path):
+    """A VideoFile opened in the parent and used in a forked child (a DataLoader worker) must reopen
+    there: decord's inherited reader would hang or abort the child."""
+    path = tmp_path / "fork.mp4"
+    write_video(path, n=6)
+    v = VideoFile(path)
+    parent = v.get_batch([0, 1])
+    pid = os.fork()
+    if pid == 0:  # child: exit code 0 only if the frames decode and match the parent's view
+        try:
+            ok = np.array_equal(v.get_batch([0, 1]), parent)
+        finally:
+            os._exit(0 if ok else 1)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    pytest.fail("the forked child hung on an inherited decord reader")

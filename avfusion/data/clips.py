@@ -36,11 +36,10 @@ import torch
 from torch.utils.data import Dataset
 
 from .records import VideoRecord
+from .video import INHERITED_READERS
 
 SAMPLE_RATE = 16000  # wav2vec2's input rate (FORMATS.md)
 
-# Readers a worker inherited from its parent through fork (see ClipDataset._check_process).
-_INHERITED_READERS: list[Any] = []
 
 # Keys of a batch, in the order collate writes them.
 BATCH_KEYS = ("video", "audio", "audio_lengths", "frame_times", "audio_offsets", "valence", "arousal",
@@ -208,7 +207,7 @@ class ClipDataset(Dataset):
         # (it joins decoder threads that exist only in the parent). They are parked, never freed.
         if self._pid != os.getpid():
             if self._readers:
-                _INHERITED_READERS.extend(self._readers.values())
+                INHERITED_READERS.extend(self._readers.values())
             self._readers, self._audio, self._pid = OrderedDict(), OrderedDict(), os.getpid()
 
     def _reader(self, r: int) -> Any:

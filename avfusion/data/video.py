@@ -29,6 +29,12 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _VFR_TOLERANCE = 0.05
 
 
+
+# decord readers a process inherited through fork: never used (their decoder threads live in the
+# parent) and never destroyed (the destructor joins those threads and aborts or hangs the child,
+# e.g. a DataLoader worker). They are parked here for the life of the process.
+INHERITED_READERS: list[Any] = []
+
 class VideoDecodeError(RuntimeError):
     """A video (or frame image) cannot be opened or decoded; the message names the file."""
 
@@ -197,13 +203,20 @@ class VideoFile:
     def reader(self) -> Any:
         """The decord reader, opened on first use in this process (reopened after a fork)."""
         if self._reader is None or self._pid != os.getpid():
+            self._park_inherited()
             self._reader = self._open()
             self._pid = os.getpid()
         return self._reader
 
     def close(self) -> None:
+        self._park_inherited()
         self._reader = None
         self._pid = None
+
+    def _park_inherited(self) -> None:
+        if self._reader is not None and self._pid != os.getpid():
+            INHERITED_READERS.append(self._reader)
+            self._reader = None
 
     # -- metadata ----------------------------------------------------------------------------
     def _meta(self) -> None:
