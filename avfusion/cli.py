@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+from .data.audio import AudioDecodeError
+from .data.video import VideoDecodeError
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -65,7 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError, VideoDecodeError, AudioDecodeError) as e:
+        # Problems with the user's files or settings: the message names them; a traceback would
+        # only bury it. AVFUSION_DEBUG=1 shows the traceback.
+        if os.environ.get("AVFUSION_DEBUG"):
+            raise
+        print(f"avfusion {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
