@@ -281,3 +281,30 @@ def test_voice_parameters_follow_labels() -> None:
     assert excited["pitch"] > 1.5 * calm["pitch"]  # +-6 semitones
     assert excited["syllables"] > calm["syllables"]
     assert out["happy"]["centroid"] > out["sad"]["centroid"]  # brighter timbre with valence
+
+
+def test_the_three_loaders_read_back_the_same_labels(dataset: tuple[Path, dict]) -> None:
+    """`make_synthetic.py` output through the AFEW-VA, Aff-Wild2 and manifest loaders: every clip,
+    same frames, same labels (Aff-Wild2's `-5` gap frames masked there and in the manifest)."""
+    from avfusion.data.afew_va import load_afew_va
+    from avfusion.data.affwild2 import load_affwild2
+    from avfusion.data.manifest import load_manifest
+
+    root, meta = dataset
+    afew = {r.video_id: r for r in load_afew_va(root / "AFEW-VA")}
+    aw2 = {r.video_id: r for s in ("train", "val") for r in load_affwild2(root, subset=s)}
+    man = {r.video_id: r for r in load_manifest(root / "manifest.csv")}
+    assert len(afew) == len(man) == len(aw2) == N_CLIPS
+    for c in meta["clips"]:
+        truth = np.stack([c["valence"], c["arousal"]], axis=1)
+        gap = np.zeros(len(truth), bool)
+        for s, e in c["label_gaps"]:
+            gap[s:e] = True
+        a, w, m = afew[c["id"]], aw2[c["affwild2_name"]], man[c["id"]]
+        assert a.n_frames == w.n_frames == m.n_frames == c["n_frames"]
+        np.testing.assert_allclose(a.labels, truth, atol=1e-6)  # AFEW-VA stores every frame's label
+        assert a.label_mask.all()
+        for r in (w, m):
+            np.testing.assert_array_equal(r.label_mask, ~gap)
+            np.testing.assert_allclose(r.labels[~gap], truth[~gap], atol=1e-6)
+        assert w.fps == pytest.approx(c["fps"]) and m.fps == pytest.approx(c["fps"])
