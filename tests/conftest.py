@@ -1,6 +1,14 @@
 """Shared test fixtures and models."""
+import json
+import math
+import zlib
+from pathlib import Path
+
 import pytest
 import torch
+
+# Layout, weight recipe, input recipe and outputs of the official EmoNet (from its parity reference).
+EMONET_REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "emonet_reference.json").read_text())
 
 # A small neural audio-visual model (random weights: EmoNet at width 16, a 2-layer wav2vec2), written
 # out here so that tests do not follow changes of the named "tiny" config.
@@ -69,3 +77,26 @@ def write_grey_video(path, n: int, fps=25, audio: bool = True, size: int = 32, s
             for p in ast.encode():
                 c.mux(p)
     return path
+
+
+def synthetic_state_dict(layout: list, prefix: str = "") -> dict[str, torch.Tensor]:
+    """EMONET_REFERENCE's weight recipe, applied in its key order (``layout``: [key, shape, dtype])."""
+    sd = {}
+    for key, shape, dtype in layout:
+        g = torch.Generator().manual_seed(zlib.crc32(key.encode()))
+        s = tuple(shape)
+        if key.endswith("num_batches_tracked"):
+            t = torch.tensor(0)
+        elif key.endswith("running_var"):
+            t = 0.5 + torch.rand(s, generator=g)
+        elif key.endswith("running_mean"):
+            t = 0.1 * torch.randn(s, generator=g)
+        elif key.endswith("weight") and len(s) == 1:
+            t = 1 + 0.1 * torch.randn(s, generator=g)
+        elif key.endswith("bias"):
+            t = 0.01 * torch.randn(s, generator=g)
+        else:
+            t = torch.randn(s, generator=g) / math.sqrt(math.prod(s[1:]))
+        assert str(t.dtype) == f"torch.{dtype}", key
+        sd[prefix + key] = t
+    return sd

@@ -5,10 +5,6 @@ run on deterministic synthetic weights; the test rebuilds those weights from the
 """
 from __future__ import annotations
 
-import json
-import math
-import zlib
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -21,7 +17,7 @@ from avfusion.encoders import create_video_encoder
 from avfusion.encoders.emonet import EmoNet, EmoNetEncoder, optimize_for_inference
 from avfusion.pretrained import emonet_filter_state_dict, load_emonet_checkpoint
 
-REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "emonet_reference.json").read_text())
+from conftest import EMONET_REFERENCE as REFERENCE, synthetic_state_dict  # noqa: E402
 MODELS = {"emonet_8": 8, "emonet_5": 5}
 # The fixture's numbers come from float32 on the CPU; the issue asks for relative 1e-4.
 PARITY_RTOL = 1e-4
@@ -30,27 +26,6 @@ PARITY_RTOL = 1e-4
 BF16_RTOL = 0.05
 
 
-def synthetic_state_dict(layout: list, prefix: str = "") -> dict[str, torch.Tensor]:
-    """The fixture's recipe, applied in the fixture's key order."""
-    sd = {}
-    for key, shape, dtype in layout:
-        g = torch.Generator().manual_seed(zlib.crc32(key.encode()))
-        s = tuple(shape)
-        if key.endswith("num_batches_tracked"):
-            t = torch.tensor(0)
-        elif key.endswith("running_var"):
-            t = 0.5 + torch.rand(s, generator=g)
-        elif key.endswith("running_mean"):
-            t = 0.1 * torch.randn(s, generator=g)
-        elif key.endswith("weight") and len(s) == 1:
-            t = 1 + 0.1 * torch.randn(s, generator=g)
-        elif key.endswith("bias"):
-            t = 0.01 * torch.randn(s, generator=g)
-        else:
-            t = torch.randn(s, generator=g) / math.sqrt(math.prod(s[1:]))
-        assert str(t.dtype) == f"torch.{dtype}", key
-        sd[prefix + key] = t
-    return sd
 
 
 def layout_of(model: nn.Module) -> list:

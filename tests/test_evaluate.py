@@ -257,3 +257,52 @@ def test_exported_model_on_raw_clips_and_cached_features(synthetic_root, tmp_pat
         assert cached["frames"][key] == pytest.approx(value, abs=1e-6), key
     for key in ("ccc_valence_mean", "ccc_arousal_mean", "quadrant_acc_clip"):
         assert cached["per_clip"][key] == pytest.approx(raw["per_clip"][key], abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_full_size_emonet8_with_parity_weights_zero_shot(synthetic_root, tmp_path, capsys):
+    """The official architecture at full size, filled with the parity reference's synthetic
+    weights and saved like emonet_8.pth (``module.`` prefix), zero-shot on a 2-clip AFEW-VA tree:
+    the script's table and metrics equal numpy on a direct run of the network (those weights give
+    outputs of order 1e4, so after clipping to [-1, 1] many clips are constant and score CCC 0)."""
+    from conftest import EMONET_REFERENCE, synthetic_state_dict
+
+    from avfusion.encoders.emonet import EmoNet
+
+    layout = EMONET_REFERENCE["models"]["emonet_8"]["state_dict"]
+    weights = tmp_path / "emonet_8.pth"
+    torch.save(synthetic_state_dict(layout, prefix="module."), weights)
+    net = EmoNet(n_expression=8).eval()
+    net.load_state_dict(synthetic_state_dict(layout), strict=True)
+
+    tree = tmp_path / "AFEW-VA"
+    clips = {}
+    for clip in sorted((synthetic_root / "AFEW-VA").iterdir())[:2]:  # 2 clips, their first 4 frames
+        dst = tree / clip.name
+        dst.mkdir(parents=True)
+        doc = json.loads((clip / f"{clip.name}.json").read_text())
+        doc["frames"] = {k: v for k, v in sorted(doc["frames"].items())[:CLIP_LEN]}
+        for k in doc["frames"]:
+            (dst / f"{k}.png").write_bytes((clip / f"{k}.png").read_bytes())
+        (dst / f"{clip.name}.json").write_text(json.dumps(doc))
+        frames, labels, lms = read_clip(dst)
+        clips[clip.name] = (np.clip(emonet_va(net, crop_windows(frames, lms)), -1, 1), labels)
+
+    out = tmp_path / "eval"
+    evaluate_script.main(["--model", "emonet_8", "--checkpoint", str(weights), "--data-kind", "afew_va",
+                          "--root", str(tree), "--clip-len", str(CLIP_LEN), "--smooth", str(SMOOTH),
+                          "--threshold", str(THRESHOLD), "--out", str(out), "--cpu", "--no-plots"])
+    printed = capsys.readouterr().out
+    saved = json.loads((out / "metrics.json").read_text())
+    expected = expected_metrics(clips, SMOOTH)["raw"]
+    for key in [k for k in expected if k != "per_clip"]:
+        assert saved["per_clip"][key] == pytest.approx(expected[key], abs=2e-4), key
+    rows = parse_table(printed, "Per-clip CCC (no smoothing)")
+    assert rows["valence"][-1] == pytest.approx(expected["ccc_valence_combined"], abs=1.5e-3)
+    assert "quadrant accuracy" in printed
+    import pandas as pd
+
+    frames_csv = pd.read_csv(out / "predictions.csv", dtype={"video_id": str})
+    got = frames_csv.sort_values(["video_id", "frame"])[["valence_pred", "arousal_pred"]].to_numpy()
+    want = np.concatenate([p for p, _ in clips.values()])
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
