@@ -22,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from .records import VideoRecord, check_unique_ids
+from .records import VideoRecord, check_unique_ids, select_by_id
 
 # AFEW-VA ships frames, not videos, and states no frame rate; its clips come from feature films,
 # which AFEW distributes at 25 fps. Only time-based steps (resampling, audio) read this.
@@ -161,12 +161,7 @@ def load_afew_va(root: str | Path, fps: float = DEFAULT_FPS, ids: Optional[list[
         ids: load only these clip ids.
     """
     dirs, _layout = find_clip_dirs(root)
-    if ids is not None:
-        wanted = {str(i) for i in ids}
-        missing = wanted - {d.name for d in dirs}
-        if missing:
-            raise KeyError(f"{root}: clip id(s) not found: {sorted(missing)[:10]}")
-        dirs = [d for d in dirs if d.name in wanted]
+    dirs = select_by_id(dirs, ids, str(root))
     records = [load_clip(d, fps=fps) for d in dirs]
     records.sort(key=lambda r: r.video_id)
     check_unique_ids(records, f"AFEW-VA tree {root}")

@@ -31,7 +31,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 from .manifest import probe_audio_path, probe_video
-from .records import VideoRecord, check_unique_ids, mask_labels
+from .records import VideoRecord, check_unique_ids, mask_labels, select_by_id
 
 MISSING_LABEL = -5.0
 VIDEO_EXTS = (".mp4", ".avi")
@@ -175,12 +175,7 @@ def load_affwild2(
     txts = sorted(ann.glob("*.txt"))
     if not txts:
         raise FileNotFoundError(f"{ann}: no annotation .txt files")
-    if ids is not None:
-        wanted = {str(i) for i in ids}
-        absent = wanted - {t.stem for t in txts}
-        if absent:
-            raise KeyError(f"{ann}: no annotation file for {sorted(absent)[:10]}")
-        txts = [t for t in txts if t.stem in wanted]
+    txts = select_by_id(txts, ids, str(ann), key="stem")
     if cropped_dir is None:
         candidates = _shallow_glob(root, "cropped_aligned")
         if len(candidates) > 1:

@@ -138,6 +138,19 @@ class VideoRecord:
         return np.arange(self.n_frames, dtype=np.float64) / self.fps
 
 
+def select_by_id(paths: Sequence[Path], ids: Optional[Sequence[Any]], where: str,
+                 key: str = "name") -> list[Path]:
+    """The ``paths`` whose ``key`` (``"name"`` or ``"stem"``) is one of ``ids`` (all when None);
+    an id with no path is an error naming ``where``."""
+    if ids is None:
+        return list(paths)
+    wanted = {str(i) for i in ids}
+    missing = wanted - {getattr(p, key) for p in paths}
+    if missing:
+        raise KeyError(f"{where}: no clip for id(s) {sorted(missing)[:10]}")
+    return [p for p in paths if getattr(p, key) in wanted]
+
+
 def check_unique_ids(records: Sequence[VideoRecord], where: str) -> None:
     """Refuse two records with the same ``video_id`` (splits and stitching key on it)."""
     seen: dict[str, int] = {}
