@@ -1,12 +1,11 @@
 """avfusion: per-frame valence and arousal from the face and the voice."""
-__version__ = "0.1.0"
-
 from .config import AudioEncoderConfig, FusionConfig, ModelConfig, VideoEncoderConfig
-from .factory import create_model, from_pretrained, get_model_config, list_models, save_pretrained
+from .factory import create_model, from_pretrained, get_model_config, list_models, load_model, save_pretrained
 from .losses import CCCLoss, EmoNetLoss, build_loss
 from .metrics import ccc, format_clip_summary, pcc, per_clip_summary, rmse, sagr, smooth_clips, va_metrics
 from .model import AVModel
 from .predict import Predictor
+from .version import __version__
 
 __all__ = [
     "__version__",
@@ -31,5 +30,6 @@ __all__ = [
     "from_pretrained",
     "get_model_config",
     "list_models",
+    "load_model",
     "save_pretrained",
 ]

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .weights import load_strict, read_weights
 from .data.features import (
     CACHE_FORMAT,
     CACHE_VERSION,
@@ -147,7 +148,7 @@ def build_manifest(
     ``pretrained_cfg``; both must match for new videos to join an existing cache. ``dataset`` is
     informational (a cache may gather videos of several datasets).
     """
-    from . import __version__
+    from .version import __version__
 
     use_video, use_audio = bool(model.use_video), bool(model.use_audio)
     return {
@@ -226,21 +227,19 @@ def load_cache_encoders(model: nn.Module, cache_dir: PathLike, only: Optional[se
     video-only model reading an audio-visual cache); the caller then checks the file's own hash,
     since the model's encoders alone cannot reproduce the manifest's.
     """
-    from safetensors.torch import load_file
-
     cache_dir = Path(cache_dir)
     manifest = read_manifest(cache_dir)
     path = cache_dir / ENCODERS_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: the cache was written without its encoder weights "
-                                "(cache_features.py --no-save-encoders)")
-    state = load_file(str(path))
+                                "(avfusion cache --no-save-encoders)")
+    state = read_weights(path, "cache encoder weight")
     mods = {n: m for n, m in encoder_modules(model).items() if only is None or n in only}
     for name, enc in mods.items():
         part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
         try:
-            enc.load_state_dict(part, strict=True)
-        except RuntimeError as e:
+            load_strict(enc, part, family=f"{path} ({name})")
+        except ValueError as e:
             raise ValueError(f"{path}: {name} weights do not fit the model: {e}") from None
     if only is not None:
         return model
@@ -492,8 +491,117 @@ def missing_videos(cache_dir: PathLike) -> list[str]:
     return [v for v, name in manifest.get("videos", {}).items() if not (Path(cache_dir) / name).is_file()]
 
 
+
+def use_feature_cache(model: nn.Module, cache_dir: str | Path) -> None:
+    """Make ``model`` fit a feature cache: the widths must agree, and the model's encoders get the
+    very weights that made the features (``encoders.safetensors``), so the exported model turns
+    raw video into the inputs it was trained on.
+
+    A model using only some of the cache's encoders (video-only training on an audio-visual cache)
+    loads just those, from the file whose hash the manifest records.
+    """
+    from safetensors import safe_open
+
+    from .data.features import ENCODERS_NAME, manifest_path, read_manifest
+
+    manifest = read_manifest(cache_dir)
+    where = manifest_path(cache_dir)
+    for mod, used, enc, enc_cfg in (("video", model.use_video, model.video_encoder, model.cfg.video),
+                                    ("audio", model.use_audio, model.audio_encoder, model.cfg.audio)):
+        if not used:
+            continue
+        cached = manifest.get(f"{mod}_dim")
+        if cached is None:
+            raise ValueError(f"{where}: the model (mode {model.cfg.mode!r}) needs {mod} features, "
+                             "the cache has none")
+        width = int(enc.num_features) if enc is not None else int(enc_cfg.dim)
+        if width != int(cached):
+            raise ValueError(f"{where}: cached {mod} features are {cached} wide, the model expects {width}")
+    mods = encoder_modules(model)
+    # Weight-free encoders (HOG, log-mel) have nothing to load and no weights to hash: their
+    # configuration is what must match the cache's.
+    described = encoder_description(model)
+    for name in [n for n, enc in mods.items() if not enc.state_dict()]:
+        mod = name.split("_")[0]
+        cached = (manifest.get("encoders") or {}).get(mod)
+        if cached is not None and cached != described.get(mod):
+            keys = sorted(k for k in set(cached) | set(described[mod]) if cached.get(k) != described[mod].get(k))
+            raise ValueError(f"{where}: the cache's {mod} encoder was configured differently "
+                             f"(differs in {keys}); re-cache with this model or use the cache's settings")
+        del mods[name]
+    if not mods:
+        return  # nothing with weights: "features" or weight-free encoders
+    path = Path(cache_dir) / ENCODERS_NAME
+    if not path.is_file():
+        warnings.warn(f"{path} not found: cannot give the model the encoder weights that made the "
+                      "features; the exported model's encoders may not reproduce them", stacklevel=2)
+        return
+    with safe_open(str(path), framework="pt") as f:
+        names = {k.split(".", 1)[0] for k in f.keys()}
+        file_hash = (f.metadata() or {}).get("encoder_hash")
+    if names == set(mods):
+        load_cache_encoders(model, cache_dir)  # loads strictly and checks the hash of the result
+        return
+    if file_hash != manifest.get("encoder_hash"):
+        raise ValueError(f"{path}: its encoder hash {file_hash} is not the manifest's "
+                         f"{manifest.get('encoder_hash')}; the cache folder is inconsistent")
+    missing = sorted(set(mods) - names)
+    if missing:
+        raise ValueError(f"{path}: has no weights for {missing}")
+    load_cache_encoders(model, cache_dir, only=set(mods))
+
+
+def cache_features(
+    model: nn.Module,
+    data: Any,
+    out_dir: PathLike,
+    *,
+    window: Optional[int] = None,
+    dtype: str = "float16",
+    batch_size: int = 4,
+    num_workers: Optional[int] = None,
+    save_encoder_weights: bool = True,
+    cpu: bool = False,
+) -> CacheResult:
+    """Cache ``model``'s encoder features for every video of the dataset a
+    :class:`~avfusion.data.build.DataConfig` names (all split parts: the split picks ids later),
+    sharded over the processes of ``accelerate launch``.
+
+    ``window`` frames are encoded together (default ``data.clip_len``, so cached features equal
+    those of raw-clip training for windows that start at multiples of it); native frame rate,
+    non-overlapping windows, no augmentation: every frame once.
+    """
+    from accelerate import Accelerator
+
+    from .data.build import clip_datasets, dataset_records
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    window = int(window or data.clip_len)
+    data = dataclasses.replace(data, clip_len=window, stride=window, eval_stride=None, target_fps=None,
+                               features=None, num_workers=data.num_workers if num_workers is None else num_workers)
+    accelerator = Accelerator(cpu=cpu)
+    model = model.to(accelerator.device).eval()
+    records, val_records = dataset_records(data)
+    made, _ = clip_datasets(data, {"cache": list(records) + list(val_records)}, model)
+    info = {"kind": data.kind, "root": data.root, "face_mode": data.face_mode,
+            "affwild2_frames": data.affwild2_frames}
+    prep = {"face_backend": data.face_backend, "face_margin": data.face_margin,
+            "face_smoothing": data.face_smoothing, "hsv": data.hsv}
+    result = cache_dataset(
+        model, made["cache"], out_dir, dtype=DTYPES[dtype], batch_size=batch_size,
+        num_workers=data.num_workers, device=accelerator.device,
+        process_index=accelerator.process_index, num_processes=accelerator.num_processes,
+        barrier=accelerator.wait_for_everyone, dataset_info=info, preprocessing=prep,
+        save_encoder_weights=save_encoder_weights, progress=accelerator.is_main_process)
+    print(f"[process {accelerator.process_index}/{accelerator.num_processes}] {len(result.written)} "
+          f"video(s) written, {len(result.skipped)} already cached, {result.frames} frames in "
+          f"{result.seconds:.1f} s ({result.frames_per_second:.1f} frames/s) -> {out_dir}")
+    return result
+
+
 __all__ = [
     "cache_dataset", "CacheResult", "encoder_hash", "encoder_state_dict", "encoder_description",
     "build_manifest", "merge_manifest", "check_cacheable", "save_encoders", "load_cache_encoders",
-    "check_model_matches_cache", "missing_videos", "encode_batch", "DTYPES",
+    "check_model_matches_cache", "use_feature_cache", "cache_features", "missing_videos", "encode_batch", "DTYPES",
 ]

@@ -6,7 +6,9 @@ dataclasses at the boundary (:func:`from_dict`), so the rest of the code reads a
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Optional, Type, TypeVar
 
@@ -151,8 +153,14 @@ def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"{path}:{where}: not valid YAML ({problem})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
@@ -186,3 +194,60 @@ def merge(base: dict, update: dict) -> dict:
         else:
             out[k] = v
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Where named configs live. The repository's top-level configs/ folder is installed with the wheel
+# as the package data `avfusion.configs` (pyproject maps it), so names resolve without a clone.
+# Extra folders come first: AVFUSION_CONFIGS (experiments) and AVFUSION_MODEL_CONFIGS (models),
+# each os.pathsep-separated.
+
+CONFIG_PACKAGE = "avfusion.configs"
+_ENV = {"experiments": "AVFUSION_CONFIGS", "models": "AVFUSION_MODEL_CONFIGS"}
+
+
+def builtin_config_dir() -> Path:
+    """The folder of the shipped configs (``experiments`` at its top, ``models/`` below)."""
+    return Path(str(resources.files(CONFIG_PACKAGE)))
+
+
+def config_dirs(kind: str) -> list[Path]:
+    """Search folders for named ``kind`` configs (``"experiments"`` or ``"models"``), in order."""
+    if kind not in _ENV:
+        raise ValueError(f"config kind must be one of {sorted(_ENV)}, got {kind!r}")
+    extra = [Path(p) for p in os.environ.get(_ENV[kind], "").split(os.pathsep) if p]
+    base = builtin_config_dir()
+    return extra + [base / "models" if kind == "models" else base]
+
+
+def list_configs(kind: str) -> list[str]:
+    """Names of the ``kind`` configs found in :func:`config_dirs`."""
+    names = set()
+    for d in config_dirs(kind):
+        if d.is_dir():
+            names.update(p.stem for p in d.glob("*.yaml"))
+    return sorted(names)
+
+
+def find_config(name: str, kind: str) -> Path | None:
+    """The YAML file of a named ``kind`` config, or None."""
+    for d in config_dirs(kind):
+        f = d / f"{name}.yaml"
+        if f.is_file():
+            return f
+    return None
+
+
+def resolve_experiment_file(name_or_path: str | Path) -> Path:
+    """An experiment YAML from a path or a name (``tiny_synthetic``); a clear error otherwise."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if path.is_file():
+            return path
+        raise FileNotFoundError(f"config file not found: {path} (a shipped experiment is named "
+                                f"without a folder: {list_configs('experiments')})")
+    named = find_config(str(name_or_path), "experiments")
+    if named is None:
+        raise ValueError(f"unknown experiment {str(name_or_path)!r}: known experiments are "
+                         f"{list_configs('experiments')}, or pass a YAML file")
+    return named

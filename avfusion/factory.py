@@ -1,7 +1,8 @@
 """Model names -> models; self-describing checkpoints (``config.json`` + ``model.safetensors``).
 
-Named architectures are YAML files in ``configs/models/`` (the file name is the model name).
-Extra search folders: the ``AVFUSION_MODEL_CONFIGS`` environment variable (``os.pathsep``-separated).
+One function, :func:`resolve_model`, decides what a model string means: an exported folder
+(``save_pretrained``), a YAML file, or the name of a shipped architecture (``configs/models/``,
+installed with the package; extra folders in ``AVFUSION_MODEL_CONFIGS``). Every caller goes through it.
 """
 from __future__ import annotations
 
@@ -9,59 +10,84 @@ import copy
 import dataclasses
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Union
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from .config import ModelConfig, from_dict, load_yaml, merge
+from .config import ModelConfig, find_config, from_dict, list_configs, load_yaml, merge
 from .model import AVModel
+from .version import __version__
+from .weights import load_strict
 
-_REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "models"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+PathLike = Union[str, Path]
 
 
-def _config_dirs() -> list[Path]:
-    extra = [Path(p) for p in os.environ.get("AVFUSION_MODEL_CONFIGS", "").split(os.pathsep) if p]
-    return extra + [_REPO_CONFIGS]
+@dataclass(frozen=True)
+class ModelSource:
+    """What a model string means: ``kind`` is "exported", "yaml" or "name"; ``path`` its file/folder."""
+
+    kind: str
+    path: Path
+    name: str
 
 
 def list_models() -> list[str]:
     """Names accepted by :func:`create_model`."""
-    names = set()
-    for d in _config_dirs():
-        if d.is_dir():
-            names.update(p.stem for p in d.glob("*.yaml"))
-    return sorted(names)
+    return list_configs("models")
 
 
-def get_model_config(name_or_path: str | Path, **overrides: Any) -> ModelConfig:
+def resolve_model(name_or_path: PathLike) -> ModelSource:
+    """Decide whether ``name_or_path`` is an exported folder, a model YAML or a model name."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        if (path / CONFIG_NAME).is_file():
+            return ModelSource("exported", path, path.name)
+        raise FileNotFoundError(f"{path / CONFIG_NAME} not found: expected a folder written by save_pretrained")
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise FileNotFoundError(f"model config file not found: {path}")
+        return ModelSource("yaml", path, path.stem)
+    found = find_config(str(name_or_path), "models")
+    if found is None:
+        raise ValueError(f"unknown model {str(name_or_path)!r}: known models are {list_models()}, "
+                         "or pass a YAML file or a folder written by save_pretrained")
+    return ModelSource("name", found, str(name_or_path))
+
+
+def _read_exported_config(folder: Path) -> dict:
+    f = folder / CONFIG_NAME
+    try:
+        meta = json.loads(f.read_text())
+        return dict(meta["model"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{f}: not a readable avfusion model config ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}); re-export the model") from None
+
+
+def get_model_config(name_or_path: PathLike, **overrides: Any) -> ModelConfig:
     """Resolve a model name, a YAML file or an exported folder into a :class:`ModelConfig`.
 
     ``overrides`` are merged into the config dict, nested: ``fusion={"n_layers": 2}``.
     """
-    path = Path(name_or_path)
-    if path.is_dir() and (path / CONFIG_NAME).is_file():
-        data = json.loads((path / CONFIG_NAME).read_text())["model"]
-    elif path.suffix in (".yaml", ".yml") and path.is_file():
-        data = load_yaml(path)
+    src = resolve_model(name_or_path)
+    if src.kind == "exported":
+        data = _read_exported_config(src.path)
     else:
-        for d in _config_dirs():
-            f = d / f"{name_or_path}.yaml"
-            if f.is_file():
-                data = load_yaml(f)
-                data.setdefault("name", str(name_or_path))
-                break
-        else:
-            raise ValueError(f"unknown model {str(name_or_path)!r}: known models are {list_models()}, "
-                             "or pass a YAML file or a folder written by save_pretrained")
+        data = load_yaml(src.path)
+        if src.kind == "name":
+            data.setdefault("name", src.name)
     data = merge(data, overrides)
-    return from_dict(ModelConfig, data)
+    try:
+        return from_dict(ModelConfig, data)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{src.path}: {e}") from None
 
 
-def create_model(name_or_path: str | Path | ModelConfig, **overrides: Any) -> AVModel:
+def create_model(name_or_path: Union[PathLike, ModelConfig], **overrides: Any) -> AVModel:
     """Build a model by name (``"tiny"``, ``"afew_emonet_video"``...), YAML file or ModelConfig.
 
     A folder written by :func:`save_pretrained` is loaded with its weights (:func:`from_pretrained`).
@@ -69,10 +95,25 @@ def create_model(name_or_path: str | Path | ModelConfig, **overrides: Any) -> AV
     if isinstance(name_or_path, ModelConfig):
         cfg = from_dict(ModelConfig, merge(dataclasses.asdict(name_or_path), overrides))
         return AVModel(cfg)
-    path = Path(name_or_path)
-    if path.is_dir() and (path / WEIGHTS_NAME).is_file():
-        return from_pretrained(path, **overrides)
+    if resolve_model(name_or_path).kind == "exported":
+        return from_pretrained(name_or_path, **overrides)
     return AVModel(get_model_config(name_or_path, **overrides))
+
+
+def load_model(name_or_path: PathLike, checkpoint: Optional[PathLike] = None, **overrides: Any) -> AVModel:
+    """A model ready for inference (eval mode): an exported folder with its weights, or a named /
+    YAML architecture with ``checkpoint`` as its video encoder's weight file (``emonet_8`` +
+    ``emonet_8.pth``: EmoNet frame by frame, the zero-shot setting)."""
+    src = resolve_model(name_or_path)
+    if src.kind == "exported":
+        if checkpoint is not None:
+            raise ValueError(f"{src.path} is an exported model with its own weights: a checkpoint applies "
+                             "only to a named architecture")
+        return from_pretrained(src.path, **overrides)
+    if checkpoint is not None:
+        overrides = dict(overrides)
+        overrides["video"] = {**dict(overrides.get("video") or {}), "checkpoint": str(checkpoint)}
+    return create_model(name_or_path, **overrides).eval()
 
 
 def _self_contained_config(model: AVModel) -> ModelConfig:
@@ -90,13 +131,13 @@ def _self_contained_config(model: AVModel) -> ModelConfig:
     return cfg
 
 
-def save_pretrained(model: AVModel, out_dir: str | Path, extra: dict | None = None) -> Path:
-    """Write ``config.json`` (architecture + ``extra`` info) and ``model.safetensors``."""
+def save_pretrained(model: AVModel, out_dir: PathLike, extra: dict | None = None) -> Path:
+    """Write ``config.json`` (architecture + ``extra`` info) and ``model.safetensors``, each whole."""
+    from safetensors.torch import save_file
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = _self_contained_config(model)
-    from . import __version__
-
     meta = {"avfusion_version": __version__, "model": dataclasses.asdict(cfg), **(extra or {})}
     tmp = out / (CONFIG_NAME + ".tmp")
     tmp.write_text(json.dumps(meta, indent=2))
@@ -108,17 +149,20 @@ def save_pretrained(model: AVModel, out_dir: str | Path, extra: dict | None = No
     return out
 
 
-def from_pretrained(path: str | Path, map_location: str | torch.device = "cpu", **overrides: Any) -> AVModel:
-    """Load a folder written by :func:`save_pretrained` (strictly: every key must match)."""
+def from_pretrained(path: PathLike, map_location: Union[str, torch.device] = "cpu", **overrides: Any) -> AVModel:
+    """Load a folder written by :func:`save_pretrained` (strictly), in eval mode for inference."""
     path = Path(path)
     cfg_file, w_file = path / CONFIG_NAME, path / WEIGHTS_NAME
     for f in (cfg_file, w_file):
         if not f.is_file():
             raise FileNotFoundError(f"{f} not found: expected a folder written by save_pretrained")
     model = AVModel(get_model_config(path, **overrides))
-    state = load_file(str(w_file), device=str(map_location))
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"{w_file} does not match {cfg_file}: {e}") from None
-    return model
+        load_strict(model, w_file, family="avfusion model weight")
+    except ValueError as e:
+        raise ValueError(f"{e} (config: {cfg_file})") from None
+    return model.to(map_location).eval()
+
+
+__all__ = ["ModelSource", "resolve_model", "list_models", "get_model_config", "create_model", "load_model",
+           "save_pretrained", "from_pretrained", "CONFIG_NAME", "WEIGHTS_NAME"]

@@ -13,8 +13,6 @@ are kept and flagged ``face_found = False``.
 """
 from __future__ import annotations
 
-import argparse
-import math
 import warnings
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -68,7 +66,7 @@ class Predictor:
         clip_len: Optional[int] = None,
         **overrides: Any,
     ) -> None:
-        from .evaluation import load_model
+        from .factory import load_model
 
         if isinstance(model_or_path, nn.Module):
             self.model = model_or_path
@@ -161,7 +159,7 @@ class Predictor:
         from torch.utils.data import DataLoader
 
         from .data.clips import collate
-        from .evaluation import predict_loader, smooth_predictions
+        from .evaluation.collect import predict_loader, smooth_predictions
 
         path = Path(path)
         if not path.is_file():
@@ -192,6 +190,8 @@ class Predictor:
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
             table.to_csv(out / f"{path.stem}_va.csv", index=False)
+            from .viz import plot_prediction, write_overlay
+
             if plot:
                 plot_prediction(table, out / f"{path.stem}_va.png", title=f"{path.name} ({self.name})")
             if overlay:
@@ -199,146 +199,4 @@ class Predictor:
         return table
 
 
-# ------------------------------------------------------------------------------------------------
-# Outputs
-
-
-def plot_prediction(table: pd.DataFrame, path: PathLike, title: str = "") -> Path:
-    """Valence and arousal over time, frames without a face shaded."""
-    from .evaluation import _pyplot
-
-    plt = _pyplot()
-    t = table["timestamp"].to_numpy()
-    fig, ax = plt.subplots(figsize=(10, 3.5))
-    ax.plot(t, table["valence"], label="valence", color="C0")
-    ax.plot(t, table["arousal"], label="arousal", color="C3")
-    no_face = ~table["face_found"].to_numpy(bool)
-    if no_face.any():
-        ax.fill_between(t, -1.05, 1.05, where=no_face, color="0.85", step="mid", label="no face")
-    ax.axhline(0, color="k", lw=0.5)
-    ax.set(ylim=(-1.05, 1.05), xlabel="time (s)", ylabel="value", title=title)
-    ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
-
-
-def _draw(frame: np.ndarray, valence: float, arousal: float, face: bool) -> np.ndarray:
-    """Bars and numbers for one RGB frame (drawn in place on a copy)."""
-    import cv2
-
-    img = np.ascontiguousarray(frame).copy()
-    h, w = img.shape[:2]
-    if min(h, w) < 360:  # text on a thumbnail is unreadable: enlarge small videos
-        k = int(math.ceil(360 / min(h, w)))
-        img = cv2.resize(img, (w * k, h * k), interpolation=cv2.INTER_NEAREST)
-        h, w = img.shape[:2]
-    scale = max(0.4, min(w, h) / 480)
-    bar_w, bar_h, x0 = int(w * 0.3), max(4, int(10 * scale)), int(8 * scale)
-    for k, (name, val, colour) in enumerate((("V", valence, (60, 120, 255)), ("A", arousal, (255, 80, 60)))):
-        y = int((14 + 22 * k) * scale)
-        cv2.rectangle(img, (x0 + int(20 * scale), y), (x0 + int(20 * scale) + bar_w, y + bar_h), (40, 40, 40), -1)
-        mid = x0 + int(20 * scale) + bar_w // 2
-        if np.isfinite(val):
-            end = mid + int(round(val * bar_w / 2))
-            cv2.rectangle(img, (min(mid, end), y), (max(mid, end), y + bar_h), colour, -1)
-            text = f"{name} {val:+.2f}"
-        else:
-            text = f"{name}  n/a"
-        cv2.putText(img, text, (x0 + int(26 * scale) + bar_w, y + bar_h), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.45 * scale, (255, 255, 255), max(1, int(scale)), cv2.LINE_AA)
-        cv2.putText(img, name, (x0, y + bar_h), cv2.FONT_HERSHEY_SIMPLEX, 0.45 * scale, (255, 255, 255),
-                    max(1, int(scale)), cv2.LINE_AA)
-    if not face:
-        cv2.putText(img, "no face", (x0, int(70 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.45 * scale,
-                    (255, 255, 0), max(1, int(scale)), cv2.LINE_AA)
-    return img
-
-
-def write_overlay(video_path: PathLike, table: pd.DataFrame, out_path: PathLike, chunk: int = 64) -> Path:
-    """The video with each frame's valence/arousal drawn on it (H.264 mp4, no audio)."""
-    import av
-
-    from .data.video import VideoFile
-
-    video = VideoFile(video_path)
-    n = len(video)
-    if n != len(table):
-        raise ValueError(f"{video_path}: {n} frames but {len(table)} predictions")
-    from fractions import Fraction
-
-    rate = Fraction(video.fps).limit_denominator(1001) if video.fps > 0 else Fraction(25)
-    out_path = Path(out_path)
-    with av.open(str(out_path), mode="w") as container:
-        stream = None
-        for start in range(0, n, chunk):
-            frames = video.get_batch(list(range(start, min(n, start + chunk))))
-            for k, frame in enumerate(frames):
-                row = table.iloc[start + k]
-                img = _draw(frame, float(row["valence"]), float(row["arousal"]), bool(row["face_found"]))
-                # yuv420p needs even sizes.
-                img = img[: img.shape[0] // 2 * 2, : img.shape[1] // 2 * 2]
-                if stream is None:
-                    stream = container.add_stream(_codec(), rate=rate)
-                    stream.width, stream.height = img.shape[1], img.shape[0]
-                    stream.pix_fmt = "yuv420p"
-                for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                    container.mux(packet)
-        if stream is not None:
-            for packet in stream.encode():
-                container.mux(packet)
-    return out_path
-
-
-def _codec() -> str:
-    import av
-
-    return "libx264" if "libx264" in av.codecs_available else "mpeg4"
-
-
-# ------------------------------------------------------------------------------------------------
-# The `avfusion predict` command
-
-
-def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``predict VIDEO --model DIR|NAME [--out DIR]`` to an argparse ``subparsers`` object."""
-    p = subparsers.add_parser(
-        "predict", help="per-frame valence/arousal of a video file",
-        description="Predict valence and arousal for every frame of a video: a CSV, a plot and "
-                    "optionally an overlay video.")
-    p.add_argument("video", nargs="+", help="video file(s)")
-    p.add_argument("--model", required=True, help="a save_pretrained folder or a model name (e.g. emonet_8)")
-    p.add_argument("--checkpoint", help="video-encoder weights for a named model (e.g. emonet_8.pth)")
-    p.add_argument("--out", default=None, help="output folder (default: runs/predict)")
-    p.add_argument("--face-backend", default="yunet", choices=("yunet", "full"),
-                   help="yunet: detect the face (needs the YuNet model file); full: the face fills the frame")
-    p.add_argument("--yunet-model", help="YuNet ONNX file (default: AVFUSION_HOME or pretrained/)")
-    p.add_argument("--clip-len", type=int, help="frames per window (default: as in training)")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--smooth", type=int, default=1, help="moving average over this many frames (odd)")
-    p.add_argument("--overlay", action="store_true", help="also write the video with the values drawn on it")
-    p.add_argument("--no-plot", action="store_true")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    p.set_defaults(func=run_predict)
-    return p
-
-
-def run_predict(args: argparse.Namespace) -> int:
-    """Entry point of ``avfusion predict`` (after :func:`add_predict_parser` parsed the arguments)."""
-    predictor = Predictor(args.model, checkpoint=args.checkpoint, device=args.device, clip_len=args.clip_len)
-    out = Path(args.out or "runs/predict")
-    for video in args.video:
-        table = predictor.predict_video(
-            video, face_backend=args.face_backend, yunet_model=args.yunet_model, batch_size=args.batch_size,
-            smooth_window=args.smooth, out_dir=out, plot=not args.no_plot, overlay=args.overlay)
-        stem = Path(video).stem
-        found = table["face_found"].mean() if len(table) else math.nan
-        print(f"{video}: {len(table)} frames, face found in {100 * found:.0f} %; mean valence "
-              f"{np.nanmean(table['valence']):+.2f}, arousal {np.nanmean(table['arousal']):+.2f} -> "
-              f"{out / (stem + '_va.csv')}")
-    return 0
-
-
-__all__ = ["Predictor", "plot_prediction", "write_overlay", "add_predict_parser", "run_predict",
-           "training_clip_len"]
+__all__ = ["Predictor", "training_clip_len"]

@@ -12,11 +12,10 @@ from .audio import (
 )
 from .afew_va import load_afew_va
 from .affwild2 import load_affwild2
-from .clips import ClipDataset, FrameStitcher, collate
+from .clips import ClipDataset, collate
 from .faces import FaceCropper, create_detector, download_yunet
 from .manifest import load_manifest
 from .records import VideoRecord
 from .splits import Split, check_split, kfold_split, load_split, save_split, split_records
-from .synthetic import SyntheticConfig, generate_dataset, load_metadata
 from .transforms import build_transform
 from .video import FrameFolder, NoVideoStreamError, VideoDecodeError, VideoFile, open_frames

@@ -27,9 +27,10 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from ..timing import SAMPLE_RATE
+
 PathLike = Union[str, Path]
 
-SAMPLE_RATE = 16000  # wav2vec2's input rate (FORMATS.md)
 
 _SOUNDFILE_SUFFIXES = {".wav", ".flac"}
 # Extra audio decoded before a requested start: after a seek, AAC/MP3 decoders need a frame or two

@@ -5,7 +5,7 @@ A window is a run of ``clip_len`` frame indices of one record, ``-1`` where it r
 
 * training: ``stride < clip_len`` (e.g. ``clip_len // 2``) gives overlapping windows;
 * evaluation: ``stride == clip_len`` covers every frame exactly once, so per-frame predictions are
-  put back in place by ``frame_indices`` (:class:`FrameStitcher`).
+  put back in place by ``frame_indices`` (:mod:`avfusion.evaluation.collect`).
 
 With ``target_fps`` the windows run over frames picked by timestamp on a regular grid at that rate
 (the frame on screen at each grid time), so videos of 25, 29.97 and 30 fps give windows of equal
@@ -35,10 +35,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..timing import SAMPLE_RATE
 from .records import VideoRecord
 from .video import INHERITED_READERS
 
-SAMPLE_RATE = 16000  # wav2vec2's input rate (FORMATS.md)
 
 
 # Keys of a batch, in the order collate writes them.
@@ -348,44 +348,5 @@ def collate(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {k: batch[k] for k in BATCH_KEYS}
 
 
-class FrameStitcher:
-    """Puts per-position predictions of windows back onto the frames of each video.
-
-    ``add(video_ids, frame_indices (B, T), values (B, T, C))`` for every batch, then ``result()``:
-    video id -> ``(N, C)`` float64, the mean of all predictions of each frame (overlapping training
-    windows, repeated frames after resampling), NaN for frames no window covered.
-    """
-
-    def __init__(self, n_frames: Mapping[str, int]) -> None:
-        self.n_frames = dict(n_frames)
-        self._sum: dict[str, np.ndarray] = {}
-        self._count: dict[str, np.ndarray] = {}
-
-    def add(self, video_ids: Sequence[str], frame_indices: Any, values: Any) -> None:
-        idx = np.asarray(torch.as_tensor(frame_indices).cpu())
-        vals = torch.as_tensor(values).detach().float().cpu().numpy()
-        if vals.ndim == 2:
-            vals = vals[..., None]
-        if idx.shape != vals.shape[:2] or len(video_ids) != idx.shape[0]:
-            raise ValueError(f"stitching: {len(video_ids)} ids, frame_indices {idx.shape}, values {vals.shape}")
-        for b, vid in enumerate(video_ids):
-            if vid not in self.n_frames:
-                raise KeyError(f"stitching: unknown video id {vid!r}")
-            ok = idx[b] >= 0
-            if vid not in self._sum:
-                self._sum[vid] = np.zeros((self.n_frames[vid], vals.shape[2]))
-                self._count[vid] = np.zeros(self.n_frames[vid])
-            np.add.at(self._sum[vid], idx[b][ok], vals[b][ok])
-            np.add.at(self._count[vid], idx[b][ok], 1)
-
-    def result(self) -> dict[str, np.ndarray]:
-        out = {}
-        for vid, s in self._sum.items():
-            c = self._count[vid][:, None]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out[vid] = np.where(c > 0, s / np.maximum(c, 1), np.nan)
-        return out
-
-
 __all__ = ["Window", "ClipDataset", "collate", "make_windows", "window_starts", "sequence_indices",
-           "FrameStitcher", "BATCH_KEYS"]
+           "BATCH_KEYS"]

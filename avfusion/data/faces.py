@@ -57,8 +57,9 @@ YUNET_FILES: dict[str, tuple[tuple[str, ...], str]] = {
 # The version the project is tested with (its output on skimage's astronaut is in the tests).
 DEFAULT_YUNET_FILE = "face_detection_yunet_2026may.onnx"
 
-# <repo>/pretrained: where a source checkout keeps weight files it does not commit.
-_REPO_PRETRAINED = Path(__file__).resolve().parents[2] / "pretrained"
+# ./pretrained (relative to the working directory): where a source checkout keeps weight files it
+# does not commit; the installed package never looks inside itself or a clone around it.
+PRETRAINED_DIR = "pretrained"
 
 
 def avfusion_home() -> Path:
@@ -271,11 +272,11 @@ def create_detector(name: str, **kwargs: Any) -> FaceDetector:
 
 def yunet_search_paths() -> list[Path]:
     """Where :func:`resolve_yunet_model` looks when no path is given, in order."""
-    return [avfusion_home() / YUNET_FILENAME, _REPO_PRETRAINED / YUNET_FILENAME]
+    return [avfusion_home() / YUNET_FILENAME, Path.cwd() / PRETRAINED_DIR / YUNET_FILENAME]
 
 
 def resolve_yunet_model(path: str | os.PathLike | None = None) -> Path:
-    """The YuNet ONNX file: ``path`` if given, else ``$AVFUSION_HOME`` or the repo's ``pretrained/``.
+    """The YuNet ONNX file: ``path`` if given, else ``$AVFUSION_HOME`` or ``./pretrained/``.
 
     Raises FileNotFoundError saying where to put the file when there is none.
     """

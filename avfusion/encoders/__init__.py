@@ -1,72 +1,71 @@
-"""Per-frame encoders behind one small interface.
+"""Per-frame encoders behind one small interface (:mod:`avfusion.encoders.base`) and their registry.
 
-Video encoders take normalised face crops ``(N, 3, H, W)`` (normalised as their ``pretrained_cfg``
-says; the data transforms read it) and return one feature per image ``(N, num_features)``.
-Audio encoders take 16 kHz mono waveforms ``(B, S)`` plus the time of every video frame in seconds
-from the first sample ``(B, T)`` and return one feature per video frame ``(B, T, num_features)``.
-Those are frame *start* times (frame k at fps: k/fps, like the decoder's timestamps); the encoder
-samples the audio features at each frame's centre (see ``wav2vec2.frame_centres``).
+Each encoder module owns its architecture and its checkpoint filter function (EmoNet: ``module.``
+prefixes; MAE: decoder and pos-embed resizing); :mod:`avfusion.weights` reads and loads the files.
 """
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import Callable
 
 from ..config import AudioEncoderConfig, VideoEncoderConfig
+from .base import AudioEncoder, VideoEncoder
 
 
-class VideoEncoder(nn.Module):
-    """Base class: ``num_features``, ``pretrained_cfg`` and ``forward_features``."""
+def _emonet(cfg: VideoEncoderConfig) -> VideoEncoder:
+    from .emonet import EmoNetEncoder
 
-    num_features: int
-    # input_size (3, H, W), mean, std (per channel, applied after scaling to [0, 1]), interpolation.
-    pretrained_cfg: dict
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, H, W) -> (N, C)
-        raise NotImplementedError
+    return EmoNetEncoder.from_config(cfg)
 
 
-class AudioEncoder(nn.Module):
-    """Base class: ``num_features``, ``sample_rate`` and ``forward_features``."""
+def _mae_vit(cfg: VideoEncoderConfig) -> VideoEncoder:
+    from .vit import MAEViTEncoder
 
-    num_features: int
-    sample_rate: int = 16000
+    return MAEViTEncoder.from_config(cfg)
 
-    def forward_features(
-        self, wave: torch.Tensor, frame_times: torch.Tensor, wave_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:  # (B, S), (B, T), (B, S) -> (B, T, C)
-        raise NotImplementedError
+
+def _hog(cfg: VideoEncoderConfig) -> VideoEncoder:
+    from .handcrafted import HOGEncoder
+
+    return HOGEncoder.from_config(cfg)
+
+
+def _wav2vec2(cfg: AudioEncoderConfig) -> AudioEncoder:
+    from .wav2vec2 import Wav2Vec2Encoder
+
+    return Wav2Vec2Encoder.from_config(cfg)
+
+
+def _logmel(cfg: AudioEncoderConfig) -> AudioEncoder:
+    from .handcrafted import LogMelEncoder
+
+    return LogMelEncoder.from_config(cfg)
+
+
+# Registries: the valid names and the error messages come from these dicts ("features": no
+# network, the model reads cached per-frame features).
+VIDEO_ENCODERS: dict[str, Callable[[VideoEncoderConfig], VideoEncoder]] = {
+    "emonet": _emonet, "mae_vit": _mae_vit, "hog": _hog}
+AUDIO_ENCODERS: dict[str, Callable[[AudioEncoderConfig], AudioEncoder]] = {
+    "wav2vec2": _wav2vec2, "logmel": _logmel}
 
 
 def create_video_encoder(cfg: VideoEncoderConfig) -> VideoEncoder | None:
     """Build the video encoder a config names; ``"features"`` needs none (cached features)."""
     if cfg.name == "features":
         return None
-    if cfg.name == "emonet":
-        from .emonet import EmoNetEncoder
-
-        return EmoNetEncoder.from_config(cfg)
-    if cfg.name == "mae_vit":
-        from .vit import MAEViTEncoder
-
-        return MAEViTEncoder.from_config(cfg)
-    if cfg.name == "hog":
-        from .handcrafted import HOGEncoder
-
-        return HOGEncoder.from_config(cfg)
-    raise ValueError(f"unknown video encoder {cfg.name!r}: expected 'emonet', 'mae_vit', 'hog' or 'features'")
+    if cfg.name not in VIDEO_ENCODERS:
+        raise ValueError(f"unknown video encoder {cfg.name!r}: expected one of {sorted(VIDEO_ENCODERS) + ['features']}")
+    return VIDEO_ENCODERS[cfg.name](cfg)
 
 
 def create_audio_encoder(cfg: AudioEncoderConfig) -> AudioEncoder | None:
     """Build the audio encoder a config names; ``"features"`` needs none (cached features)."""
     if cfg.name == "features":
         return None
-    if cfg.name == "wav2vec2":
-        from .wav2vec2 import Wav2Vec2Encoder
+    if cfg.name not in AUDIO_ENCODERS:
+        raise ValueError(f"unknown audio encoder {cfg.name!r}: expected one of {sorted(AUDIO_ENCODERS) + ['features']}")
+    return AUDIO_ENCODERS[cfg.name](cfg)
 
-        return Wav2Vec2Encoder.from_config(cfg)
-    if cfg.name == "logmel":
-        from .handcrafted import LogMelEncoder
 
-        return LogMelEncoder.from_config(cfg)
-    raise ValueError(f"unknown audio encoder {cfg.name!r}: expected 'wav2vec2', 'logmel' or 'features'")
+__all__ = ["VideoEncoder", "AudioEncoder", "VIDEO_ENCODERS", "AUDIO_ENCODERS", "create_video_encoder",
+           "create_audio_encoder"]

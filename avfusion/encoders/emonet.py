@@ -3,7 +3,7 @@ emotion head that predicts expression logits, valence and arousal from a 256x256
 
 Written from the paper and the layout of the official checkpoints (``emonet_8.pth`` /
 ``emonet_5.pth``); parameter names match them, so the files load strictly once the leading
-``module.`` is stripped (see :func:`avfusion.pretrained.load_emonet_checkpoint`).
+``module.`` is stripped (see :func:`load_emonet_checkpoint`).
 
 The network has two parts:
 
@@ -20,14 +20,16 @@ name to BatchNorm2d for the whole process; the weights carry running statistics 
 from __future__ import annotations
 
 import copy
-from typing import Callable, Optional
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import VideoEncoderConfig
-from . import VideoEncoder
+from ..weights import load_strict, read_weights
+from .base import VideoEncoder
 
 N_LANDMARKS = 68  # iBUG-68 heatmaps; kept at every width
 
@@ -278,8 +280,6 @@ class EmoNetEncoder(VideoEncoder):
             flip_average=cfg.flip_average,
         )
         if cfg.checkpoint:
-            from ..pretrained import load_emonet_checkpoint
-
             load_emonet_checkpoint(enc.net, cfg.checkpoint)
         return enc
 
@@ -374,3 +374,64 @@ def optimize_for_inference(
         options = {"freezing": True} if next(fast.parameters()).device.type == "cpu" else None
         run = torch.compile(fast, options=options)
     return FastEmoNet(fast, run, channels_last)
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+# The official files are plain state dicts saved from nn.DataParallel: every key starts "module.".
+
+_EMONET_WRAPPERS = ("state_dict", "model", "net")
+
+
+def emonet_filter_state_dict(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Unwrap a checkpoint dict and strip one leading ``module.`` from every key.
+
+    Only the prefix goes: a ``module.`` later in a key is part of its name.
+    """
+    sd: Any = state_dict
+    for wrapper in _EMONET_WRAPPERS:
+        if isinstance(sd, Mapping) and isinstance(sd.get(wrapper), Mapping):
+            sd = sd[wrapper]
+    if not isinstance(sd, Mapping):
+        raise ValueError(f"expected a state dict (a mapping of names to tensors), got {type(sd).__name__}")
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if not isinstance(key, str) or not torch.is_tensor(value):
+            raise ValueError(f"EmoNet state dict entry {key!r} is not a (name, tensor) pair ({type(value).__name__})")
+        name = key[len("module.") :] if key.startswith("module.") else key
+        if name in out:
+            raise ValueError(f"EmoNet state dict has {name!r} both with and without the 'module.' prefix")
+        out[name] = value
+    return out
+
+
+def emonet_filter_fn(raw: Any, model: nn.Module, source: str) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """The EmoNet filter for :func:`avfusion.weights.load_strict` (names the file in its errors)."""
+    try:
+        return emonet_filter_state_dict(raw), set()
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+
+
+def load_emonet_checkpoint(model: nn.Module, path_or_state_dict: Union[str, Path, Mapping[str, Any]]) -> nn.Module:
+    """Load official EmoNet weights (or any EmoNet state dict) strictly into ``model``.
+
+    ``model`` is an :class:`EmoNet` or an :class:`EmoNetEncoder` (its ``net`` is loaded). Raises a
+    ValueError naming the source and listing missing, unexpected and wrongly shaped keys when the
+    weights do not fit the architecture exactly, with the class count to use when that is why.
+    """
+    target = model.net if isinstance(model, EmoNetEncoder) else model
+    try:
+        load_strict(target, path_or_state_dict, emonet_filter_fn, family="EmoNet weight")
+    except ValueError as e:
+        hint = ""
+        raw = path_or_state_dict if isinstance(path_or_state_dict, Mapping) else None
+        if raw is None and "does not fit" in str(e):
+            raw = read_weights(path_or_state_dict, "EmoNet weight")
+        if raw is not None and "does not fit" in str(e):
+            head = emonet_filter_state_dict(raw).get("emo_fc_2.3.weight")
+            n_expr = getattr(target, "n_expression", None)
+            if head is not None and n_expr is not None and head.shape[0] - 2 != n_expr:
+                hint = (f" The file has {head.shape[0] - 2} expression classes: build the model with "
+                        f"n_expression={head.shape[0] - 2}.")
+        raise ValueError(f"{e}{hint}") from None
+    return model

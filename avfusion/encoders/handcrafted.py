@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import AudioEncoderConfig, VideoEncoderConfig
-from . import AudioEncoder, VideoEncoder
-from .wav2vec2 import sample_features_at, frame_centres
+from .base import AudioEncoder, VideoEncoder
+from ..timing import frame_centres, sample_features_at
 
 # ITU-R BT.601 luma weights.
 _LUMA = (0.299, 0.587, 0.114)

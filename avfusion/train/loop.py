@@ -14,20 +14,18 @@ Exact means bit-identical weights (tested, CPU, float32). One limit: with ``num_
 random augmentation, a resume in the middle of an epoch replays that epoch's data order but not its
 augmentation draws (fresh workers start their RNG streams at the first batch not skipped).
 
-Evaluation gathers per-frame predictions from all processes with ``gather_for_metrics`` (which
-drops the samples Accelerate repeats to even out the last batch), keeps only labelled real frames,
-stitches windows back onto videos by ``(video_id, frame_indices)`` (averaging overlapping windows)
-and computes the metrics once over the whole split, as the official evaluation does.
+Validation goes through the one evaluation path (:func:`avfusion.evaluation.predict_loader`: rows
+of every process gathered with ``gather_for_metrics``, windows put back on frames, overlapping
+windows averaged only when ``data.eval_stride`` asks for them) and
+:func:`avfusion.evaluation.split_metrics`, so the figures logged here are those ``avfusion evaluate``
+computes for the exported model on the same split.
 """
 from __future__ import annotations
 
-import csv
-import dataclasses
 import json
 import math
-import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -38,23 +36,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from .metrics import DIMS, per_clip_summary, va_metrics
-from .model import AVModel
-from .training import (
-    Datasets,
-    ExperimentConfig,
-    build_datasets,
-    build_loss_fn,
-    build_model,
-    build_optimizer,
-    build_scheduler,
-    experiment_to_dict,
-    use_feature_cache,
-    with_fold,
-)
+from ..caching import use_feature_cache
+from ..data.build import Datasets, build_datasets
+from ..evaluation import predict_loader, split_metrics
+from ..model import AVModel
+from .checkpoint import STATE_FILE, TrainState, checkpoint_dirs, export_model, resolve_resume, save_checkpoint, write_csv
+from .experiment import ExperimentConfig, build_model, experiment_to_dict, with_fold
+from .optim import build_loss_fn, build_optimizer, build_scheduler
 
-STATE_FILE = "trainer_state.json"
-# The metric that picks the best epoch (FORMATS.md: Aff-Wild2's P_VA is the mean of the two CCCs).
+# The metric that picks the best epoch (docs/FORMATS.md: Aff-Wild2's P_VA is the mean of the two CCCs).
 SELECT_METRIC = "ccc_mean"
 
 
@@ -86,40 +76,6 @@ def _mix(seed: int, epoch: int) -> int:
     # Distinct, well-spread seeds for (seed, epoch) pairs (seed + epoch would make seed 1 epoch 0
     # replay seed 0 epoch 1).
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-@dataclass
-class TrainState:
-    """Counters a checkpoint needs beyond what ``accelerator.save_state`` stores."""
-
-    global_step: int = 0  # optimizer steps done
-    epoch: int = 0  # the epoch in progress (0-based)
-    batch_in_epoch: int = 0  # batches of `epoch` already consumed (per process)
-    best_metric: float = -math.inf
-    best_epoch: int = -1
-    # Train-loss sums of the epoch in progress, summed over processes at checkpoint time.
-    loss_sum: float = 0.0
-    loss_count: float = 0.0
-    history: list = field(default_factory=list)  # one dict per finished epoch (the CSV rows)
-    config: dict = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        d = dataclasses.asdict(self)
-        d["best_metric"] = None if not math.isfinite(self.best_metric) else self.best_metric
-        return json.dumps(d, indent=1)
-
-    @classmethod
-    def from_file(cls, path: Path) -> "TrainState":
-        try:
-            d = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: unreadable trainer state ({e}); is the checkpoint complete?") from None
-        if d.get("best_metric") is None:
-            d["best_metric"] = -math.inf
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"{path}: unknown trainer-state key(s) {sorted(unknown)}")
-        return cls(**d)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -178,10 +134,6 @@ def targets(batch: dict[str, Any]) -> torch.Tensor:
     return torch.stack([batch["valence"], batch["arousal"]], dim=-1).float()
 
 
-# ------------------------------------------------------------------------------------------------
-# One epoch
-
-
 def train_one_epoch(
     accelerator: Any,
     model: nn.Module,
@@ -237,198 +189,41 @@ def train_one_epoch(
     return False
 
 
-# ------------------------------------------------------------------------------------------------
-# Evaluation
-
-
 @dataclass
 class EvalResult:
     """Metrics over a whole split and the stitched per-frame predictions behind them."""
 
     metrics: dict[str, float]
-    # video id -> {"frame": (n,) int, "pred": (n, 2), "target": (n, 2)} over labelled frames.
-    clips: dict[str, dict[str, np.ndarray]]
-
-
-@torch.no_grad()
-def gather_predictions(accelerator: Any, model: nn.Module, loader: Any, desc: str = "eval") -> dict[str, Any]:
-    """Per-frame predictions of every process, gathered, with Accelerate's padding removed.
-
-    Returns flat arrays over the labelled real frames seen: ``video_id`` (list), ``frame`` (N,),
-    ``pred`` (N, 2), ``target`` (N, 2), plus ``n_rows`` (windows gathered).
-    """
-    model.eval()
-    ids: list[str] = []
-    frames, preds, tgts = [], [], []
-    n_rows = 0
-    bar = tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False,
-               dynamic_ncols=True)
-    for batch in bar:
-        pred = predictions(model(**model_inputs(batch))).float()
-        # Labels at unlabelled frames may be anything (NaN included): zero them before they travel.
-        tgt = torch.nan_to_num(targets(batch), nan=0.0)
-        keep = batch["mask"].bool() & (batch["frame_indices"] >= 0)
-        # Windows of one process share T, but processes need not (collates pad to their batch).
-        packed = [accelerator.pad_across_processes(x, dim=1) for x in
-                  (pred, tgt, keep, batch["frame_indices"])]
-        pred, tgt, keep, fidx = accelerator.gather_for_metrics(tuple(packed))
-        vids = accelerator.gather_for_metrics(list(batch["video_id"]))
-        if len(vids) != pred.shape[0]:
-            raise RuntimeError(f"gathered {len(vids)} video ids for {pred.shape[0]} windows")
-        n_rows += pred.shape[0]
-        keep = keep.bool().cpu()
-        rows, cols = keep.nonzero(as_tuple=True)
-        ids.extend(vids[i] for i in rows.tolist())
-        frames.append(fidx.cpu()[rows, cols])
-        preds.append(pred.cpu()[rows, cols].double())
-        tgts.append(tgt.cpu()[rows, cols].double())
-    cat = (lambda xs, shape: torch.cat(xs).numpy() if xs else np.zeros(shape))  # noqa: E731
-    return {"video_id": ids, "frame": cat(frames, (0,)).astype(np.int64), "pred": cat(preds, (0, 2)),
-            "target": cat(tgts, (0, 2)), "n_rows": n_rows}
-
-
-def stitch(gathered: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
-    """Per-video frames in order; a frame predicted by several windows gets their mean.
-
-    The label of a frame must be the same in every window that holds it: a difference means the
-    windows and the frame indices disagree, which would silently misalign the metrics.
-    """
-    out: dict[str, dict[str, np.ndarray]] = {}
-    vid = np.asarray(gathered["video_id"], dtype=object)
-    if vid.size == 0:
-        return out
-    for v in sorted(set(vid.tolist())):
-        sel = vid == v
-        f, p, t = gathered["frame"][sel], gathered["pred"][sel], gathered["target"][sel]
-        uniq, inv, counts = np.unique(f, return_inverse=True, return_counts=True)
-        psum = np.zeros((len(uniq), 2))
-        np.add.at(psum, inv, p)
-        tfirst = np.zeros((len(uniq), 2))
-        tfirst[inv] = t
-        if not np.allclose(tfirst[inv], t, atol=1e-6):
-            raise ValueError(f"video {v!r}: one frame has different labels in different windows")
-        out[v] = {"frame": uniq, "pred": psum / counts[:, None], "target": tfirst}
-    return out
-
-
-def split_metrics(clips: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
-    """Frame-level metrics over all clips concatenated, plus per-clip means (FORMATS.md)."""
-    if not clips:
-        raise ValueError("nothing to evaluate: the split has no labelled frame")
-    pred = np.concatenate([c["pred"] for c in clips.values()])
-    target = np.concatenate([c["target"] for c in clips.values()])
-    m = va_metrics(pred, target)
-    m["n_frames"] = int(pred.shape[0])
-    m["n_clips"] = len(clips)
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        summary, _ = per_clip_summary({k: (c["pred"], c["target"]) for k, c in clips.items()})
-    for dim in DIMS:
-        m[f"clip_ccc_{dim}_mean"] = summary[f"ccc_{dim}_mean"]
-    return m
+    videos: dict[str, Any]  # video id -> avfusion.evaluation.VideoPrediction
 
 
 def evaluate(accelerator: Any, model: nn.Module, loader: Any, loss_fn: Optional[nn.Module] = None,
-             desc: str = "eval") -> EvalResult:
+             overlap: str = "error", n_frames: Optional[dict[str, int]] = None) -> EvalResult:
     """Metrics of ``model`` over the whole split behind ``loader`` (every process gets the same).
 
     ``loss_fn`` (in eval mode) adds ``loss``: the training loss over the whole split at once.
     """
-    gathered = gather_predictions(accelerator, model, loader, desc)
-    clips = stitch(gathered)
-    metrics = split_metrics(clips)
-    metrics["n_windows"] = gathered["n_rows"]
+    videos = predict_loader(model, loader, n_frames, accelerator=accelerator, overlap=overlap)
+    metrics = split_metrics(videos)
     if loss_fn is not None:
-        pred = torch.from_numpy(np.concatenate([c["pred"] for c in clips.values()]))
-        tgt = torch.from_numpy(np.concatenate([c["target"] for c in clips.values()]))
+        scored = [v for v in videos.values() if v.scored.any()]
+        pred = torch.from_numpy(np.concatenate([v.pred[v.scored] for v in scored]))
+        tgt = torch.from_numpy(np.concatenate([v.target[v.scored] for v in scored]))
         was_training = loss_fn.training
         loss_fn.eval()
         metrics["loss"] = float(loss_fn(pred, tgt)["loss"])
         loss_fn.train(was_training)
-    return EvalResult(metrics, clips)
+    return EvalResult(metrics, videos)
 
 
-# ------------------------------------------------------------------------------------------------
-# Checkpoints
+def _eval_overlap(cfg: ExperimentConfig) -> str:
+    d = cfg.data
+    return "mean" if d.eval_stride is not None and d.eval_stride < d.clip_len else "error"
 
 
-def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints (those with a trainer state) under ``<output_dir>/checkpoints``, oldest first."""
-    root = Path(output_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = []
-    for d in root.iterdir():
-        if d.is_dir() and d.name.startswith("step_") and (d / STATE_FILE).is_file():
-            try:
-                found.append((int(d.name[5:]), d))
-            except ValueError:
-                continue
-    return [d for _, d in sorted(found)]
-
-
-def resolve_resume(resume: str, output_dir: str | Path) -> Path:
-    """``latest`` -> the newest complete checkpoint of ``output_dir``; otherwise a checkpoint folder."""
-    if resume == "latest":
-        found = checkpoint_dirs(output_dir)
-        if not found:
-            raise FileNotFoundError(f"--resume latest: no complete checkpoint under {Path(output_dir) / 'checkpoints'}")
-        return found[-1]
-    path = Path(resume)
-    if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(f"--resume {resume}: not a checkpoint folder (no {STATE_FILE} in it)")
-    return path
-
-
-def save_checkpoint(accelerator: Any, state: TrainState, output_dir: Path, keep: int) -> Path:
-    """``accelerator.save_state`` into ``checkpoints/step_N`` plus the trainer state (written last,
-    so a folder without it is an interrupted save and is ignored); prunes old checkpoints."""
-    path = output_dir / "checkpoints" / f"step_{state.global_step}"
-    accelerator.save_state(str(path))
-    sums = torch.tensor([state.loss_sum, state.loss_count], dtype=torch.float64, device=accelerator.device)
-    sums = accelerator.reduce(sums, reduction="sum").cpu()
-    if accelerator.is_main_process:
-        saved = dataclasses.replace(state, loss_sum=float(sums[0]), loss_count=float(sums[1]))
-        tmp = path / (STATE_FILE + ".tmp")
-        tmp.write_text(saved.to_json())
-        tmp.replace(path / STATE_FILE)
-        if keep > 0:
-            for old in checkpoint_dirs(output_dir)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return path
-
-
-# ------------------------------------------------------------------------------------------------
-# Logs and export
-
-
-def write_csv(history: list[dict], path: Path) -> None:
-    """One row per epoch; columns are the union of the keys seen (a baseline row has no train loss)."""
-    cols: list[str] = ["epoch", "step", "lr", "train_loss"]
-    for row in history:
-        cols.extend(k for k in row if k not in cols)
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols, lineterminator="\n")
-        w.writeheader()
-        for row in history:
-            w.writerow(row)
-    tmp.replace(path)
-
-
-def export_model(accelerator: Any, model: nn.Module, cfg: ExperimentConfig, out: Path, info: dict) -> None:
-    """``save_pretrained`` of the unwrapped model plus the experiment config beside it (main process)."""
-    from .factory import save_pretrained
-
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        save_pretrained(unwrapped, out, extra={"training": info})
-        (out / "experiment.yaml").write_text(yaml.safe_dump(experiment_to_dict(cfg), sort_keys=False))
-    accelerator.wait_for_everyone()
+def _n_frames(dataset: Any) -> Optional[dict[str, int]]:
+    records = getattr(dataset, "records", None)
+    return {r.video_id: int(r.n_frames) for r in records} if records is not None else None
 
 
 def _flat_hparams(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -448,10 +243,6 @@ def init_logging(accelerator: Any, cfg: ExperimentConfig) -> None:
     """TensorBoard run named after the experiment, with the flattened config as hyperparameters."""
     if accelerator.log_with:
         accelerator.init_trackers(cfg.name.replace("/", "_"), config=_flat_hparams(experiment_to_dict(cfg)))
-
-
-# ------------------------------------------------------------------------------------------------
-# Fit
 
 
 def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -488,11 +279,11 @@ def fit(accelerator: Any, cfg: ExperimentConfig, resume: Optional[str] = None,
     if cfg.data.features is not None:
         use_feature_cache(model, cfg.data.features)
     if datasets is None:
-        datasets = build_datasets(cfg, model)
+        datasets = build_datasets(cfg.data, model)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         if datasets.split is not None:
-            from .data.splits import save_split
+            from ..data.splits import save_split
 
             save_split(datasets.split, out / "split.json")
         (out / "experiment.yaml").write_text(yaml.safe_dump(experiment_to_dict(cfg), sort_keys=False))
@@ -509,6 +300,8 @@ def fit(accelerator: Any, cfg: ExperimentConfig, resume: Optional[str] = None,
                                  False, t.seed, d.num_workers)
     optimizer = build_optimizer(model, t)
     loss_fn = build_loss_fn(t)
+    overlap = _eval_overlap(cfg)
+    val_frames = _n_frames(datasets.val) if eval_dl is not None else None
 
     # Accelerate steps a prepared scheduler once per process at every optimizer step, so the
     # schedule is counted in single-process steps: samples seen, whatever the process count.
@@ -560,7 +353,7 @@ def fit(accelerator: Any, cfg: ExperimentConfig, resume: Optional[str] = None,
     best_dir = out / "best"
     final_eval: dict[str, float] = {}
     if t.eval_before_training and resume is None and eval_dl is not None:
-        res = evaluate(accelerator, model, eval_dl, loss_fn, desc=f"{log_prefix}eval (untrained)")
+        res = evaluate(accelerator, model, eval_dl, loss_fn, overlap, val_frames)
         log_epoch({"epoch": 0, "step": 0, **{f"val_{k}": v for k, v in res.metrics.items()}})
         final_eval = res.metrics
 
@@ -584,7 +377,7 @@ def fit(accelerator: Any, cfg: ExperimentConfig, resume: Optional[str] = None,
                                "lr": scheduler.get_last_lr()[0],
                                "train_loss": float(sums[0] / max(sums[1], 1.0))}
         if eval_dl is not None:
-            res = evaluate(accelerator, model, eval_dl, loss_fn, desc=f"{log_prefix}eval {epoch + 1}")
+            res = evaluate(accelerator, model, eval_dl, loss_fn, overlap, val_frames)
             row.update({f"val_{k}": v for k, v in res.metrics.items()})
             final_eval = res.metrics
             score = res.metrics[SELECT_METRIC]
@@ -625,12 +418,12 @@ def fit(accelerator: Any, cfg: ExperimentConfig, resume: Optional[str] = None,
                       {k[4:]: v for k, v in row.items() if k.startswith("val_")}
                       for row in state.history if row["epoch"] == state.best_epoch), {}))
     if test_dl is not None:
-        from safetensors.torch import load_file
+        from ..factory import WEIGHTS_NAME
+        from ..weights import load_strict
 
         accelerator.wait_for_everyone()
-        weights = load_file(str(best_dir / "model.safetensors"), device="cpu")
-        accelerator.unwrap_model(model).load_state_dict(weights, strict=True)
-        res = evaluate(accelerator, model, test_dl, loss_fn, desc=f"{log_prefix}test")
+        load_strict(accelerator.unwrap_model(model), best_dir / WEIGHTS_NAME, family="best model weight")
+        res = evaluate(accelerator, model, test_dl, loss_fn, overlap, _n_frames(datasets.test))
         result["test"] = res.metrics
         if accelerator.is_main_process:
             (out / "test_metrics.json").write_text(json.dumps(res.metrics, indent=1))
@@ -698,7 +491,27 @@ def format_cv_table(cv: dict[str, Any], keys: Optional[list[str]] = None) -> str
     return "\n".join(lines)
 
 
-__all__ = ["EpochSampler", "TrainState", "EvalResult", "make_accelerator", "make_loader", "train_one_epoch",
-           "gather_predictions", "stitch", "split_metrics", "evaluate", "save_checkpoint", "checkpoint_dirs",
-           "resolve_resume", "export_model", "init_logging", "fit", "cross_validate", "format_cv_table",
-           "model_inputs"]
+def train(cfg: ExperimentConfig, resume: Optional[str] = None, folds: int = 0, log: bool = True) -> dict[str, Any]:
+    """Train an experiment end to end with a fresh Accelerator: one run, or every fold of a
+    ``folds``-fold cross-validation. Returns :func:`fit`'s or :func:`cross_validate`'s result."""
+    accelerator = make_accelerator(cfg, log=log)
+    init_logging(accelerator, cfg)
+    # `accelerate launch --cpu --num_processes N` starts ONE process (Accelerate needs MPI for
+    # several CPU processes): say how many really run, so a silent single-process run is visible.
+    accelerator.print(f"{cfg.name}: {accelerator.num_processes} process(es) on {accelerator.device}, "
+                      f"mixed precision {accelerator.mixed_precision}, output {cfg.output_dir}")
+    try:
+        if folds:
+            result = cross_validate(accelerator, cfg, folds, resume=resume)
+            accelerator.print(format_cv_table(result))
+        else:
+            result = fit(accelerator, cfg, resume=resume)
+            summary = {k: result.get(k) for k in ("best_epoch", "best", "test", "best_model", "checkpoint")}
+            accelerator.print(json.dumps(summary, indent=1, default=str))
+    finally:
+        accelerator.end_training()
+    return result
+
+
+__all__ = ["EpochSampler", "EvalResult", "SELECT_METRIC", "make_accelerator", "make_loader", "train_one_epoch",
+           "evaluate", "init_logging", "fit", "cross_validate", "format_cv_table", "model_inputs", "train"]

@@ -1,4 +1,4 @@
-"""``avfusion demo``: the whole workflow on an embedded synthetic audio-visual dataset.
+"""``avfusion demo``: the whole workflow on a synthetic audio-visual dataset, in one command.
 
 1. write synthetic talking-face clips (H.264 + AAC mp4, labels in three layouts);
 2. cache per-frame features with the tiny model's frozen encoders (HOG face, log-mel voice);
@@ -12,41 +12,48 @@ Every step is resumable: rerunning skips the data and features already written.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Sequence
 
-from .scripts import load_script
+from ._common import command_main, parse_command
 
+NAME = "demo"
 MODES = (("av", "audio-visual"), ("video", "video only"), ("audio", "audio only"))
-EXPERIMENT = "tiny_synthetic.yaml"
+EXPERIMENT = "tiny_synthetic"
 
 
-def _experiment_path() -> Path:
-    path = Path(__file__).resolve().parent.parent / "configs" / EXPERIMENT
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: `avfusion demo` runs from a clone of the repository "
-                                "(pip install -e .)")
-    return path
-
-
-def add_demo_parser(sub: Any) -> None:
-    p = sub.add_parser("demo", help="generate synthetic data, cache features, train and evaluate the tiny "
-                                    "model (audio-visual vs video-only vs audio-only), predict one video",
-                       description=__doc__.split("\n\n")[0])
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(NAME, help="generate synthetic data, cache features, train and evaluate the tiny "
+                                         "model (audio-visual vs video-only vs audio-only), predict one video",
+                              description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--clips", type=int, default=240, help="synthetic clips (4 per actor)")
     p.add_argument("--frames", type=int, default=96, help="frames per clip (25 fps)")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="processes writing the synthetic clips")
-    p.set_defaults(func=run_demo)
+    p.set_defaults(func=run)
+    return p
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> dict[str, dict]:
+    import torch
+
+    from ..caching import cache_features
+    from ..evaluation import evaluate_model
+    from ..factory import load_model
+    from ..predict import Predictor
+    from ..synthetic import SyntheticConfig, generate_dataset
+    from ..train.experiment import build_model, load_experiment
+    from ..train.loop import train
+
+    if args.clips < 8 or args.frames < 8 or args.epochs < 1:
+        raise ValueError("the demo needs --clips >= 8, --frames >= 8 and --epochs >= 1")
     out = Path(args.out).resolve()
-    config = _experiment_path()
     t0 = time.time()
     data, feats = out / "data", out / "features"
 
@@ -54,30 +61,29 @@ def run_demo(args: argparse.Namespace) -> int:
     if (data / "metadata.json").is_file():
         print("   already there: kept")
     else:
-        load_script("make_synthetic").main(["--out", str(data), "--clips", str(args.clips), "--frames",
-                                            str(args.frames), "--seed", str(args.seed), "--workers",
-                                            str(args.workers)])
+        generate_dataset(data, SyntheticConfig(clips=args.clips, frames=args.frames, seed=args.seed,
+                                               workers=args.workers))
 
     common = [f"data.root={data}", f"train.seed={args.seed}"]
     _step(2, f"feature cache (frozen encoders of the tiny model) -> {feats}")
-    load_script("cache_features").main(["--config", str(config), "--out", str(feats), *common])
+    cfg = load_experiment(EXPERIMENT, common)
+    torch.manual_seed(cfg.train.seed)
+    cache_features(build_model(cfg), cfg.data, feats)
 
     results: dict[str, dict] = {}
     for mode, label in MODES:
-        run = out / "runs" / mode
-        _step(3, f"train the tiny model, {label} -> {run}")
-        load_script("train").main(["--config", str(config), "--no-tensorboard", f"data.features={feats}",
-                                   f"output_dir={run}", f"train.epochs={args.epochs}",
-                                   f"model_overrides.mode={mode}", *common])
-        _step(4, f"evaluate {label} on the held-out test clips -> {run / 'eval'}")
-        results[mode] = load_script("evaluate").main([
-            "--model", str(run / "best"), "--config", str(config), "--features", str(feats),
-            "--part", "test", "--out", str(run / "eval"), f"data.root={data}", *common])
+        run_dir = out / "runs" / mode
+        _step(3, f"train the tiny model, {label} -> {run_dir}")
+        train(load_experiment(EXPERIMENT, [*common, f"data.features={feats}", f"output_dir={run_dir}",
+                                           f"train.epochs={args.epochs}", f"model_overrides.mode={mode}"]),
+              log=False)
+        _step(4, f"evaluate {label} on the held-out test clips -> {run_dir / 'eval'}")
+        test_data = dataclasses.replace(cfg.data, features=str(feats))
+        results[mode], _, _, _ = evaluate_model(load_model(run_dir / "best"), test_data, "test", run_dir / "eval",
+                                                extra={"model": str(run_dir / "best")})
 
     _step(5, "predict one held-out video from its mp4 (audio-visual model)")
     video = _held_out_video(out / "runs" / "av" / "split.json", data)
-    from .predict import Predictor
-
     table = Predictor(out / "runs" / "av" / "best").predict_video(video, face_backend="full",
                                                                   out_dir=out / "predict")
     print(f"   {len(table)} frames of {video.name} -> {out / 'predict'}")
@@ -92,7 +98,7 @@ def run_demo(args: argparse.Namespace) -> int:
                         ("prediction (CSV + plot)", out / "predict"), ("this table", out / "demo_results.json")):
         print(f"  {what:<50} {where}")
     print(f"done in {time.time() - t0:.0f} s")
-    return 0
+    return summary
 
 
 def _step(n: int, text: str) -> None:
@@ -125,3 +131,15 @@ def format_table(summary: dict[str, dict]) -> str:
     for row in summary.values():
         lines.append(f"| {row['label']} | {row['ccc_valence']:.3f} | {row['ccc_arousal']:.3f} | {row['ccc_mean']:.3f} |")
     return "\n".join(lines)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    return parse_command(add_parser, NAME, argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return command_main(add_parser, run, NAME, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,374 @@
+"""Throughput benchmarks, one section per component.
+
+    avfusion bench emonet [--batch 8 --iters 5 --warmup 2 --no-compile]
+    avfusion bench data [--clips 16 --batches 10 --root DIR] [--quick]
+
+(``python scripts/benchmark.py ...`` is the same command.)
+
+Each section times its variants, merges its results into ``benchmarks/results.json`` (other
+sections' entries are kept) and prints a markdown table. Timings on a shared machine are noisy:
+run a section once, when the machine is otherwise idle, and quote it with its date.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+# Relative to the working directory: in a clone, the repository's recorded results.
+DEFAULT_OUTPUT = Path("benchmarks") / "results.json"
+
+
+# --- shared helpers --------------------------------------------------------------------------------
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """The CPU features that decide bf16 speed (AMX tiles, AVX512-BF16)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return sorted(f for f in flags if f.startswith("amx") or f in {"avx512_bf16", "avx512f", "avx512_vnni"})
+    except OSError:
+        pass
+    return []
+
+
+def time_call(
+    fn: Callable[[], object], warmup: int, iters: int, sync: Callable[[], None],
+    stat: Callable[[list[float]], float] = np.median,
+) -> tuple[float, float]:
+    """Median (or ``stat``) seconds per call over ``iters`` timed calls after ``warmup`` untimed
+    ones, and the seconds of the very first call (compilation happens there)."""
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    first = time.perf_counter() - t0
+    for _ in range(max(warmup - 1, 0)):
+        fn()
+    sync()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return float(stat(times)), first
+
+
+def markdown_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """columns: (key, header, format spec)."""
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = []
+        for key, _, spec in columns:
+            value = row.get(key)
+            cells.append("—" if value is None else format(value, spec) if spec else str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def save_section(path: Path, section: str, result: dict) -> None:
+    """Merge one section's result into the JSON file, keeping the other sections."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[section] = result
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+# --- emonet ----------------------------------------------------------------------------------------
+
+
+def synthetic_emonet_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Deterministic weights by the recipe of reference/emonet_parity.json (seeded by key name), so
+    the deviation figures are comparable with the parity test's."""
+    sd = {}
+    for key, ref in model.state_dict().items():
+        g = torch.Generator().manual_seed(zlib.crc32(key.encode()))
+        s = tuple(ref.shape)
+        if key.endswith("num_batches_tracked"):
+            sd[key] = torch.tensor(0)
+        elif key.endswith("running_var"):
+            sd[key] = 0.5 + torch.rand(s, generator=g)
+        elif key.endswith("running_mean"):
+            sd[key] = 0.1 * torch.randn(s, generator=g)
+        elif key.endswith("weight") and len(s) == 1:
+            sd[key] = 1 + 0.1 * torch.randn(s, generator=g)
+        elif key.endswith("bias"):
+            sd[key] = 0.01 * torch.randn(s, generator=g)
+        else:
+            sd[key] = torch.randn(s, generator=g) / math.sqrt(math.prod(s[1:]))
+    return sd
+
+
+def astronaut_face() -> torch.Tensor:
+    """The parity test's face: (1, 3, 256, 256) float in [0, 1]."""
+    import cv2
+
+    try:
+        from skimage import data
+    except ImportError as e:
+        raise SystemExit("the emonet benchmark needs scikit-image (pip install -e '.[dev]')") from e
+    img = cv2.resize(data.astronaut()[20:220, 140:320], (256, 256), interpolation=cv2.INTER_LINEAR)
+    return torch.from_numpy(img.astype(np.float32) / 255).permute(2, 0, 1)[None].contiguous()
+
+
+def bench_emonet(args: argparse.Namespace) -> dict:
+    from .encoders.emonet import EmoNet, load_emonet_checkpoint, optimize_for_inference
+
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    model = EmoNet(n_expression=8)
+    if args.checkpoint:
+        load_emonet_checkpoint(model, args.checkpoint)
+    else:
+        model.load_state_dict(synthetic_emonet_weights(model))
+    model = model.eval().to(device)
+    # Timing and deviation both use the face repeated to the batch size, so the compiled graph
+    # sees one input shape only (no recompilation between the deviation and timing calls).
+    batch = astronaut_face().repeat(args.batch, 1, 1, 1).to(device)
+
+    def plain(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.inference_mode():
+            return model(x)
+
+    variants: list[tuple[str, Callable]] = [("float32 eager", plain)]
+    variants.append(("bf16 + channels_last eager", optimize_for_inference(model, torch.bfloat16, channels_last=True)))
+    if not args.no_compile:
+        compiled = optimize_for_inference(model, torch.bfloat16, channels_last=True, compile=True)
+        freezing = " (inductor freezing)" if device.type == "cpu" else ""
+        variants.append((f"bf16 + channels_last + torch.compile{freezing}", compiled))
+
+    rows: list[dict] = []
+    reference: dict[str, torch.Tensor] | None = None
+    for name, fn in variants:
+        print(f"[emonet] {name} ...", file=sys.stderr, flush=True)
+        seconds, first = time_call(lambda: fn(batch), args.warmup, args.iters, sync)
+        out = fn(batch)
+        vec = torch.cat([out["valence"][:1], out["arousal"][:1], out["expression"][0]]).float().cpu()
+        row = {
+            "variant": name,
+            "frames_per_s": args.batch / seconds,
+            "ms_per_frame": 1000 * seconds / args.batch,
+            "first_call_s": first,
+        }
+        if reference is None:
+            reference = {"vec": vec, "argmax": out["heatmap"][:1].flatten(2).argmax(-1).cpu()}
+            row["speedup"] = 1.0
+        else:
+            row["speedup"] = row["frames_per_s"] / rows[0]["frames_per_s"]
+            # Deviation on the face, relative to the largest of valence / arousal / logits.
+            row["max_rel_dev"] = ((vec - reference["vec"]).abs().max() / reference["vec"].abs().max()).item()
+            argmax = out["heatmap"][:1].flatten(2).argmax(-1).cpu()
+            row["landmarks_agree"] = (argmax == reference["argmax"]).float().mean().item()
+        rows.append(row)
+
+    table = markdown_table(
+        rows,
+        [
+            ("variant", "variant", ""),
+            ("frames_per_s", "frames/s", ".2f"),
+            ("ms_per_frame", "ms/frame", ".1f"),
+            ("speedup", "speed-up", ".2f"),
+            ("max_rel_dev", "max rel. deviation vs fp32", ".2e"),
+            ("landmarks_agree", "heatmap argmax agree", ".0%"),
+            ("first_call_s", "first call (s)", ".1f"),
+        ],
+    )
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "model": "EmoNet-8 (width 256, 2 hourglasses), "
+        + ("weights " + str(args.checkpoint) if args.checkpoint else "synthetic weights (parity recipe)"),
+        "device": str(device) if device.type != "cpu" else cpu_name(),
+        "cpu_flags": cpu_flags(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "batch": args.batch,
+        "input": [3, 256, 256],
+        "warmup": args.warmup,
+        "iters": args.iters,
+        "timing": "median seconds per batch over the timed iterations, under torch.inference_mode",
+        "deviation": "max |out - fp32| / max |fp32| over valence, arousal and the 8 logits on the astronaut face",
+        "rows": rows,
+        "table": table,
+    }
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+
+def bench_data(args: argparse.Namespace) -> dict:
+    """Batches of clips from the synthetic mp4s, built as training builds them (build_datasets of an
+    experiment on a synthetic folder: training windows, augmentation, face crops, audio)."""
+    import tempfile
+
+    from torch.utils.data import DataLoader
+
+    from .data.build import DataConfig, build_datasets
+    from .synthetic import SyntheticConfig, generate_dataset
+    from .train.experiment import ExperimentConfig, build_model
+
+    if args.quick:
+        args.clips, args.batches = 4, 2
+    tmp = None if args.root else tempfile.TemporaryDirectory(prefix="avfusion_bench_")
+    root = Path(args.root or tmp.name)
+    syn = SyntheticConfig(clips=args.clips, frames=args.frames, size=args.size, seed=0)
+    generate_s = None
+    if not (root / "manifest.csv").is_file():
+        print(f"[data] writing {syn.clips} clips x {syn.frames} frames to {root} ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        generate_dataset(root, syn)
+        generate_s = time.perf_counter() - t0
+
+    frames_per_batch = args.batch * args.clip_len
+    # (label, model overrides): the tiny model's HOG input, and EmoNet's preprocessing.
+    crops = [("64 px (tiny: HOG)", {}), ("256 px (EmoNet, mean 0 std 1)", {"video": {"name": "emonet"}})]
+    rows: list[dict] = []
+    n_windows = None
+    for crop_name, overrides in crops:
+        data = DataConfig(kind="synthetic", root=str(root), face_mode="full", clip_len=args.clip_len,
+                          val_fraction=0.0, batch_size=args.batch)
+        cfg = ExperimentConfig(model="tiny", model_overrides=overrides, data=data)
+        model = build_model(cfg)
+        datasets = build_datasets(cfg.data, model)
+        audio = model.use_audio
+        del model  # only its preprocessing (pretrained_cfg) was needed
+        dataset, n_windows = datasets.train, len(datasets.train)
+        # Shuffled windows as in training, repeated when the run needs more batches than an epoch
+        # has, so every worker count reads the same windows in the same order.
+        g = torch.Generator().manual_seed(0)
+        need = args.batch * (args.batches + 1)
+        order = [int(i) for _ in range(-(-need // n_windows)) for i in torch.randperm(n_windows, generator=g)]
+        for workers in args.workers:
+            name = f"{workers} workers, {crop_name}, audio {'on' if audio else 'off'}"
+            print(f"[data] {name} ...", file=sys.stderr, flush=True)
+            loader = DataLoader(dataset, batch_size=args.batch, sampler=order[:need], collate_fn=datasets.collate_fn,
+                                num_workers=workers, generator=torch.Generator().manual_seed(0))
+
+            def batches() -> Iterator[dict]:  # starts the workers on the first next(), inside the timing
+                yield from loader
+
+            stream = batches()
+            # Mean, not median: with workers, prefetched batches arrive in bursts.
+            seconds, first = time_call(lambda: next(stream), warmup=1, iters=args.batches,
+                                       sync=lambda: None, stat=np.mean)
+            stream.close()
+            rows.append({
+                "variant": name,
+                "workers": workers,
+                "crop": crop_name,
+                "audio": audio,
+                "frames_per_s": frames_per_batch / seconds,
+                "ms_per_batch": 1000 * seconds,
+                "first_batch_s": first,
+            })
+    if tmp is not None:
+        tmp.cleanup()
+
+    table = markdown_table(
+        rows,
+        [
+            ("variant", "variant (workers, crop size, audio)", ""),
+            ("frames_per_s", "frames/s", ".0f"),
+            ("ms_per_batch", "ms/batch", ".0f"),
+            ("first_batch_s", "first batch (s)", ".2f"),
+        ],
+    )
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "device": cpu_name(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "dataset": {"clips": syn.clips, "frames": syn.frames, "size": syn.size, "fps": syn.fps, "seed": syn.seed,
+                    "root": str(args.root) if args.root else None, "generate_s": generate_s},
+        "batch": args.batch,
+        "clip_len": args.clip_len,
+        "windows": n_windows,
+        "timed_batches": args.batches,
+        "pipeline": f"avfusion.data.build.build_datasets (train part: stride {data.stride}, augmentation, "
+        "face_mode full, 16 kHz audio) + DataLoader(collate) over shuffled windows",
+        "timing": "first batch: from creating the loader's iterator (worker start-up) to the first batch; "
+        "then mean seconds per batch over the timed batches; frames/s = batch * clip_len / that",
+        "rows": rows,
+        "table": table,
+    }
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], dict]] = {"emonet": bench_emonet, "data": bench_data}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The benchmark's options and sections on ``parser`` (``avfusion bench``)."""
+    # The common options go before or after the section name; after it they must not reset
+    # values given before it, hence SUPPRESS defaults in the sections' copy.
+    common = argparse.ArgumentParser(add_help=False)
+    for target, defaults in ((parser, True), (common, False)):
+        target.add_argument("--output", type=Path, default=DEFAULT_OUTPUT if defaults else argparse.SUPPRESS,
+                            help="results JSON (sections merged)")
+        target.add_argument("--threads", type=int, default=os.cpu_count() if defaults else argparse.SUPPRESS,
+                            help="torch threads (default: all cores)")
+        target.add_argument("--note", default="" if defaults else argparse.SUPPRESS,
+                            help="free text stored with the results (machine state, ...)")
+    sub = parser.add_subparsers(dest="section", required=True)
+    emonet = sub.add_parser("emonet", parents=[common],
+                            help="EmoNet frames/s: fp32 eager vs bf16 channels_last (eager, compiled)")
+    emonet.add_argument("--batch", type=int, default=8)
+    emonet.add_argument("--warmup", type=int, default=2, help="untimed calls (the first compiles)")
+    emonet.add_argument("--iters", type=int, default=5)
+    emonet.add_argument("--device", default="cpu")
+    emonet.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    emonet.add_argument("--checkpoint", default=None, help="emonet_8.pth (default: synthetic weights)")
+    data = sub.add_parser("data", parents=[common],
+                          help="DataLoader frames/s: batches of clips (video + audio) from synthetic mp4s")
+    data.add_argument("--root", type=Path, default=None,
+                      help="dataset folder, written unless it holds a manifest.csv (default: a temp folder)")
+    data.add_argument("--clips", type=int, default=16)
+    data.add_argument("--frames", type=int, default=64, help="frames per synthetic clip")
+    data.add_argument("--size", type=int, default=128, help="synthetic frame size (px)")
+    data.add_argument("--batch", type=int, default=8, help="clips per batch")
+    data.add_argument("--clip-len", type=int, default=32, help="frames per clip (T)")
+    data.add_argument("--batches", type=int, default=10, help="timed batches after the first")
+    data.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader num_workers to try")
+    data.add_argument("--quick", action="store_true", help="smoke test: 4 clips, 2 timed batches")
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Run the section ``args`` names, save and print its results."""
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    result = SECTIONS[args.section](args)
+    # The 1-minute load average around the run tells how much other work shared the CPU.
+    result["loadavg_1min_before_after"] = [load_before, os.getloadavg()[0] if load_before is not None else None]
+    if args.note:
+        result["note"] = args.note
+    save_section(args.output, args.section, result)
+    print(f"## {args.section} ({result['date']}, {result['device']}, torch {result['torch']}, {result['threads']} threads)\n")
+    print(result["table"])
+    print(f"\nsaved to {args.output}")
+    return result

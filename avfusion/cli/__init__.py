@@ -1,0 +1,1 @@
+"""Command-line interface: ``avfusion COMMAND`` (see :mod:`avfusion.cli.main`)."""

@@ -1,0 +1,93 @@
+"""What every ``avfusion`` command shares: one parser per command, user errors as one line."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from typing import Any, Callable, Optional, Sequence
+
+AddParser = Callable[[Any], argparse.ArgumentParser]
+Run = Callable[[argparse.Namespace], Any]
+
+
+class UserError(Exception):
+    """A problem with the user's files or settings; the message says which and what to do."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from ..data.audio import AudioDecodeError
+    from ..data.video import VideoDecodeError
+
+    return (UserError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+            ValueError, VideoDecodeError, AudioDecodeError)
+
+
+def accepts_overrides(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Mark a command whose positional ``key=value`` overrides may come before or after its options."""
+    parser.set_defaults(_overrides_anywhere=True)
+    return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """Parse ``argv``; for commands marked by :func:`accepts_overrides`, ``key=value`` words after
+    options are overrides too (argparse alone would call them unrecognised)."""
+    args, rest = parser.parse_known_args(argv)
+    if rest and getattr(args, "_overrides_anywhere", False):
+        bad = [r for r in rest if r.startswith("-") or "=" not in r]
+        if not bad:
+            args.overrides = list(getattr(args, "overrides", None) or []) + rest
+            rest = []
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
+
+
+def standalone_parser(add_parser: AddParser, name: str) -> argparse.ArgumentParser:
+    """A parser for one command alone (``python -m avfusion.cli.<name>``), shown as ``avfusion``."""
+    top = argparse.ArgumentParser(prog="avfusion")
+    sub = top.add_subparsers(dest="command")
+    add_parser(sub)
+    return top
+
+
+def parse_command(add_parser: AddParser, name: str, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The parsed arguments of one command (``argv`` without the command's name)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return parse(_subparser(standalone_parser(add_parser, name), name), argv)
+
+
+def _subparser(top: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in top._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]
+    raise KeyError(name)
+
+
+def run_safely(run: Run, args: argparse.Namespace, name: str) -> int:
+    """Run a command; a user error becomes ``avfusion NAME: error: ...`` on one line and exit code 2
+    (``AVFUSION_DEBUG=1`` shows the traceback instead); Ctrl-C exits with 130."""
+    try:
+        result = run(args)
+    except KeyboardInterrupt:
+        print(f"avfusion {name}: interrupted", file=sys.stderr)
+        return 130
+    except _user_errors() as e:
+        if os.environ.get("AVFUSION_DEBUG"):
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"avfusion {name}: error: {message}", file=sys.stderr)
+        return 2
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
+
+
+def command_main(add_parser: AddParser, run: Run, name: str, argv: Optional[Sequence[str]] = None) -> int:
+    """``main(argv)`` of a command module: parse, run, turn user errors into one line."""
+    args = parse_command(add_parser, name, argv)
+    return run_safely(run, args, name)
+
+
+def quiet_third_party() -> None:
+    """Silence warnings of libraries that say nothing a user can act on."""
+    warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

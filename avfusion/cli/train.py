@@ -1,0 +1,58 @@
+"""``avfusion train``: train (and evaluate) an experiment with Accelerate.
+
+    avfusion train --config tiny_synthetic data.root=data/synth
+    accelerate launch -m avfusion.cli.train --config configs/tiny_synthetic.yaml ...      # = scripts/train.py
+    accelerate launch --multi_gpu --num_processes 2 -m avfusion.cli.train ... train.cpu=true  # 2 CPU processes
+    avfusion train --config afew_emonet_video --folds 5                           # cross-validation
+    avfusion train --config tiny_synthetic --resume latest                        # continue a run
+
+Several CPU processes: ``--multi_gpu`` only selects torchrun's launcher, ``train.cpu=true`` keeps
+every process on the CPU (gloo). ``accelerate launch --cpu --num_processes 2`` starts a single
+process (Accelerate launches several CPU processes only through MPI); the first line printed says
+how many processes run. ``key=value`` overrides any config field (``train.lr=1e-3``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Optional, Sequence
+
+from ._common import accepts_overrides, command_main, parse_command
+
+NAME = "train"
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(NAME, help="train a model on an experiment config (Accelerate)",
+                              description=__doc__.split("\n\n")[0], epilog=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True,
+                   help="experiment: a shipped name (`avfusion models --experiments`) or a YAML file")
+    p.add_argument("--resume", default=None, metavar="PATH|latest",
+                   help="continue from a checkpoint folder, or the newest one of output_dir")
+    p.add_argument("--folds", type=int, default=0, metavar="K",
+                   help="K-fold cross-validation: train and test every fold, report mean ± std")
+    p.add_argument("--no-tensorboard", action="store_true", help="only the CSV log")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.set_defaults(func=run)
+    return accepts_overrides(p)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from ..train.experiment import load_experiment
+    from ..train.loop import train
+
+    cfg = load_experiment(args.config, args.overrides)
+    return train(cfg, resume=args.resume, folds=args.folds, log=not args.no_tensorboard)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    return parse_command(add_parser, NAME, argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return command_main(add_parser, run, NAME, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

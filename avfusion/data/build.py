@@ -1,0 +1,297 @@
+"""Data policy: which loader, which split, which cropper and which dataset a :class:`DataConfig` means.
+
+The experiment config's ``data:`` section is a :class:`DataConfig`; :func:`build_datasets` turns it
+into train / val / test datasets (raw clips decoded from video, or cached per-frame features).
+Training, evaluation and caching all ask this module, so they read the same records and splits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from torch.utils.data import Dataset
+
+from .splits import PARTS
+
+DATA_KINDS = ("synthetic", "afew_va", "affwild2", "manifest")
+
+
+@dataclass
+class DataConfig:
+    # Which loader reads the records: "synthetic" (a folder written by `avfusion synth`,
+    # read through its manifest.csv), "afew_va", "affwild2" or "manifest" (a CSV, see the README).
+    kind: str = "synthetic"
+    # The dataset folder (manifest: the CSV file itself).
+    root: Optional[str] = None
+    # A JSON split (avfusion.data.splits format: train/val/test ids, or folds). Wins over the
+    # settings below; the split actually used is always written to <output_dir>/split.json.
+    split_file: Optional[str] = None
+    # k-fold cross-validation: the number of folds (0 = no folds) and the one this run tests on;
+    # `avfusion train --folds K` runs every fold.
+    folds: int = 0
+    fold: int = 0
+    # Clips of one actor can look alike: "actor" keeps every clip of a person on one side.
+    split_by: str = "clip"
+    split_seed: int = 0
+    # Fractions of the clips (groups taken whole) held out when no split file is given. With folds,
+    # `val_fraction` of the training folds is held out to pick the best epoch (0: keep the last).
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
+    # Aff-Wild2's public validation set is the usual benchmark: "official" trains on Train_Set
+    # and validates on Validation_Set; "random"/"folds" split the Train_Set clips instead.
+    affwild2_split: str = "official"
+    # Aff-Wild2 frames: "cropped" (the released aligned crops) or "video" (raw video + detector).
+    affwild2_frames: str = "cropped"
+    # Frames per window (T) and window steps; evaluation covers every frame exactly once when
+    # eval_stride == clip_len (None), overlapping predictions are averaged otherwise.
+    clip_len: int = 32
+    stride: int = 16
+    eval_stride: Optional[int] = None
+    # Resample every video to this frame rate first (None: native frames).
+    target_fps: Optional[float] = None
+    # Training windows without any labelled frame teach nothing (Aff-Wild2's long -5 runs).
+    drop_unlabelled: bool = True
+    # "auto": per record (AFEW-VA landmarks, Aff-Wild2 precropped, "detect" records use yunet);
+    # or one backend for every record: "yunet", "landmarks", "precropped", "full".
+    face_backend: str = "auto"
+    # Fraction of the face size added on each side of the square crop; box smoothing in frames.
+    face_margin: float = 0.25
+    face_smoothing: int = 5
+    # YuNet ONNX file (else AVFUSION_HOME / pretrained/ are searched).
+    yunet_model: Optional[str] = None
+    # The manifest loader's face mode for rows that do not name one (synthetic faces fill the frame).
+    face_mode: str = "detect"
+    # Training augmentation (flip, small affine, colour jitter; one draw per clip) and its overrides.
+    augment: bool = True
+    augment_params: dict = field(default_factory=dict)
+    # Convert face crops to HSV before normalisation (one of the seed experiments does).
+    hsv: bool = False
+    # Folder written by `avfusion cache`: train on cached per-frame features instead of
+    # decoding video (same model code: AVModel reads video_feats/audio_feats directly).
+    features: Optional[str] = None
+    batch_size: int = 8
+    eval_batch_size: Optional[int] = None
+    num_workers: int = 0
+
+
+def check_data_config(d: DataConfig) -> list[str]:
+    """Problems of a data config that would otherwise fail late, as phrases naming the key."""
+    problems = []
+    if d.kind not in DATA_KINDS:
+        problems.append(f"data.kind {d.kind!r} is not one of {DATA_KINDS}")
+    if d.split_by not in ("clip", "actor"):
+        problems.append(f"data.split_by must be 'clip' or 'actor', got {d.split_by!r}")
+    if d.folds and not 0 <= d.fold < d.folds:
+        problems.append(f"data.fold {d.fold} is not in 0..{d.folds - 1}")
+    if d.folds == 1 or d.folds < 0:
+        problems.append(f"data.folds must be 0 (off) or >= 2, got {d.folds}")
+    if d.clip_len < 1 or d.stride < 1 or d.stride > d.clip_len:
+        problems.append(f"need 1 <= data.stride <= data.clip_len, got {d.stride} and {d.clip_len}")
+    if d.batch_size < 1:
+        problems.append(f"data.batch_size must be >= 1, got {d.batch_size}")
+    return problems
+
+
+@dataclass
+class Datasets:
+    """The datasets of one run and the split they came from."""
+
+    train: Dataset
+    val: Optional[Dataset]
+    test: Optional[Dataset]
+    split: Any  # avfusion.data.splits.Split
+    # Number of labelled frames per part: what a whole-split evaluation must score, frame for frame.
+    n_labelled: dict[str, int] = field(default_factory=dict)
+    collate_fn: Any = None
+
+
+def load_records(cfg: DataConfig, subset: str = "train") -> list:
+    """The :class:`~avfusion.data.records.VideoRecord` list of the configured dataset."""
+    if cfg.root is None:
+        raise ValueError(f"data.root is not set: give the {cfg.kind} dataset folder (data.root=PATH)")
+    root = Path(cfg.root)
+    if cfg.kind == "afew_va":
+        from .afew_va import load_afew_va
+
+        return load_afew_va(root)
+    if cfg.kind == "affwild2":
+        from .affwild2 import load_affwild2
+
+        return load_affwild2(root, subset=subset, frames=cfg.affwild2_frames)
+    from .manifest import load_manifest
+
+    if cfg.kind == "synthetic":
+        manifest = root / "manifest.csv"
+        if not manifest.is_file():
+            raise FileNotFoundError(
+                f"{manifest} not found: data.root must be a folder written by `avfusion synth`")
+        return load_manifest(manifest, face_mode=cfg.face_mode)
+    return load_manifest(root, face_mode=cfg.face_mode)
+
+
+def make_split(cfg: DataConfig, records: Sequence, val_records: Sequence = ()):
+    """The train/val/test split the config asks for (see :class:`DataConfig`)."""
+    from .splits import Split, check_split, kfold_split, load_split, split_records
+
+    if cfg.split_file is not None:
+        split = load_split(cfg.split_file)
+        everything = list(records) + list(val_records)
+        if split.folds is not None:
+            if not cfg.folds:
+                raise ValueError(f"{cfg.split_file} holds folds: set data.folds={len(split.folds)} and data.fold")
+            if cfg.folds != len(split.folds):
+                raise ValueError(f"{cfg.split_file} has {len(split.folds)} folds but data.folds={cfg.folds}")
+            check_split(split, everything, by_actor=split.by == "actor")
+            return split.fold(cfg.fold, val=cfg.val_fraction, records=everything)
+        check_split(split, everything, by_actor=split.by == "actor")
+        return split
+    if cfg.kind == "affwild2" and cfg.affwild2_split == "official":
+        if cfg.folds:
+            raise ValueError("data.folds with Aff-Wild2 needs data.affwild2_split=folds")
+        return Split(train=[r.video_id for r in records], val=[r.video_id for r in val_records],
+                     test=[], by="clip", seed=None)
+    if cfg.folds:
+        return kfold_split(records, cfg.folds, by=cfg.split_by, seed=cfg.split_seed).fold(
+            cfg.fold, val=cfg.val_fraction, records=records)
+    return split_records(records, val=cfg.val_fraction, test=cfg.test_fraction, by=cfg.split_by,
+                         seed=cfg.split_seed)
+
+
+def _croppers(cfg: DataConfig) -> Any:
+    """FaceCropper(s) for ClipDataset: None (per-record defaults) or one per face mode."""
+    from .faces import FaceCropper, create_detector
+
+    kw = dict(margin=cfg.face_margin, smoothing=cfg.face_smoothing)
+    if cfg.face_backend == "auto":
+        out = {m: FaceCropper(m, **kw) for m in ("landmarks", "precropped", "full")}
+        out["detect"] = _LazyYuNet(cfg.yunet_model, kw)
+        return out
+    if cfg.face_backend == "yunet":
+        return FaceCropper(create_detector("yunet", model_path=cfg.yunet_model), **kw)
+    return FaceCropper(cfg.face_backend, **kw)
+
+
+class _LazyYuNet:
+    """A yunet FaceCropper built on first use, so datasets without ``detect`` records never need
+    the model file (and workers build their own detector instead of inheriting one)."""
+
+    def __init__(self, model_path: Optional[str], kwargs: dict[str, Any]) -> None:
+        self.model_path, self.kwargs, self._cropper = model_path, kwargs, None
+
+    def __getstate__(self) -> dict:
+        return {"model_path": self.model_path, "kwargs": self.kwargs, "_cropper": None}
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._cropper is None:
+            from .faces import FaceCropper, create_detector
+
+            self._cropper = FaceCropper(create_detector("yunet", model_path=self.model_path), **self.kwargs)
+        return self._cropper(*args, **kwargs)
+
+
+def build_datasets(d: DataConfig, model: Optional[Any] = None) -> Datasets:
+    """Train / val / test datasets of the experiment.
+
+    Raw clips go through :class:`~avfusion.data.clips.ClipDataset` with the crop size and
+    normalisation the model's video encoder asks for (``model.pretrained_cfg``). With
+    ``data.features`` the windows come from :class:`~avfusion.data.features.FeatureDataset`
+    instead; the split is then made from the raw dataset's records when ``data.root`` is set, else
+    from the records the cache carries (ids, labels, actors, source videos), which give the same
+    split for the same settings.
+    """
+    val_records: list = []
+    if d.kind == "affwild2" and d.affwild2_split == "official" and d.split_file is None:
+        records, val_records = dataset_records(d)
+    elif d.features is not None and d.root is None:
+        from .features import FeatureDataset
+
+        records = FeatureDataset(d.features, d.clip_len).records
+    else:
+        records = load_records(d)
+    split = make_split(d, records, val_records)
+    by_id = {r.video_id: r for r in list(records) + list(val_records)}
+    parts = {p: [by_id[i] for i in split.ids(p)] for p in PARTS}
+    if not parts["train"]:
+        raise ValueError(f"{d.root or d.features}: the split leaves no training clip")
+    n_labelled = {p: int(sum(int(r.label_mask.sum()) for r in recs)) for p, recs in parts.items()}
+    if d.features is not None:
+        datasets, collate_fn = feature_datasets(d, parts)
+    else:
+        datasets, collate_fn = clip_datasets(d, parts, model)
+    return Datasets(train=datasets["train"], val=datasets.get("val"), test=datasets.get("test"),
+                    split=split, n_labelled=n_labelled, collate_fn=collate_fn)
+
+
+def clip_datasets(d: DataConfig, parts: dict[str, list], model: Optional[Any]):
+    """Raw-clip datasets (one per part) with the crop size and normalisation the model's video
+    encoder asks for (``model.pretrained_cfg``); the evaluation parts get non-overlapping windows
+    unless ``eval_stride`` says otherwise. Returns ``(datasets, collate_fn)``."""
+    from .clips import ClipDataset, collate
+    from .transforms import build_transform
+
+    pcfg = model.pretrained_cfg if model is not None else None
+    if pcfg is None and (model is None or model.use_video):
+        raise ValueError("raw clips need the model's video encoder preprocessing (pretrained_cfg); "
+                         "pass the model, or train on cached features (data.features)")
+    with_audio = model is None or model.use_audio
+    out = {}
+    for part, recs in parts.items():
+        if not recs:
+            continue
+        train = part == "train"
+        transform = None
+        if pcfg is not None:
+            transform = build_transform(pcfg, train=train and d.augment, hsv=d.hsv,
+                                        augment=d.augment_params or None)
+        out[part] = ClipDataset(
+            recs, d.clip_len, stride=d.stride if train else (d.eval_stride or d.clip_len),
+            cropper=_croppers(d), transform=transform, with_audio=with_audio,
+            target_fps=d.target_fps, drop_unlabelled=train and d.drop_unlabelled)
+    return out, collate
+
+
+def feature_datasets(d: DataConfig, parts: dict[str, list]):
+    """Cached-feature datasets (one per part) and their collate function."""
+    from .features import FeatureDataset, collate_features
+
+    out = {}
+    for part, recs in parts.items():
+        if not recs:
+            continue
+        train = part == "train"
+        out[part] = FeatureDataset(
+            d.features, d.clip_len, stride=d.stride if train else (d.eval_stride or d.clip_len),
+            video_ids=[r.video_id for r in recs], target_fps=d.target_fps,
+            drop_unlabelled=train and d.drop_unlabelled)
+    return out, collate_features
+
+
+def dataset_records(cfg: DataConfig) -> tuple[list, list]:
+    """``(records, val_records)``: Aff-Wild2's official split reads Train_Set and Validation_Set
+    apart; every other dataset is one list (``val_records`` empty)."""
+    if cfg.kind == "affwild2" and cfg.affwild2_split == "official" and cfg.split_file is None:
+        return load_records(cfg, "train"), load_records(cfg, "val")
+    return load_records(cfg), []
+
+
+def select_records(cfg: DataConfig, part: Optional[str]) -> tuple[list, str]:
+    """The records of one part of the configured split (``all``: every record; None: ``test``, or
+    ``val`` when the split has no test part). Returns ``(records, part)``."""
+    records, val_records = dataset_records(cfg)
+    everything = list(records) + list(val_records)
+    if part == "all":
+        return everything, part
+    split = make_split(cfg, records, val_records)
+    if part is None:
+        part = "test" if split.ids("test") else "val"
+    ids = split.ids(part)
+    if not ids:
+        raise ValueError(f"the split has no '{part}' clips; choose a part among "
+                         f"{[q for q in PARTS if split.ids(q)] + ['all']}")
+    by_id = {r.video_id: r for r in everything}
+    return [by_id[i] for i in ids], part
+
+
+__all__ = ["DataConfig", "DATA_KINDS", "Datasets", "check_data_config", "load_records", "make_split",
+           "build_datasets", "clip_datasets", "feature_datasets", "dataset_records", "select_records"]

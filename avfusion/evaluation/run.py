@@ -1,0 +1,90 @@
+"""Evaluate a model on one part of a dataset split, from decoded video or a feature cache.
+
+This is ``avfusion evaluate``'s library function: the split comes from the data config (the same
+:mod:`avfusion.data.build` policy training uses), windows do not overlap (every labelled frame is
+scored exactly once), and the predictions go through the one collector (:mod:`.collect`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+from .report import evaluate
+
+PathLike = Union[str, Path]
+
+
+def default_eval_dir(model: PathLike, part: str) -> Path:
+    """``runs/eval/<model>-<part>``, where an exported folder is named with its parent
+    (``runs/exp/best`` -> ``exp-best``), so two experiments' ``best`` never share a folder."""
+    p = Path(model)
+    name = "-".join(p.resolve().parts[-2:]) if p.is_dir() else p.stem
+    return Path("runs") / "eval" / f"{name}-{part}"
+
+
+def evaluate_model(
+    model: nn.Module,
+    data: Any,
+    part: Optional[str] = None,
+    out_dir: Optional[PathLike] = None,
+    *,
+    default_name: Optional[str] = None,
+    smooth_window: int = 5,
+    threshold: float = 0.5,
+    face_only: bool = False,
+    plots: bool = True,
+    cpu: bool = False,
+    extra: Optional[Mapping[str, Any]] = None,
+) -> tuple[dict[str, Any], list, str, Optional[Path]]:
+    """Score ``model`` on ``part`` ("train", "val", "test", "all"; None: test, else val) of the
+    split a :class:`~avfusion.data.build.DataConfig` describes. Runs under ``accelerate launch``
+    too (each process predicts part of the windows; rows are gathered before scoring).
+
+    Returns ``(results, records, part, out_dir)``; with ``out_dir`` (or ``default_name``: the
+    model string, giving :func:`default_eval_dir`) the main process writes metrics.json,
+    per_clip.csv, predictions.csv and plots there.
+    """
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
+    from ..data.build import clip_datasets, select_records
+
+    if smooth_window < 1 or smooth_window % 2 == 0:
+        raise ValueError(f"smoothing window must be a positive odd number of frames, got {smooth_window}")
+    # The protocol: non-overlapping windows, every frame scored exactly once.
+    data = dataclasses.replace(data, eval_stride=None, stride=data.clip_len)
+    records, part = select_records(data, part)
+    if out_dir is None and default_name is not None:
+        out_dir = default_eval_dir(default_name, part)
+    out_dir = Path(out_dir) if out_dir is not None else None
+    accelerator = Accelerator(cpu=cpu)
+    if data.features:
+        from ..caching import check_model_matches_cache
+        from ..data.features import FeatureDataset, collate_features
+
+        check_model_matches_cache(model, data.features)
+        dataset = FeatureDataset(data.features, data.clip_len, video_ids=[r.video_id for r in records])
+        collate = collate_features
+    else:
+        made, collate = clip_datasets(data, {"eval": records}, model)
+        dataset = made["eval"]
+    loader = DataLoader(dataset, batch_size=data.eval_batch_size or data.batch_size, shuffle=False,
+                        collate_fn=collate, num_workers=data.num_workers)
+    model.to(accelerator.device)
+    if accelerator.num_processes > 1:
+        loader = accelerator.prepare(loader)
+    info = {"data": dataclasses.asdict(data), "part": part, "videos": [r.video_id for r in records],
+            **dict(extra or {})}
+    with torch.no_grad():
+        results, _, _ = evaluate(
+            model, loader, n_frames={r.video_id: r.n_frames for r in records}, out_dir=out_dir,
+            smooth_window=smooth_window, threshold=threshold, face_only=face_only,
+            accelerator=accelerator, plots=plots, progress=accelerator.is_main_process, extra=info)
+    return results, records, part, out_dir
+
+
+__all__ = ["evaluate_model", "default_eval_dir"]

@@ -1,0 +1,135 @@
+"""Checkpoints of a training run: ``accelerator.save_state`` plus the trainer's own counters, and
+the exported best model.
+
+``checkpoints/step_N`` holds what ``accelerator.save_state`` writes (model, optimizer, scheduler,
+every process's RNG states) and ``trainer_state.json`` (:class:`TrainState`), written last: a folder
+without it is an interrupted save and is ignored.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from ..factory import save_pretrained
+from .experiment import ExperimentConfig, experiment_to_dict
+
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainState:
+    """Counters a checkpoint needs beyond what ``accelerator.save_state`` stores."""
+
+    global_step: int = 0  # optimizer steps done
+    epoch: int = 0  # the epoch in progress (0-based)
+    batch_in_epoch: int = 0  # batches of `epoch` already consumed (per process)
+    best_metric: float = -math.inf
+    best_epoch: int = -1
+    # Train-loss sums of the epoch in progress, summed over processes at checkpoint time.
+    loss_sum: float = 0.0
+    loss_count: float = 0.0
+    history: list = field(default_factory=list)  # one dict per finished epoch (the CSV rows)
+    config: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        d["best_metric"] = None if not math.isfinite(self.best_metric) else self.best_metric
+        return json.dumps(d, indent=1)
+
+    @classmethod
+    def from_file(cls, path: Path) -> "TrainState":
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: unreadable trainer state ({e}); is the checkpoint complete?") from None
+        if d.get("best_metric") is None:
+            d["best_metric"] = -math.inf
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"{path}: unknown trainer-state key(s) {sorted(unknown)}")
+        return cls(**d)
+
+
+def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints (those with a trainer state) under ``<output_dir>/checkpoints``, oldest first."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for d in root.iterdir():
+        if d.is_dir() and d.name.startswith("step_") and (d / STATE_FILE).is_file():
+            try:
+                found.append((int(d.name[5:]), d))
+            except ValueError:
+                continue
+    return [d for _, d in sorted(found)]
+
+
+def resolve_resume(resume: str, output_dir: str | Path) -> Path:
+    """``latest`` -> the newest complete checkpoint of ``output_dir``; otherwise a checkpoint folder."""
+    if resume == "latest":
+        found = checkpoint_dirs(output_dir)
+        if not found:
+            raise FileNotFoundError(f"--resume latest: no complete checkpoint under {Path(output_dir) / 'checkpoints'}")
+        return found[-1]
+    path = Path(resume)
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(f"--resume {resume}: not a checkpoint folder (no {STATE_FILE} in it)")
+    return path
+
+
+def save_checkpoint(accelerator: Any, state: TrainState, output_dir: Path, keep: int) -> Path:
+    """``accelerator.save_state`` into ``checkpoints/step_N`` plus the trainer state (written last,
+    so a folder without it is an interrupted save and is ignored); prunes old checkpoints."""
+    path = output_dir / "checkpoints" / f"step_{state.global_step}"
+    accelerator.save_state(str(path))
+    sums = torch.tensor([state.loss_sum, state.loss_count], dtype=torch.float64, device=accelerator.device)
+    sums = accelerator.reduce(sums, reduction="sum").cpu()
+    if accelerator.is_main_process:
+        saved = dataclasses.replace(state, loss_sum=float(sums[0]), loss_count=float(sums[1]))
+        tmp = path / (STATE_FILE + ".tmp")
+        tmp.write_text(saved.to_json())
+        tmp.replace(path / STATE_FILE)
+        if keep > 0:
+            for old in checkpoint_dirs(output_dir)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def write_csv(history: list[dict], path: Path) -> None:
+    """One row per epoch; columns are the union of the keys seen (a baseline row has no train loss)."""
+    cols: list[str] = ["epoch", "step", "lr", "train_loss"]
+    for row in history:
+        cols.extend(k for k in row if k not in cols)
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, lineterminator="\n")
+        w.writeheader()
+        for row in history:
+            w.writerow(row)
+    tmp.replace(path)
+
+
+def export_model(accelerator: Any, model: nn.Module, cfg: ExperimentConfig, out: Path, info: dict) -> None:
+    """``save_pretrained`` of the unwrapped model plus the experiment config beside it (main process)."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        save_pretrained(unwrapped, out, extra={"training": info})
+        (out / "experiment.yaml").write_text(yaml.safe_dump(experiment_to_dict(cfg), sort_keys=False))
+    accelerator.wait_for_everyone()
+
+
+__all__ = ["STATE_FILE", "TrainState", "checkpoint_dirs", "resolve_resume", "save_checkpoint", "write_csv",
+           "export_model"]

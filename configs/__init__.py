@@ -1,0 +1,1 @@
+"""The shipped experiment configs (installed as the package data ``avfusion.configs``)."""

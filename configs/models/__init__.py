@@ -1,0 +1,1 @@
+"""The shipped model architectures (installed as ``avfusion.configs.models``)."""
