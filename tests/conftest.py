@@ -100,3 +100,19 @@ def synthetic_state_dict(layout: list, prefix: str = "") -> dict[str, torch.Tens
         assert str(t.dtype) == f"torch.{dtype}", key
         sd[prefix + key] = t
     return sd
+
+
+class Command:
+    """One ``avfusion`` command run in-process, returning what its ``run`` returns (results dicts)."""
+
+    def __init__(self, name: str) -> None:
+        import importlib
+
+        self.module = importlib.import_module(f"avfusion.cli.{name}")
+
+    def main(self, argv):
+        return self.module.run(self.module.parse_args(list(argv)))
+
+
+def command(name: str) -> Command:
+    return Command(name)

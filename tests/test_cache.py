@@ -16,14 +16,14 @@ import yaml
 
 from avfusion.data import features as F
 
-from avfusion.scripts import load_script  # noqa: E402
+from conftest import command  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 
 
-cache_features = load_script("cache_features")
+cache_features = command("cache")
 
 N_CLIPS, N_FRAMES, CLIP_LEN = 4, 16, 8
 from conftest import NEURAL_AV  # noqa: E402
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def dataset_root(tmp_path_factory) -> Path:
-    from avfusion.data.synthetic import SyntheticConfig, generate_dataset
+    from avfusion.synthetic import SyntheticConfig, generate_dataset
 
     root = tmp_path_factory.mktemp("synthetic")
     generate_dataset(root, SyntheticConfig(clips=N_CLIPS, frames=N_FRAMES, size=64, pair=False, gaps=True,
@@ -120,7 +120,7 @@ def test_killed_run_resumes_to_identical_files(clean_cache, dataset_root, tmp_pa
     cfg = write_config(tmp_path / "exp.yaml", dataset_root)
     out = tmp_path / "cache"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "cache_features.py"), "--config", str(cfg),
+    proc = subprocess.Popen([sys.executable, "-m", "avfusion.cli.cache", "--config", str(cfg),
                              "--out", str(out)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:
@@ -191,8 +191,9 @@ def test_other_encoder_weights_are_refused(clean_cache, dataset_root, tmp_path):
 
 
 def _first_batch_loss(model, loader) -> tuple[float, dict]:
-    from avfusion.engine import model_inputs, predictions, targets
-    from avfusion.training import TrainConfig, build_loss_fn
+    from avfusion.train.loop import model_inputs, predictions, targets
+    from avfusion.train.experiment import TrainConfig
+    from avfusion.train.optim import build_loss_fn
 
     loss_fn = build_loss_fn(TrainConfig(loss="ccc"))
     batch = next(iter(loader))
@@ -211,7 +212,8 @@ def test_cached_features_give_the_raw_clip_loss(dataset_root, clean_cache, tmp_p
     """
     from torch.utils.data import DataLoader
 
-    from avfusion import training
+    from avfusion.data.build import clip_datasets, load_records
+    from avfusion.train.experiment import build_model, load_experiment
     from avfusion.data.features import FeatureDataset, collate_features
 
     if dtype == "float16":
@@ -220,12 +222,12 @@ def test_cached_features_give_the_raw_clip_loss(dataset_root, clean_cache, tmp_p
         cfg_path = write_config(tmp_path / "exp.yaml", dataset_root)
         cache = tmp_path / "cache32"
         cache_features.main(["--config", str(cfg_path), "--out", str(cache), "--dtype", "float32"])
-    cfg = training.load_experiment(write_config(tmp_path / "exp_raw.yaml", dataset_root))
+    cfg = load_experiment(write_config(tmp_path / "exp_raw.yaml", dataset_root))
     torch.manual_seed(0)
-    model = training.build_model(cfg)
+    model = build_model(cfg)
 
-    records = training.load_records(cfg.data)
-    made, collate = training._clip_datasets(cfg, {"val": records}, model)
+    records = load_records(cfg.data)
+    made, collate = clip_datasets(cfg.data, {"val": records}, model)
     raw = DataLoader(made["val"], batch_size=3, collate_fn=collate)
     feats = DataLoader(FeatureDataset(cache, CLIP_LEN), batch_size=3, collate_fn=collate_features)
 

@@ -1,7 +1,7 @@
 """The `avfusion` command: help, listing, and user errors reported without a traceback."""
 import pytest
 
-from avfusion.cli import main
+from avfusion.cli.main import main
 
 
 def test_help_and_models(capsys):

@@ -9,6 +9,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
+
+from avfusion.evaluation.collect import PredictionCollector
 from torch.utils.data import DataLoader
 
 from avfusion.data.afew_va import load_afew_va
@@ -16,7 +18,6 @@ from avfusion.data.audio import load_audio
 from avfusion.data.clips import (
     BATCH_KEYS,
     ClipDataset,
-    FrameStitcher,
     collate,
     make_windows,
     sequence_indices,
@@ -212,13 +213,19 @@ def test_stitcher_puts_predictions_back(tmp_path: Path) -> None:
     recs = [frame_folder_record(tmp_path, "s1", 7), frame_folder_record(tmp_path, "s2", 5)]
     for stride in (3, 2):  # eval (each frame once) and overlapping windows
         ds = ClipDataset(recs, 3, stride=stride, crop_size=4, with_audio=False)
-        st = FrameStitcher({r.video_id: r.n_frames for r in recs})
+        st = PredictionCollector({r.video_id: r.n_frames for r in recs}, overlap="mean" if stride < 3 else "error")
         for b in DataLoader(ds, batch_size=2, collate_fn=collate):
             # a "prediction" equal to the label of the position
-            st.add(b["video_id"], b["frame_indices"], torch.stack([b["valence"], b["arousal"]], -1))
+            st.add(b, {"valence": b["valence"], "arousal": b["arousal"]})
         out = st.result()
         for r in recs:
-            np.testing.assert_allclose(out[r.video_id], r.labels, atol=1e-6)
+            np.testing.assert_allclose(out[r.video_id].pred, r.labels, atol=1e-6)
+        if stride < 3:  # overlapping windows are an error under the evaluation protocol
+            strict = PredictionCollector({r.video_id: r.n_frames for r in recs}, overlap="error")
+            for b in DataLoader(ds, batch_size=2, collate_fn=collate):
+                strict.add(b, {"valence": b["valence"], "arousal": b["arousal"]})
+            with pytest.raises(ValueError, match="must not overlap"):
+                strict.result()
 
 
 def test_dataloader_with_two_workers(tmp_path: Path) -> None:

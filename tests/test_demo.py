@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from avfusion.cli import main
+from avfusion.cli.main import main
 
 
 @pytest.mark.slow

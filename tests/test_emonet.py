@@ -15,7 +15,7 @@ from torch import nn
 from avfusion.config import VideoEncoderConfig
 from avfusion.encoders import create_video_encoder
 from avfusion.encoders.emonet import EmoNet, EmoNetEncoder, optimize_for_inference
-from avfusion.pretrained import emonet_filter_state_dict, load_emonet_checkpoint
+from avfusion.encoders.emonet import emonet_filter_state_dict, load_emonet_checkpoint
 
 from conftest import EMONET_REFERENCE as REFERENCE, synthetic_state_dict  # noqa: E402
 MODELS = {"emonet_8": 8, "emonet_5": 5}

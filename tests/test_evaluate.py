@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from avfusion.scripts import load_script  # noqa: E402
+from conftest import command  # noqa: E402
 
 
 
 
 
-evaluate_script = load_script("evaluate")
+evaluate_script = command("evaluate")
 
 # A tiny EmoNet (the official one is width 256, 2 hourglasses, 4 head blocks): same code paths.
 TINY_EMONET = {"width": 16, "num_modules": 1, "n_blocks": 1, "n_expression": 8}
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory) -> Path:
-    from avfusion.data.synthetic import SyntheticConfig, generate_dataset
+    from avfusion.synthetic import SyntheticConfig, generate_dataset
 
     root = tmp_path_factory.mktemp("synthetic")
     generate_dataset(root, SyntheticConfig(clips=N_CLIPS, frames=N_FRAMES, size=64, pair=False, gaps=False,
@@ -231,9 +231,9 @@ def test_exported_model_on_raw_clips_and_cached_features(synthetic_root, tmp_pat
     """
     import yaml
 
-    from avfusion import save_pretrained, training
+    from avfusion import save_pretrained
 
-    cache_features = load_script("cache_features")
+    cache_features = command("cache")
 
     model_yaml = tmp_path / "neural_av.yaml"
     model_yaml.write_text(yaml.safe_dump(NEURAL_AV))
@@ -244,7 +244,9 @@ def test_exported_model_on_raw_clips_and_cached_features(synthetic_root, tmp_pat
     cfg_path = tmp_path / "exp.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     torch.manual_seed(0)
-    model = training.build_model(training.load_experiment(cfg_path))
+    from avfusion.train.experiment import build_model, load_experiment
+
+    model = build_model(load_experiment(cfg_path))
     save_pretrained(model, tmp_path / "model")
     cache_features.main(["--config", str(cfg_path), "--out", str(tmp_path / "cache"), "--dtype", "float32"])
 

@@ -129,7 +129,7 @@ def test_yunet_frame_without_face_is_masked_and_detector_pickles() -> None:
 
 def test_missing_yunet_model_error_says_where_to_put_it(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("AVFUSION_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(faces, "_REPO_PRETRAINED", tmp_path / "repo" / "pretrained")
+    monkeypatch.chdir(tmp_path)  # ./pretrained/ is searched too: here it does not exist
     with pytest.raises(FileNotFoundError) as err:
         create_detector("yunet")
     msg = str(err.value)
@@ -146,8 +146,8 @@ def test_yunet_model_resolution_order(tmp_path: Path, monkeypatch) -> None:
     repo.mkdir()
     (repo / "face_detection_yunet.onnx").write_bytes(b"repo")
     monkeypatch.setenv("AVFUSION_HOME", str(home))
-    monkeypatch.setattr(faces, "_REPO_PRETRAINED", repo)
-    assert resolve_yunet_model() == repo / "face_detection_yunet.onnx"
+    monkeypatch.chdir(tmp_path)  # a clone keeps weight files in ./pretrained/
+    assert resolve_yunet_model().resolve() == (repo / "face_detection_yunet.onnx").resolve()
     home.mkdir()
     (home / "face_detection_yunet.onnx").write_bytes(b"home")
     assert resolve_yunet_model() == home / "face_detection_yunet.onnx"

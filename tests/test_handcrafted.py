@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from avfusion.encoders.handcrafted import HOGEncoder, LogMelEncoder
-from avfusion.encoders.wav2vec2 import frame_times_from_fps
+from avfusion.timing import frame_times_from_fps
 
 
 def stripes(angle_deg: float, size: int = 64) -> torch.Tensor:

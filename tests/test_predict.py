@@ -2,7 +2,6 @@
 the CSV / plot / overlay outputs, and the `predict` subcommand parser."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ def videos(tmp_path_factory) -> tuple[Path, Path]:
     """A synthetic talking-face mp4 with AAC audio, and the same frames re-encoded without audio."""
     import av
 
-    from avfusion.data.synthetic import SyntheticConfig, generate_dataset
+    from avfusion.synthetic import SyntheticConfig, generate_dataset
     from avfusion.data.video import VideoFile
 
     root = tmp_path_factory.mktemp("videos")
@@ -96,12 +95,10 @@ def test_predict_with_and_without_audio(videos, tmp_path):
 
 def test_predict_command_on_exported_model(videos, tmp_path, capsys):
     from avfusion import save_pretrained
-    from avfusion.predict import add_predict_parser
+    from avfusion.cli import predict
 
     save_pretrained(tiny_model(), tmp_path / "model")
-    parser = argparse.ArgumentParser(prog="avfusion")
-    add_predict_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["predict", str(videos[0]), "--model", str(tmp_path / "model"), "--out",
+    args = predict.parse_args([str(videos[0]), "--model", str(tmp_path / "model"), "--out",
                               str(tmp_path / "pred"), "--face-backend", "full", "--clip-len", "8",
                               "--device", "cpu", "--no-plot"])
     assert args.func(args) == 0

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from fractions import Fraction
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 
 from avfusion.data.audio import audio_span, load_audio
-from avfusion.data.synthetic import (
+from avfusion.synthetic.generator import (
     SyntheticConfig,
     generate_dataset,
     load_metadata,
@@ -28,17 +27,16 @@ N_CLIPS, N_FRAMES, SIZE = 6, 48, 96
 
 
 def _cli():
-    spec = importlib.util.spec_from_file_location("make_synthetic", ROOT / "scripts" / "make_synthetic.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from conftest import command
+
+    return command("synth")
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("synth")
     argv = ["--out", str(out), "--clips", str(N_CLIPS), "--frames", str(N_FRAMES), "--size", str(SIZE)]
-    assert _cli().main(argv + ["--fps", "mixed", "--seed", "3", "--clips-per-actor", "2"]) == 0
+    assert len(_cli().main(argv + ["--fps", "mixed", "--seed", "3", "--clips-per-actor", "2"])["clips"]) == N_CLIPS
     return out, load_metadata(out)
 
 

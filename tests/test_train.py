@@ -22,18 +22,19 @@ from avfusion.data.features import (
     video_filename,
     write_manifest,
 )
-from avfusion.engine import EpochSampler, stitch
+from avfusion.train.loop import EpochSampler
 from avfusion.factory import from_pretrained
 from avfusion.metrics import va_metrics
-from avfusion.scripts import load_script
-from avfusion.training import load_experiment, param_groups, warmup_cosine
+from conftest import command
+from avfusion.train.experiment import load_experiment
+from avfusion.train.optim import param_groups, warmup_cosine
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "tiny_synthetic.yaml"
 DIM = 8  # width of the cached test features
 
 
-train_script = load_script("train")
+train_script = command("train")
 
 
 def write_cache(root: Path, n_videos: int = 8, n_frames: int = 30, seed: int = 0) -> Path:
@@ -188,9 +189,9 @@ def test_cross_validation_reports_mean_and_std(cache: Path, tmp_path: Path) -> N
 def test_tiny_model_on_features_cached_from_synthetic_video(tmp_path: Path) -> None:
     """The demo's path: synthetic mp4s -> scripts/cache_features.py -> training, with the tiny
     model's own (weight-free) encoders; video-only training reads the audio-visual cache too."""
-    from avfusion.data.synthetic import SyntheticConfig, generate_dataset
+    from avfusion.synthetic import SyntheticConfig, generate_dataset
 
-    cache_script = load_script("cache_features")
+    cache_script = command("cache")
     root, cache = tmp_path / "synth", tmp_path / "cache"
     generate_dataset(root, SyntheticConfig(clips=6, frames=24, size=64, clips_per_actor=2))
     cache_script.main(["--config", str(CONFIG), "--out", str(cache), "--cpu", f"data.root={root}",
@@ -244,17 +245,28 @@ def test_epoch_sampler_is_a_function_of_seed_and_epoch() -> None:
     assert list(EpochSampler(5, seed=0, shuffle=False)) == [0, 1, 2, 3, 4]
 
 
-def test_stitch_averages_overlaps_and_refuses_misaligned_labels() -> None:
-    g = {"video_id": ["a", "a", "b", "a"], "frame": np.array([0, 1, 0, 1]),
-         "pred": np.array([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6], [0.5, 0.0]]),
-         "target": np.array([[1.0, 1.0], [0.0, 0.5], [0.2, 0.2], [0.0, 0.5]])}
-    clips = stitch(g)
-    assert list(clips) == ["a", "b"]
-    np.testing.assert_allclose(clips["a"]["pred"], [[0.1, 0.2], [0.4, 0.2]])
-    np.testing.assert_array_equal(clips["a"]["frame"], [0, 1])
-    g["target"][3] = [0.9, 0.5]
-    with pytest.raises(ValueError, match="different labels"):
-        stitch(g)
+def test_collector_averages_overlaps_only_when_asked() -> None:
+    from avfusion.evaluation.collect import PredictionCollector
+
+    def row(vid, frames, pred):
+        n = len(frames)
+        return {"video_id": vid, "frame_indices": np.array(frames), "pred": np.array(pred, dtype=float),
+                "target": np.zeros((n, 2)), "mask": np.ones(n, bool), "face_mask": np.ones(n, bool),
+                "timestamps": np.array(frames, dtype=float) / 25}
+
+    rows = [row("a", [0, 1], [[0.1, 0.2], [0.3, 0.4]]), row("b", [0, -1], [[0.5, 0.6], [9, 9]]),
+            row("a", [1, 2], [[0.5, 0.0], [0.7, 0.7]])]
+    mean = PredictionCollector(overlap="mean")
+    mean.add_rows(rows)
+    videos = mean.result()
+    assert list(videos) == ["a", "b"]
+    np.testing.assert_allclose(videos["a"].pred, [[0.1, 0.2], [0.4, 0.2], [0.7, 0.7]])
+    np.testing.assert_array_equal(videos["a"].counts, [1, 2, 1])
+    assert videos["b"].n_frames == 1  # the padded position (-1) is not a frame
+    strict = PredictionCollector(overlap="error")
+    strict.add_rows(rows)
+    with pytest.raises(ValueError, match="frame 1 was predicted 2 times"):
+        strict.result()
 
 
 def test_experiment_config_types_and_errors(tmp_path: Path) -> None:

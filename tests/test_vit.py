@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from avfusion.config import VideoEncoderConfig
 from avfusion.encoders import create_video_encoder
 from avfusion.encoders.vit import IMAGENET_MEAN, IMAGENET_STD, MAEViTEncoder
-from avfusion.pretrained import load_mae_checkpoint
+from avfusion.encoders.vit import load_mae_checkpoint
 
 WIDTH, DEPTH, PATCH = 32, 2, 16
 

@@ -11,10 +11,10 @@ from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from avfusion.config import AudioEncoderConfig
 from avfusion.encoders import create_audio_encoder
-from avfusion.encoders.wav2vec2 import (
+from avfusion.encoders.wav2vec2 import Wav2Vec2Encoder
+from avfusion.timing import (
     CONV_KERNEL,
     CONV_STRIDE,
-    Wav2Vec2Encoder,
     conv_geometry,
     conv_output_length,
     feature_times,
