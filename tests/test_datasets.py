@@ -17,7 +17,7 @@ from avfusion.data.affwild2 import load_affwild2, raw_video_name
 from avfusion.data.manifest import load_manifest
 
 # ---------------------------------------------------------------------------------------------
-# writers (exactly the layouts of FORMATS.md)
+# writers (exactly the layouts of docs/FORMATS.md)
 
 
 def write_video(path: Path, n: int, fps: float | Fraction = 25, audio: bool = True,

@@ -1,4 +1,4 @@
-"""Metrics against hand-computed values and the definitions in FORMATS.md."""
+"""Metrics against hand-computed values and the definitions in docs/FORMATS.md."""
 from __future__ import annotations
 
 import math
@@ -30,7 +30,7 @@ def test_definitions_on_random_data() -> None:
     rng = np.random.default_rng(0)
     t = rng.uniform(-1, 1, 200)
     p = np.clip(0.6 * t + 0.3 * rng.normal(size=200) + 0.1, -1, 1)
-    # The second form of CCC in FORMATS.md, from independently computed pieces.
+    # The second form of CCC in docs/FORMATS.md, from independently computed pieces.
     r = np.corrcoef(p, t)[0, 1]
     expected = 2 * r * p.std() * t.std() / (p.var() + t.var() + (p.mean() - t.mean()) ** 2)
     assert M.ccc(p, t) == pytest.approx(expected, rel=1e-12)

@@ -146,6 +146,23 @@ def test_train_end_to_end_exports_a_model_that_reproduces_its_metric(cache: Path
 
 
 @pytest.mark.slow
+def test_logged_validation_equals_avfusion_evaluate(cache: Path, tmp_path: Path) -> None:
+    """One evaluation path: the metrics training logs for its best epoch are, to 1e-9 and over the
+    same frames, what `avfusion evaluate` computes for the exported model on the same split."""
+    out = tmp_path / "run"
+    result = train_script.main(tiny_args(cache, out, "train.epochs=1"))
+    best = result["best"]
+    evaluated = command("evaluate").main([
+        "--model", str(out / "best"), "--config", str(CONFIG), "--features", str(cache),
+        "--split-file", str(out / "split.json"), "--part", "val", "--no-plots", "--out", str(tmp_path / "eval"),
+        "data.root=null", "data.clip_len=10", "data.stride=5", "data.batch_size=3"])
+    assert evaluated["n_frames_scored"] == best["n_frames"] == result["n_labelled"]["val"]
+    assert evaluated["n_videos"] == best["n_clips"]
+    for k, v in evaluated["frames"].items():
+        assert v == pytest.approx(best[k], abs=1e-9, rel=0), k
+
+
+@pytest.mark.slow
 def test_resume_ends_with_the_same_weights(cache: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 

@@ -1,6 +1,6 @@
 """AFEW-VA: 600 film clips, per-frame valence/arousal in [-10, 10] and 68 landmarks per frame.
 
-Two layouts are read, and told apart automatically (FORMATS.md):
+Two layouts are read, and told apart automatically (docs/FORMATS.md):
 
 * the official zips: ``ROOT/01/ … ROOT/12/``, each holding clip folders ``01/001/``, ``01/002/``, …
 * the flattened copy: ``ROOT/001/``, ``ROOT/002/``, … (``ROOT`` is often called ``AFEW-VA``).

@@ -1,6 +1,6 @@
 """Aff-Wild2 (ABAW valence/arousal track): annotation txt files, cropped_aligned faces, raw videos.
 
-Layout (FORMATS.md); both annotation releases are found under ``root``::
+Layout (docs/FORMATS.md); both annotation releases are found under ``root``::
 
     …/VA_Estimation_Challenge/Train_Set/<name>.txt  and  …/Validation_Set/<name>.txt
     …/annotations/VA_Set/Training_Set/<name>.txt    and  …/Validation_Set/<name>.txt   (2020)

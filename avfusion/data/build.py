@@ -200,15 +200,7 @@ def build_datasets(d: DataConfig, model: Optional[Any] = None) -> Datasets:
     from the records the cache carries (ids, labels, actors, source videos), which give the same
     split for the same settings.
     """
-    val_records: list = []
-    if d.kind == "affwild2" and d.affwild2_split == "official" and d.split_file is None:
-        records, val_records = dataset_records(d)
-    elif d.features is not None and d.root is None:
-        from .features import FeatureDataset
-
-        records = FeatureDataset(d.features, d.clip_len).records
-    else:
-        records = load_records(d)
+    records, val_records = dataset_records(d)
     split = make_split(d, records, val_records)
     by_id = {r.video_id: r for r in list(records) + list(val_records)}
     parts = {p: [by_id[i] for i in split.ids(p)] for p in PARTS}
@@ -272,6 +264,10 @@ def dataset_records(cfg: DataConfig) -> tuple[list, list]:
     apart; every other dataset is one list (``val_records`` empty)."""
     if cfg.kind == "affwild2" and cfg.affwild2_split == "official" and cfg.split_file is None:
         return load_records(cfg, "train"), load_records(cfg, "val")
+    if cfg.features is not None and cfg.root is None:  # the records a feature cache carries
+        from .features import FeatureDataset
+
+        return list(FeatureDataset(cfg.features, cfg.clip_len).records), []
     return load_records(cfg), []
 
 

@@ -3,7 +3,7 @@
 Why there is no frame-level split: neighbouring frames of a clip are nearly identical images with
 nearly identical labels, so a random split of frames puts near-copies of every test frame in the
 training set. A model then scores by recognising the clip, not the emotion; this is how near-perfect
-CCC figures get reported on AFEW-VA (FORMATS.md). The smallest unit a split may cut is a clip; clips
+CCC figures get reported on AFEW-VA (docs/FORMATS.md). The smallest unit a split may cut is a clip; clips
 cut from one source video (Aff-Wild2's ``_left``/``_right``, which share the scene and the audio)
 travel together as one *group*; splitting by actor keeps every clip of a person on one side.
 

@@ -14,7 +14,7 @@ What carries the labels (and what is deliberately noise):
   and level; per clip: background, position, lighting, resting mouth shape, background noise.
 
 Everything is drawn with OpenCV on numpy and written as real files (H.264 + AAC mp4 via PyAV, PNG,
-JPEG, json, csv, txt). The layouts are those of FORMATS.md:
+JPEG, json, csv, txt). The layouts are those of docs/FORMATS.md:
 
 ```
 OUT/videos/<stem>.mp4                     raw videos (yuv420p H.264, AAC audio)
