@@ -121,7 +121,7 @@ def test_killed_run_resumes_to_identical_files(clean_cache, dataset_root, tmp_pa
     out = tmp_path / "cache"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "avfusion.cli.cache", "--config", str(cfg),
-                             "--out", str(out)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                             "--out", str(out)], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 120

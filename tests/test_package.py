@@ -63,6 +63,12 @@ def test_from_pretrained_is_ready_for_inference(tmp_path):
         a = model(video=video, audio=audio, frame_times=times)["valence"]
         b = model(video=video, audio=audio, frame_times=times)["valence"]
     assert torch.equal(a, b)
+    named = avfusion.load_model("afew_emonet_video", video={"width": 16, "num_modules": 1, "n_blocks": 1},
+                                fusion={"d_model": 16, "n_layers": 1, "n_heads": 2, "dropout": 0.5})
+    assert not named.training
+    frames = torch.rand(1, 4, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(named(video=frames)["valence"], named(video=frames)["valence"])
 
 
 @pytest.mark.parametrize("damage", ["config", "weights", "mismatch"])
@@ -109,10 +115,13 @@ def test_no_import_cycles_and_no_upward_import_of_the_root():
     assert not upward
 
 
-def test_python_m_runs_each_command():
-    out = subprocess.run([sys.executable, "-m", "avfusion.cli.train", "--help"], capture_output=True, text=True)
+def test_python_m_runs_each_command(tmp_path):
+    # From a folder outside the clone: `python -m` puts the working folder first on sys.path.
+    out = subprocess.run([sys.executable, "-m", "avfusion.cli.train", "--help"], capture_output=True, text=True,
+                         cwd=tmp_path)
     assert out.returncode == 0 and "--config" in out.stdout and "avfusion train" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "avfusion.cli.models"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "avfusion.cli.models"], capture_output=True, text=True,
+                         cwd=tmp_path)
     assert out.returncode == 0 and "emonet_8" in out.stdout
 
 
@@ -124,3 +133,13 @@ def test_ci_imports_the_installed_wheel():
         pytest.skip("AVFUSION_TEST_INSTALLED not set (a development install)")
     assert "site-packages" in avfusion.__file__, avfusion.__file__
     assert (Path(avfusion.__file__).parent / "configs" / "models" / "emonet_8.yaml").is_file()
+
+
+def test_default_evaluation_folders_of_two_experiments_differ(tmp_path):
+    from avfusion.evaluation import default_eval_dir
+
+    for name in ("a", "b"):
+        (tmp_path / name / "best").mkdir(parents=True)
+    first, second = default_eval_dir(tmp_path / "a" / "best", "test"), default_eval_dir(tmp_path / "b" / "best", "test")
+    assert first != second and first.name == "a-best-test"
+    assert default_eval_dir("emonet_8", "all").name == "emonet_8-all"
