@@ -14,8 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .metrics import DIMS
-
 
 def _check(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """The mask as a bool tensor of ``pred.shape[:-1]`` (all True when None)."""

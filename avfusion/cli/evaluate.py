@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ._common import accepts_overrides, command_main, parse_command

@@ -6,9 +6,8 @@ at their centres, linear interpolation) live in :mod:`avfusion.timing`.
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
