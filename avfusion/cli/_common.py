@@ -43,7 +43,7 @@ def parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> arg
     return args
 
 
-def standalone_parser(add_parser: AddParser, name: str) -> argparse.ArgumentParser:
+def standalone_parser(add_parser: AddParser) -> argparse.ArgumentParser:
     """A parser for one command alone (``python -m avfusion.cli.<name>``), shown as ``avfusion``."""
     top = argparse.ArgumentParser(prog="avfusion")
     sub = top.add_subparsers(dest="command")
@@ -54,7 +54,7 @@ def standalone_parser(add_parser: AddParser, name: str) -> argparse.ArgumentPars
 def parse_command(add_parser: AddParser, name: str, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """The parsed arguments of one command (``argv`` without the command's name)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    return parse(_subparser(standalone_parser(add_parser, name), name), argv)
+    return parse(_subparser(standalone_parser(add_parser), name), argv)
 
 
 def _subparser(top: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
@@ -91,3 +91,15 @@ def quiet_third_party() -> None:
     """Silence warnings of libraries that say nothing a user can act on."""
     warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def entry_points(add_parser: AddParser, run: Run, name: str) -> tuple[Callable[..., argparse.Namespace], Callable[..., int]]:
+    """A command module's ``parse_args(argv)`` and ``main(argv=None)`` (exit code), made once here."""
+
+    def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+        return parse_command(add_parser, name, argv)
+
+    def main(argv: Optional[Sequence[str]] = None) -> int:
+        return command_main(add_parser, run, name, argv)
+
+    return parse_args, main

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Optional, Sequence
+from typing import Any
 
-from ._common import accepts_overrides, command_main, parse_command
+from ._common import accepts_overrides, entry_points
 
 NAME = "cache"
 
@@ -64,12 +64,8 @@ def run(args: argparse.Namespace) -> Any:
                           save_encoder_weights=not args.no_save_encoders, cpu=args.cpu or cfg.train.cpu)
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    return parse_command(add_parser, NAME, argv)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    return command_main(add_parser, run, NAME, argv)
+# parse_args(argv) -> Namespace and main(argv=None) -> exit code, as every command has them.
+parse_args, main = entry_points(add_parser, run, NAME)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from typing import Any, Optional, Sequence
+from typing import Any
 
-from ._common import accepts_overrides, command_main, parse_command
+from ..data.splits import PARTS as SPLIT_PARTS
+from ._common import accepts_overrides, entry_points
 
 NAME = "evaluate"
-PARTS = ("train", "val", "test", "all")
+PARTS = (*SPLIT_PARTS, "all")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -91,12 +92,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    return parse_command(add_parser, NAME, argv)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    return command_main(add_parser, run, NAME, argv)
+# parse_args(argv) -> Namespace and main(argv=None) -> exit code, as every command has them.
+parse_args, main = entry_points(add_parser, run, NAME)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Optional, Sequence
+from typing import Any
 
-from ._common import command_main, parse_command
+from ._common import entry_points
 
 NAME = "models"
 
@@ -47,12 +47,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    return parse_command(add_parser, NAME, argv)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    return command_main(add_parser, run, NAME, argv)
+# parse_args(argv) -> Namespace and main(argv=None) -> exit code, as every command has them.
+parse_args, main = entry_points(add_parser, run, NAME)
 
 
 if __name__ == "__main__":
