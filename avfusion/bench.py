@@ -16,7 +16,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import sys
 import time
 import zlib
@@ -26,33 +25,13 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from .inference.hardware import cpu_flags, cpu_name
+
 # Relative to the working directory: in a clone, the repository's recorded results.
 DEFAULT_OUTPUT = Path("benchmarks") / "results.json"
 
 
 # --- shared helpers --------------------------------------------------------------------------------
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> list[str]:
-    """The CPU features that decide bf16 speed (AMX tiles, AVX512-BF16)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return sorted(f for f in flags if f.startswith("amx") or f in {"avx512_bf16", "avx512f", "avx512_vnni"})
-    except OSError:
-        pass
-    return []
 
 
 def time_call(

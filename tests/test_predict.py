@@ -68,9 +68,9 @@ def test_predict_with_and_without_audio(videos, tmp_path):
 
     with_audio, silent = videos
     model = tiny_model()
-    predictor = Predictor(model, clip_len=8, device="cpu")
+    predictor = Predictor(model, clip_len=8, device="cpu", face_backend="full")
     out = tmp_path / "out"
-    table = predictor.predict_video(with_audio, face_backend="full", out_dir=out, overlay=True)
+    table = predictor.predict_video(with_audio, out_dir=out, overlay=True)
     check_table(table, with_audio)
     saved = pd.read_csv(out / "001_va.csv")
     pd.testing.assert_frame_equal(saved, table, check_dtype=False)
@@ -78,7 +78,7 @@ def test_predict_with_and_without_audio(videos, tmp_path):
     assert len(VideoFile(out / "001_overlay.mp4")) == len(table)
 
     with pytest.warns(RuntimeWarning, match="no audio stream"):
-        quiet = predictor.predict_video(silent, face_backend="full")
+        quiet = predictor.predict_video(silent)
     check_table(quiet, silent)
 
     # The audio really is masked: other audio-encoder weights change the predictions of the video
@@ -86,9 +86,9 @@ def test_predict_with_and_without_audio(videos, tmp_path):
     with torch.no_grad():
         for p in model.audio_encoder.parameters():
             p.add_(torch.randn_like(p))
-    table2 = predictor.predict_video(with_audio, face_backend="full")
+    table2 = predictor.predict_video(with_audio)
     with pytest.warns(RuntimeWarning, match="no audio stream"):
-        quiet2 = predictor.predict_video(silent, face_backend="full")
+        quiet2 = predictor.predict_video(silent)
     assert not np.allclose(table2["valence"], table["valence"], atol=1e-4)
     np.testing.assert_allclose(quiet2[["valence", "arousal"]], quiet[["valence", "arousal"]], atol=1e-6)
 
@@ -112,12 +112,12 @@ def test_predict_bad_input(tmp_path):
     from avfusion.data.video import VideoDecodeError
     from avfusion.predict import Predictor
 
-    predictor = Predictor(tiny_model(), clip_len=8, device="cpu")
+    predictor = Predictor(tiny_model(), clip_len=8, device="cpu", face_backend="full")
     with pytest.raises(FileNotFoundError, match="missing.mp4"):
-        predictor.predict_video(tmp_path / "missing.mp4", face_backend="full")
+        predictor.predict_video(tmp_path / "missing.mp4")
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video at all" * 10)
     with pytest.raises(VideoDecodeError, match="bad.mp4"):
-        predictor.predict_video(bad, face_backend="full")
+        predictor.predict_video(bad)
     with pytest.raises(ValueError, match="temporal range"):
         Predictor(tiny_model(), clip_len=10_000)

@@ -84,13 +84,28 @@ def run_safely(run: Run, args: argparse.Namespace, name: str) -> int:
 def command_main(add_parser: AddParser, run: Run, name: str, argv: Optional[Sequence[str]] = None) -> int:
     """``main(argv)`` of a command module: parse, run, turn user errors into one line."""
     args = parse_command(add_parser, name, argv)
+    quiet_third_party()
     return run_safely(run, args, name)
 
 
 def quiet_third_party() -> None:
-    """Silence warnings of libraries that say nothing a user can act on."""
+    """Silence warnings of libraries that say nothing a user can act on: OpenCV's DNN notices,
+    FFmpeg's messages through decord (a damaged file gets the project's own one-line error)."""
     warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    try:
+        import cv2
+
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    except (ImportError, AttributeError):
+        pass
+    try:
+        import decord
+
+        decord.logging.set_level(decord.logging.QUIET)
+    except (ImportError, AttributeError):
+        pass
 
 
 def entry_points(add_parser: AddParser, run: Run, name: str) -> tuple[Callable[..., argparse.Namespace], Callable[..., int]]:

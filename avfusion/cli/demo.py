@@ -84,8 +84,7 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
 
     _step(5, "predict one held-out video from its mp4 (audio-visual model)")
     video = _held_out_video(out / "runs" / "av" / "split.json", data)
-    table = Predictor(out / "runs" / "av" / "best").predict_video(video, face_backend="full",
-                                                                  out_dir=out / "predict")
+    table = Predictor(out / "runs" / "av" / "best", face_backend="full").predict_video(video, out_dir=out / "predict")
     print(f"   {len(table)} frames of {video.name} -> {out / 'predict'}")
 
     summary = _summary(results)

@@ -1,13 +1,19 @@
-"""``avfusion predict``: per-frame valence and arousal of video files: a CSV, a plot and optionally
-an overlay video per input.
+"""``avfusion predict``: per-frame valence and arousal of video files, folders or glob patterns:
+a table, a plot and optionally an overlay video per input, and one combined table.
 
     avfusion predict talk.mp4 --model runs/exp/best --out predictions/
-    avfusion predict clip.mp4 --model emonet_8 --checkpoint pretrained/emonet_8.pth --face-backend yunet
+    avfusion predict videos/ --model emonet_8 --checkpoint pretrained/emonet_8.pth --stride 4
+    avfusion predict "data/**/*.mp4" --model emonet_8 --checkpoint emonet_8.pth --format parquet
+    accelerate launch --num_processes 2 -m avfusion.cli.predict videos/ --model ... --out out/
+
+Every option is checked before any video is decoded. A bad video is reported in one line and the
+others go on; the run ends with "N written, M failed" (exit code 1 when any failed). Every file is
+written under a temporary name and renamed when complete; --skip-existing resumes a batch.
 """
 from __future__ import annotations
 
 import argparse
-import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,45 +27,74 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(NAME, help="per-frame valence/arousal of video files",
                               description=__doc__.split("\n\n")[0], epilog=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("video", nargs="+", help="video file(s)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, folders (recursive) or glob patterns")
     p.add_argument("--model", required=True, help="a save_pretrained folder or a model name (e.g. emonet_8)")
     p.add_argument("--checkpoint", help="video-encoder weights for a named model (e.g. emonet_8.pth)")
     p.add_argument("--out", default=None, help="output folder (default: runs/predict)")
+    p.add_argument("--format", default="csv", choices=("csv", "parquet", "json"), help="table format")
+    p.add_argument("--skip-existing", action="store_true", help="keep videos whose table is already written")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="auto: bf16 + channels_last where the CPU has AVX512-BF16/AMX or on CUDA, else fp32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the per-frame network (slow start)")
+    p.add_argument("--stride", type=int, default=1,
+                   help="run a frame-by-frame model on every K-th frame and interpolate (default 1)")
+    p.add_argument("--flip", action="store_true", help="average EmoNet with the mirrored face (2x the work)")
+    p.add_argument("--batch-size", type=int, default=16, help="face crops per network call")
     p.add_argument("--face-backend", default="yunet", choices=("yunet", "full"),
                    help="yunet: detect the face (needs the YuNet model file); full: the face fills the frame")
     p.add_argument("--yunet-model", help="YuNet ONNX file (default: $AVFUSION_HOME or ./pretrained/)")
-    p.add_argument("--clip-len", type=int, help="frames per window (default: as in training)")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--clip-len", type=int, help="frames per window of a temporal model (default: as in training)")
     p.add_argument("--smooth", type=int, default=1, help="moving average over this many frames (odd)")
     p.add_argument("--overlay", action="store_true", help="also write the video with the values drawn on it")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
+    from ..predict.batch import combine_tables, distributed_state, expand_inputs, run_batch
+    from ..predict.predictor import Predictor, check_options
 
-    from ..predict import Predictor
+    check_options(args.stride, args.smooth, args.batch_size, args.face_backend, args.precision, args.clip_len,
+                  fmt=args.format)
+    jobs = expand_inputs(args.inputs)
+    state = distributed_state()
+    rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
+    device = args.device
+    if state is not None:
+        device = device or str(state.device)
+        if state.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+            import torch
 
-    if args.smooth < 1 or args.smooth % 2 == 0:
-        raise ValueError(f"--smooth must be a positive odd number of frames, got {args.smooth}")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    predictor = Predictor(args.model, checkpoint=args.checkpoint, device=args.device, clip_len=args.clip_len)
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    predictor = Predictor(args.model, checkpoint=args.checkpoint, device=device, clip_len=args.clip_len,
+                          precision=args.precision, compile=args.compile, flip=args.flip, stride=args.stride,
+                          batch_size=args.batch_size, face_backend=args.face_backend,
+                          yunet_model=args.yunet_model, smooth=args.smooth)
     out = Path(args.out or "runs/predict")
-    for video in args.video:
-        table = predictor.predict_video(
-            video, face_backend=args.face_backend, yunet_model=args.yunet_model, batch_size=args.batch_size,
-            smooth_window=args.smooth, out_dir=out, plot=not args.no_plot, overlay=args.overlay)
-        stem = Path(video).stem
-        found = table["face_found"].mean() if len(table) else math.nan
-        means = ("no frame with a face: no mean values" if not table["face_found"].any() else
-                 f"mean valence {np.nanmean(table['valence']):+.2f}, arousal {np.nanmean(table['arousal']):+.2f}")
-        print(f"{video}: {len(table)} frames, face found in {100 * found:.0f} %; {means} -> "
-              f"{out / (stem + '_va.csv')}")
-    return 0
+    if rank == 0:
+        print(f"{len(jobs)} video(s), model {predictor.name} ({predictor.runner.description if predictor.runner else 'audio only'})"
+              + (f", {world} processes" if world > 1 else "") + f" -> {out}")
+    result = run_batch(predictor, jobs, out, fmt=args.format, plot=not args.no_plot, overlay=args.overlay,
+                       skip_existing=args.skip_existing, progress=not args.quiet, rank=rank, world=world)
+    if state is not None:
+        from accelerate.utils import gather_object
+
+        state.wait_for_everyone()
+        parts = gather_object([result])
+        result = parts[0]
+        for part in parts[1:]:
+            result = result.merge(part)
+    if rank == 0:
+        combined = combine_tables(jobs, out, args.format)
+        print(result.summary() + (f"; all frames in {combined}" if combined else ""))
+        for path, reason in result.failed:
+            print(f"  failed: {reason}", file=sys.stderr)
+    if state is not None:
+        state.wait_for_everyone()
+    return 1 if result.failed else 0
 
 
 # parse_args(argv) -> Namespace and main(argv=None) -> exit code, as every command has them.

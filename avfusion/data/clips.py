@@ -114,6 +114,29 @@ def make_windows(records: Sequence[VideoRecord], clip_len: int, stride: Optional
     return out
 
 
+def window_times(
+    timestamps: np.ndarray, end_times: np.ndarray, indices: np.ndarray, period: float, sample_rate: int
+) -> tuple[np.ndarray, int, int]:
+    """The times of a window's frames and the audio samples it spans.
+
+    ``indices`` (T,): frame indices, ``-1`` for padding at the end; ``timestamps`` / ``end_times``:
+    every frame's start and end in seconds. Real frames keep their own times; padding continues at
+    ``period`` so times stay increasing (the audio encoder samples its features at these times).
+    Returns ``(times (T,) float64, first, end)``: the window's audio is samples ``[first, end)`` at
+    ``sample_rate``, from the first frame's start to the last real frame's end.
+    """
+    real = indices >= 0
+    ridx = indices[real]
+    T = len(indices)
+    times = np.empty(T, dtype=np.float64)
+    times[real] = timestamps[ridx]
+    last = times[len(ridx) - 1]
+    times[~real] = last + period * np.arange(1, T - len(ridx) + 1)
+    first = int(np.floor(times[0] * sample_rate + 0.5))
+    end = max(int(np.floor(end_times[ridx[-1]] * sample_rate + 0.5)), first + 1)
+    return times, first, end
+
+
 def _default_croppers(size: int) -> dict[str, Any]:
     from .faces import FaceCropper
 
@@ -287,17 +310,8 @@ class ClipDataset(Dataset):
         video = clip.new_zeros((T,) + tuple(clip.shape[1:]))
         video[: len(ridx)] = clip
 
-        # Times: real frames from the reader; padding continues at the window's frame period so
-        # times stay increasing (the audio encoder resamples its features at these times).
-        period = 1.0 / (self.target_fps or rec.fps)
-        timestamps = np.empty(T, dtype=np.float64)
-        timestamps[real] = ts_all[ridx]
-        last = timestamps[len(ridx) - 1]
-        timestamps[~real] = last + period * np.arange(1, T - len(ridx) + 1)
         sr = self.sample_rate
-        t_end = ends[ridx[-1]]
-        first = int(np.floor(timestamps[0] * sr + 0.5))
-        end = max(int(np.floor(t_end * sr + 0.5)), first + 1)
+        timestamps, first, end = window_times(ts_all, ends, idx, 1.0 / (self.target_fps or rec.fps), sr)
         audio, audio_valid = self._read_audio(w.record, first, end, float(ends[-1]))
         offsets = np.floor(timestamps * sr + 0.5).astype(np.int64) - first
         offsets[~real] = np.minimum(offsets[~real], len(audio))
@@ -348,5 +362,5 @@ def collate(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {k: batch[k] for k in BATCH_KEYS}
 
 
-__all__ = ["Window", "ClipDataset", "collate", "make_windows", "window_starts", "sequence_indices",
+__all__ = ["Window", "ClipDataset", "collate", "make_windows", "window_starts", "sequence_indices", "window_times",
            "BATCH_KEYS"]

@@ -440,6 +440,18 @@ class FaceCropper:
 
         Boxes of frames without a face are NaN.
         """
+        raw, face_mask = self.raw_boxes(frames, landmarks, valid)
+        return self.smooth_boxes(raw, face_mask), face_mask
+
+    def raw_boxes(
+        self,
+        frames: np.ndarray,
+        landmarks: np.ndarray | None = None,
+        valid: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Steps 1, 2 and 4 of the policy, frame by frame: the unsmoothed square boxes ``(T, 3)``
+        (NaN without a face) and face_mask ``(T,)``. A stream of chunks is smoothed afterwards
+        with :meth:`smooth_boxes` (see :class:`StreamingCropper`)."""
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[3] != 3:
             raise ValueError(f"frames must be (T, H, W, 3) RGB, got {frames.shape}")
@@ -467,7 +479,7 @@ class FaceCropper:
                     raw[t] = (cx, cy, max(best.box[2], best.box[3]) * (1.0 + 2.0 * margin))
         face_mask = np.isfinite(raw).all(axis=1) & (raw[:, 2] > 0)
         raw[~face_mask] = np.nan
-        return self._smooth(raw, face_mask), face_mask
+        return raw, face_mask
 
     def _choose(self, dets: list[Detection]) -> Detection | None:
         dets = [d for d in dets if d.score >= self.min_score and d.box[2] > 0 and d.box[3] > 0]
@@ -477,7 +489,13 @@ class FaceCropper:
             return max(dets, key=lambda d: d.area)
         return max(dets, key=lambda d: d.score)
 
-    def _smooth(self, raw: np.ndarray, face_mask: np.ndarray) -> np.ndarray:
+    @property
+    def smoothing_reach(self) -> int:
+        """Frames on each side that a frame's smoothed box depends on."""
+        return self.smoothing // 2 if self.smoothing > 1 else 0
+
+    def smooth_boxes(self, raw: np.ndarray, face_mask: np.ndarray) -> np.ndarray:
+        """Step 3: the centred moving average of :meth:`raw_boxes` over ``smoothing`` frames."""
         if self.smoothing <= 1:
             return raw
         half = self.smoothing // 2
@@ -523,3 +541,60 @@ def crop_square(frame: np.ndarray, box: np.ndarray, size: int, pad_value: int = 
     )
     interp = cv2.INTER_AREA if n > size else cv2.INTER_LINEAR
     return cv2.resize(square, (size, size), interpolation=interp)
+
+
+class StreamingCropper:
+    """Face crops of a long stream of frames that arrives in chunks, with boxes smoothed exactly as
+    if the whole stream were one clip.
+
+    :meth:`push` detects the faces of a chunk and returns the crops of the frames whose smoothed
+    box is final (``smoothing_reach`` frames after them have been seen); :meth:`finish` returns
+    the rest. Only those few pending frames are kept, so memory does not grow with the stream.
+    Every frame is detected once.
+    """
+
+    def __init__(self, cropper: FaceCropper) -> None:
+        self.cropper = cropper
+        self.reach = cropper.smoothing_reach
+        self._hist_raw = np.zeros((0, 3))
+        self._hist_mask = np.zeros(0, dtype=bool)
+        self._idx = np.zeros(0, dtype=np.int64)
+        self._frames: np.ndarray | None = None
+        self._raw = np.zeros((0, 3))
+        self._mask = np.zeros(0, dtype=bool)
+
+    def push(
+        self,
+        indices: np.ndarray,
+        frames: np.ndarray,
+        landmarks: np.ndarray | None = None,
+        valid: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """Add a chunk: frame ``indices`` (T,), ``frames`` (T, H, W, 3) RGB uint8, optional
+        landmarks (T, K, 2) and decoded-frame mask (T,). Returns ``(indices, crops, boxes,
+        face_mask)`` of the frames now final, or None."""
+        raw, mask = self.cropper.raw_boxes(frames, landmarks, valid)
+        self._idx = np.concatenate([self._idx, np.asarray(indices, dtype=np.int64)])
+        self._frames = frames if self._frames is None or not len(self._frames) else np.concatenate([self._frames, frames])
+        self._raw = np.concatenate([self._raw, raw])
+        self._mask = np.concatenate([self._mask, mask])
+        return self._emit(len(self._idx) - self.reach)
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """The crops of every frame still pending (the stream has ended)."""
+        return self._emit(len(self._idx))
+
+    def _emit(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        if k <= 0 or self._frames is None:
+            return None
+        h = len(self._hist_raw)
+        raw = np.concatenate([self._hist_raw, self._raw])
+        mask = np.concatenate([self._hist_mask, self._mask])
+        boxes = self.cropper.smooth_boxes(raw, mask)[h : h + k]
+        crops = self.cropper.crop(self._frames[:k], boxes, self._mask[:k])
+        out = (self._idx[:k], crops, boxes, self._mask[:k])
+        lo = max(0, h + k - self.reach)
+        self._hist_raw, self._hist_mask = raw[lo : h + k], mask[lo : h + k]
+        self._idx, self._frames = self._idx[k:], self._frames[k:]
+        self._raw, self._mask = self._raw[k:], self._mask[k:]
+        return out

@@ -9,6 +9,9 @@ samples the audio features at each frame's centre (see ``avfusion.timing.frame_c
 """
 from __future__ import annotations
 
+import copy
+from typing import Callable, Optional
+
 import torch
 from torch import nn
 
@@ -36,3 +39,43 @@ class AudioEncoder(nn.Module):
         self, wave: torch.Tensor, frame_times: torch.Tensor, wave_mask: torch.Tensor | None = None
     ) -> torch.Tensor:  # (B, S), (B, T), (B, S) -> (B, T, C)
         raise NotImplementedError
+
+
+def has_float_weights(module: nn.Module) -> bool:
+    """True when the module has floating-point parameters or buffers (a cast changes its maths);
+    weight-free encoders (HOG, log-mel) compute in float32 whatever precision is asked."""
+    return any(t.is_floating_point() for t in list(module.parameters()) + list(module.buffers()))
+
+
+def inference_copy(
+    module: nn.Module,
+    dtype: Optional[torch.dtype] = None,
+    channels_last: bool = False,
+    compile: bool = False,
+    device: Optional[torch.device | str] = None,
+) -> tuple[nn.Module, Callable[..., object]]:
+    """A frozen eval() copy of ``module`` for inference, and the callable that runs it.
+
+    The copy is moved to ``device``, cast to ``dtype`` (bfloat16: oneDNN runs it on AVX512-BF16 /
+    AMX CPUs, tensor cores on CUDA; None keeps float32; weight-free modules are not cast) and to
+    channels_last (the layout oneDNN and cuDNN convolutions prefer). With ``compile`` the callable
+    is ``torch.compile`` of the copy, on the CPU with inductor freezing (weights become constants,
+    prepacked for oneDNN); inputs should then keep one shape. The original is left untouched.
+    """
+    fast = copy.deepcopy(module).eval()
+    for p in fast.parameters():
+        p.requires_grad_(False)
+    if device is not None:
+        fast = fast.to(device)
+    if dtype is not None and has_float_weights(fast):
+        fast = fast.to(dtype)
+    if channels_last:
+        fast = fast.to(memory_format=torch.channels_last)
+    run: Callable[..., object] = fast
+    if compile:
+        ref = next(iter(list(fast.parameters()) + list(fast.buffers())), None)
+        on_cpu = ref is None or ref.device.type == "cpu"
+        # A per-compile option rather than a write to torch._inductor.config, so other compiled
+        # models in the process are unaffected.
+        run = torch.compile(fast, options={"freezing": True} if on_cpu else None, dynamic=False)
+    return fast, run

@@ -19,7 +19,6 @@ name to BatchNorm2d for the whole process; the weights carry running statistics 
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Union
 
@@ -29,7 +28,7 @@ from torch import nn
 
 from ..config import VideoEncoderConfig
 from ..weights import load_strict, read_weights
-from .base import VideoEncoder
+from .base import VideoEncoder, inference_copy
 
 N_LANDMARKS = 68  # iBUG-68 heatmaps; kept at every width
 
@@ -358,21 +357,7 @@ def optimize_for_inference(
     torch.inference_mode and returns the model's output dict in float32. The original model is
     left untouched.
     """
-    fast = copy.deepcopy(model).eval()
-    for p in fast.parameters():
-        p.requires_grad_(False)
-    if device is not None:
-        fast = fast.to(device)
-    if dtype is not None:
-        fast = fast.to(dtype)
-    if channels_last:
-        fast = fast.to(memory_format=torch.channels_last)
-    run: Callable[[torch.Tensor], dict] = fast
-    if compile:
-        # A per-compile option rather than a write to torch._inductor.config, so other compiled
-        # models in the process are unaffected.
-        options = {"freezing": True} if next(fast.parameters()).device.type == "cpu" else None
-        run = torch.compile(fast, options=options)
+    fast, run = inference_copy(model, dtype, channels_last, compile, device)
     return FastEmoNet(fast, run, channels_last)
 
 

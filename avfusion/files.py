@@ -1,0 +1,50 @@
+"""Files written whole or not at all.
+
+:func:`atomic_path` hands out a temporary name in the destination folder (hidden, marked
+``.partial``, same suffix so writers that infer the format from it still work) and renames it over
+the final name only when the block finishes without an error. Ctrl-C, a full disk or a crash leave
+no file under the final name that could be mistaken for a complete one; the temporary file is
+removed on errors (a killed process may leave a ``.partial`` file, never a short final file).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator, Union
+
+PathLike = Union[str, Path]
+
+PARTIAL_MARK = ".partial"
+
+
+def partial_name(path: PathLike) -> Path:
+    """The temporary name :func:`atomic_path` uses for ``path``."""
+    p = Path(path)
+    return p.with_name(f".{p.stem}{PARTIAL_MARK}-{os.getpid()}{p.suffix}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """``with atomic_path(final) as tmp: write(tmp)``: ``final`` appears, complete, on success."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_name(final)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"{final}: the writer produced no file")
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path: PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` whole or not at all."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+__all__ = ["atomic_path", "partial_name", "write_text_atomic", "PARTIAL_MARK"]
