@@ -17,8 +17,11 @@ def test_help_and_models(capsys):
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
-    assert main(["predict", str(empty), "--model", "tiny", "--face-backend", "full"]) == 2
-    err = capsys.readouterr().err
+    # One bad video in a batch: reported in one line, the batch ends "0 written, 1 failed", exit 1.
+    assert main(["predict", str(empty), "--model", "tiny", "--face-backend", "full", "--out", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    err = captured.err
+    assert "0 written, 1 failed" in captured.out
     assert "empty.mp4" in err and "empty file" in err and "Traceback" not in err
     assert main(["predict", str(empty), "--model", str(tmp_path / "no_model")]) == 2
     assert "unknown model" in capsys.readouterr().err

@@ -66,12 +66,12 @@ def emonet_va(net: torch.nn.Module, crops: np.ndarray) -> np.ndarray:
 
 
 def crop_windows(frames: np.ndarray, lms: np.ndarray) -> np.ndarray:
-    """Landmark face crops as the dataset cuts them: per window of CLIP_LEN frames."""
+    """Landmark face crops as zero-shot evaluation cuts them: boxes smoothed over the whole clip
+    (the inference engine streams a video in chunks but smooths across their borders)."""
     from avfusion.data.faces import FaceCropper
 
     cropper = FaceCropper("landmarks", margin=0.25, output_size=256, smoothing=5)
-    return np.concatenate([cropper(frames[s:s + CLIP_LEN], lms[s:s + CLIP_LEN])[0]
-                           for s in range(0, len(frames), CLIP_LEN)])
+    return cropper(frames, lms)[0]
 
 
 @pytest.fixture(scope="module")

@@ -52,6 +52,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: runs/eval/<model>-<part>)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even where a GPU exists")
+    p.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16"),
+                   help="frame-by-frame models (EmoNet zero-shot): the per-frame network's precision "
+                        "(auto: bf16 where the hardware has it; default fp32, the reference numbers)")
+    p.add_argument("--compile", action="store_true", help="frame-by-frame models: torch.compile the network")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="experiment-config overrides")
     p.set_defaults(func=run)
     return accepts_overrides(p)
@@ -81,7 +85,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results, records, part, out = evaluate_model(
         model, data, part, args.out, default_name=str(args.model), smooth_window=args.smooth,
         threshold=args.threshold, face_only=args.face_only, plots=not args.no_plots,
-        cpu=args.cpu or cfg.train.cpu, extra={"model": str(args.model), "checkpoint": args.checkpoint})
+        cpu=args.cpu or cfg.train.cpu, extra={"model": str(args.model), "checkpoint": args.checkpoint},
+        precision=args.precision, compile=args.compile)
     from accelerate import PartialState
 
     if PartialState().is_main_process:

@@ -172,6 +172,22 @@ def _croppers(cfg: DataConfig) -> Any:
     return FaceCropper(cfg.face_backend, **kw)
 
 
+def record_cropper(cfg: DataConfig, face_mode: str, crop_size: int = 256) -> Any:
+    """The :class:`~avfusion.data.faces.FaceCropper` the data config gives records of ``face_mode``
+    (what :class:`~avfusion.data.clips.ClipDataset` would use for them)."""
+    from .clips import default_cropper
+
+    croppers = _croppers(cfg)
+    if croppers is None:
+        return default_cropper(face_mode, crop_size)
+    if isinstance(croppers, dict):
+        if face_mode not in croppers:
+            raise ValueError(f"no face cropper for face_mode {face_mode!r} with data.face_backend={cfg.face_backend!r}")
+        c = croppers[face_mode]
+        return c.get() if isinstance(c, _LazyYuNet) else c
+    return croppers
+
+
 class _LazyYuNet:
     """A yunet FaceCropper built on first use, so datasets without ``detect`` records never need
     the model file (and workers build their own detector instead of inheriting one)."""
@@ -182,12 +198,15 @@ class _LazyYuNet:
     def __getstate__(self) -> dict:
         return {"model_path": self.model_path, "kwargs": self.kwargs, "_cropper": None}
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def get(self) -> Any:
         if self._cropper is None:
             from .faces import FaceCropper, create_detector
 
             self._cropper = FaceCropper(create_detector("yunet", model_path=self.model_path), **self.kwargs)
-        return self._cropper(*args, **kwargs)
+        return self._cropper
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.get()(*args, **kwargs)
 
 
 def build_datasets(d: DataConfig, model: Optional[Any] = None) -> Datasets:

@@ -137,6 +137,25 @@ def window_times(
     return times, first, end
 
 
+def open_reader(rec: VideoRecord) -> Any:
+    """The frame reader of a record (a video file or a folder of frames), checked against its length."""
+    from .video import FrameFolder, VideoFile
+
+    if rec.is_frame_folder:
+        return FrameFolder(rec.source, fps=rec.fps, timestamps=rec.timestamps)
+    reader = VideoFile(rec.source)
+    if len(reader) != rec.n_frames:
+        raise ValueError(
+            f"{rec.source}: decodes to {len(reader)} frames but record {rec.video_id!r} "
+            f"has {rec.n_frames}; the labels would not line up (was the file replaced?)")
+    return reader
+
+
+def default_cropper(face_mode: str, size: int) -> Any:
+    """The cropper :class:`ClipDataset` uses for a record's face mode when none is given."""
+    return _default_croppers(size)[face_mode]
+
+
 def _default_croppers(size: int) -> dict[str, Any]:
     from .faces import FaceCropper
 
@@ -234,20 +253,10 @@ class ClipDataset(Dataset):
             self._readers, self._audio, self._pid = OrderedDict(), OrderedDict(), os.getpid()
 
     def _reader(self, r: int) -> Any:
-        from .video import FrameFolder, VideoFile
-
         if r in self._readers:
             self._readers.move_to_end(r)
             return self._readers[r]
-        rec = self.records[r]
-        if rec.is_frame_folder:
-            reader: Any = FrameFolder(rec.source, fps=rec.fps, timestamps=rec.timestamps)
-        else:
-            reader = VideoFile(rec.source)
-            if len(reader) != rec.n_frames:
-                raise ValueError(
-                    f"{rec.source}: decodes to {len(reader)} frames but record {rec.video_id!r} "
-                    f"has {rec.n_frames}; the labels would not line up (was the file replaced?)")
+        reader = open_reader(self.records[r])
         self._readers[r] = reader
         while len(self._readers) > self.max_open:
             _, old = self._readers.popitem(last=False)
@@ -362,5 +371,5 @@ def collate(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {k: batch[k] for k in BATCH_KEYS}
 
 
-__all__ = ["Window", "ClipDataset", "collate", "make_windows", "window_starts", "sequence_indices", "window_times",
+__all__ = ["Window", "ClipDataset", "collate", "make_windows", "window_starts", "sequence_indices", "window_times", "open_reader",
            "BATCH_KEYS"]

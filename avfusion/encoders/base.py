@@ -24,6 +24,8 @@ class VideoEncoder(nn.Module):
     num_features: int
     # input_size (3, H, W), mean, std (per channel, applied after scaling to [0, 1]), interpolation.
     pretrained_cfg: dict
+    # Whether bfloat16 inference keeps the features meaningful (False: computed in float32 always).
+    supports_bf16: bool = True
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, H, W) -> (N, C)
         raise NotImplementedError

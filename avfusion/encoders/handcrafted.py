@@ -29,6 +29,9 @@ class HOGEncoder(VideoEncoder):
     C = (S/cell - 1)^2 * 4 * bins (1764 at 64 px, 8 px cells, 9 bins).
     """
 
+    # Gradient orientations and block norms need float32; there are no weights to speed up.
+    supports_bf16 = False
+
     def __init__(self, image_size: int = 64, cell: int = 8, bins: int = 9):
         super().__init__()
         if image_size % cell:

@@ -10,6 +10,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -39,6 +40,8 @@ def evaluate_model(
     plots: bool = True,
     cpu: bool = False,
     extra: Optional[Mapping[str, Any]] = None,
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> tuple[dict[str, Any], list, str, Optional[Path]]:
     """Score ``model`` on ``part`` ("train", "val", "test", "all"; None: test, else val) of the
     split a :class:`~avfusion.data.build.DataConfig` describes. Runs under ``accelerate launch``
@@ -47,6 +50,10 @@ def evaluate_model(
     Returns ``(results, records, part, out_dir)``; with ``out_dir`` (or ``default_name``: the
     model string, giving :func:`default_eval_dir`) the main process writes metrics.json,
     per_clip.csv, predictions.csv and plots there.
+
+    A frame-by-frame model (no fusion module, e.g. EmoNet zero-shot) read from video runs through
+    the inference engine (:func:`predict_records`: every frame once, bounded memory, ``precision``
+    and ``compile`` as in ``avfusion predict``); other models through windows of ``clip_len``.
     """
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
@@ -62,6 +69,17 @@ def evaluate_model(
         out_dir = default_eval_dir(default_name, part)
     out_dir = Path(out_dir) if out_dir is not None else None
     accelerator = Accelerator(cpu=cpu)
+    info = {"data": dataclasses.asdict(data), "part": part, "videos": [r.video_id for r in records],
+            **dict(extra or {})}
+    if getattr(model, "fusion", None) is None and not data.features and data.target_fps is None:
+        from .report import compute_metrics, write_results
+
+        videos = predict_records(model, data, records, accelerator, precision, compile)
+        results, per_clip = compute_metrics(videos, smooth_window, threshold, face_only)
+        info["engine"] = {"precision": precision, "compile": compile}
+        if out_dir is not None and accelerator.is_main_process:
+            write_results(videos, results, per_clip, out_dir, plots=plots, extra=info)
+        return results, records, part, out_dir
     if data.features:
         from ..caching import check_model_matches_cache
         from ..data.features import FeatureDataset, collate_features
@@ -77,8 +95,6 @@ def evaluate_model(
     model.to(accelerator.device)
     if accelerator.num_processes > 1:
         loader = accelerator.prepare(loader)
-    info = {"data": dataclasses.asdict(data), "part": part, "videos": [r.video_id for r in records],
-            **dict(extra or {})}
     with torch.no_grad():
         results, _, _ = evaluate(
             model, loader, n_frames={r.video_id: r.n_frames for r in records}, out_dir=out_dir,
@@ -87,4 +103,57 @@ def evaluate_model(
     return results, records, part, out_dir
 
 
-__all__ = ["evaluate_model", "default_eval_dir"]
+def predict_records(model: nn.Module, data: Any, records: list, accelerator: Any = None, precision: str = "fp32",
+                    compile: bool = False, progress: bool = True) -> dict[str, Any]:
+    """A frame-by-frame model's predictions for every record through the inference engine.
+
+    Each record's frames are read in chunks (its video file or frame folder), its faces cropped as
+    the data config says for its face mode (dataset landmarks, detection, ...), every frame run
+    once. Frames without a face get 0 (what the window path gives them), scored unless
+    ``face_only``. Under several processes each takes every n-th record and all are gathered.
+    """
+    from ..data.build import record_cropper
+    from ..data.clips import open_reader
+    from ..data.transforms import build_transform
+    from ..inference.engine import predict_frame_by_frame
+    from ..inference.runner import FrameRunner
+    from .collect import VideoPrediction
+
+    device = accelerator.device if accelerator is not None else None
+    runner = FrameRunner(model, precision, compile, device, flip=None, batch_size=data.eval_batch_size or 16)
+    transform = build_transform(model.pretrained_cfg, train=False)
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    mine = records[rank::world]
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(r.n_frames for r in mine), desc="evaluating", unit="frame", disable=None)
+    videos = {}
+    try:
+        for rec in mine:
+            reader = open_reader(rec)
+            try:
+                out = predict_frame_by_frame(runner, reader, record_cropper(data, rec.face_mode), transform,
+                                             landmarks=rec.landmarks, face_valid=rec.face_mask,
+                                             progress=bar.update if bar is not None else None)
+            finally:
+                reader.close()
+            target = np.where(rec.label_mask[:, None], rec.labels, np.nan)
+            videos[rec.video_id] = VideoPrediction(
+                rec.video_id, np.nan_to_num(out.va.astype(np.float64)), target, rec.label_mask.copy(),
+                out.face_mask, out.timestamps, np.ones(rec.n_frames, dtype=np.int64))
+    finally:
+        if bar is not None:
+            bar.close()
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        merged: dict[str, Any] = {}
+        for part in gather_object([videos]):
+            merged.update(part)
+        videos = merged
+    return dict(sorted(videos.items()))
+
+
+__all__ = ["evaluate_model", "default_eval_dir", "predict_records"]

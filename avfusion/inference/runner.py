@@ -94,7 +94,7 @@ class FrameRunner:
             "cuda" if torch.cuda.is_available() else "cpu")
         self.frame_by_frame = getattr(model, "fusion", None) is None
         self.precision = resolve_precision(precision, self.device)
-        if not has_float_weights(encoder):
+        if not has_float_weights(encoder) or not getattr(encoder, "supports_bf16", True):
             self.precision = "fp32"  # weight-free features (HOG) are computed in float32
         if flip and not hasattr(encoder, "flip_average"):
             raise ValueError(f"flip averaging is available for EmoNet encoders only, not {type(encoder).__name__}")
