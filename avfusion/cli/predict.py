@@ -4,7 +4,9 @@ a table, a plot and optionally an overlay video per input, and one combined tabl
     avfusion predict talk.mp4 --model runs/exp/best --out predictions/
     avfusion predict videos/ --model emonet_8 --checkpoint pretrained/emonet_8.pth --stride 4
     avfusion predict "data/**/*.mp4" --model emonet_8 --checkpoint emonet_8.pth --format parquet
-    accelerate launch --num_processes 2 -m avfusion.cli.predict videos/ --model ... --out out/
+    accelerate launch --multi_gpu --num_processes 2 -m avfusion.cli.predict videos/ --model ... --out out/
+
+(--multi_gpu starts the processes; on a machine without a GPU they share the CPU.)
 
 Every option is checked before any video is decoded. A bad video is reported in one line and the
 others go on; the run ends with "N written, M failed" (exit code 1 when any failed). Every file is

@@ -179,12 +179,15 @@ def combine_tables(jobs: Sequence[Job], out: Path, fmt: str) -> Optional[Path]:
 
 
 def distributed_state() -> Any:
-    """Accelerate's process state under ``accelerate launch`` with several processes, else None."""
+    """Accelerate's process state under ``accelerate launch`` (or torchrun) with several processes,
+    else None. Without a GPU the processes share the CPU (gloo): ``accelerate launch --multi_gpu
+    --num_processes N`` starts them on a CPU-only machine too."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
+    import torch
     from accelerate import PartialState
 
-    return PartialState()
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 __all__ = ["Job", "BatchResult", "expand_inputs", "run_batch", "combine_tables", "distributed_state",
