@@ -298,7 +298,108 @@ def bench_data(args: argparse.Namespace) -> dict:
 
 # --- command line ----------------------------------------------------------------------------------
 
-SECTIONS: dict[str, Callable[[argparse.Namespace], dict]] = {"emonet": bench_emonet, "data": bench_data}
+# --- predict (end to end) ---------------------------------------------------------------------------
+
+_CHILD = (
+    "import json, resource, sys, time\n"
+    "from avfusion.cli.predict import main\n"
+    "t = time.perf_counter(); rc = main(sys.argv[1:]); dt = time.perf_counter() - t\n"
+    "print('BENCH ' + json.dumps({'rc': rc, 'seconds': dt,"
+    " 'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+)
+
+
+def _run_child(argv: list[str], threads: int) -> dict:
+    """``avfusion predict argv`` in a fresh process: its seconds (inside main) and peak resident memory."""
+    import subprocess
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    proc = subprocess.run([sys.executable, "-c", _CHILD, *argv], capture_output=True, text=True, env=env)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"predict failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
+    return json.loads(line[len("BENCH "):])
+
+
+def _bare_emonet(weights: Path, batch: int, iters: int) -> dict:
+    """The bare network on 256x256 crops, float32 eager and the bf16 fast path, at ``batch``."""
+    from .encoders.emonet import EmoNet, load_emonet_checkpoint, optimize_for_inference
+
+    model = load_emonet_checkpoint(EmoNet(n_expression=8), weights).eval()
+    x = astronaut_face().repeat(batch, 1, 1, 1)
+
+    def plain() -> object:
+        with torch.inference_mode():
+            return model(x)
+
+    fast = optimize_for_inference(model, torch.bfloat16, channels_last=True)
+    out = {}
+    for name, fn in (("fp32_eager", plain), ("bf16_fast_path", lambda: fast(x))):
+        seconds, _ = time_call(fn, 1, iters, lambda: None)
+        out[name] = batch / seconds
+    return out
+
+
+def bench_predict(args: argparse.Namespace) -> dict:
+    """`avfusion predict` end to end on a generated 720p talking-face video vs the bare network."""
+    import tempfile
+
+    from .data.faces import resolve_yunet_model
+    from .encoders.emonet import EmoNet
+    from .synthetic.talking import write_talking_video
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="avfusion-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    video = work / f"talk_{args.seconds:g}s_720p.mp4"
+    if not video.is_file():
+        print(f"[predict] writing {video} ...", file=sys.stderr, flush=True)
+        write_talking_video(video, seconds=args.seconds, width=1280, height=720, fps=25)
+    n_frames = int(round(args.seconds * 25))
+    weights = work / "emonet_8_synthetic.pth"
+    if not weights.is_file():
+        net = EmoNet(n_expression=8)
+        torch.save({f"module.{k}": v for k, v in synthetic_emonet_weights(net).items()}, weights)
+    try:
+        face = ["--face-backend", "yunet", "--yunet-model", str(resolve_yunet_model(args.yunet_model))]
+    except FileNotFoundError:
+        face = ["--face-backend", "full"]
+    print("[predict] bare EmoNet ...", file=sys.stderr, flush=True)
+    bare = _bare_emonet(weights, args.batch, args.iters)
+    rows = []
+    for model, stride, compile in args.variants:
+        name = f"{model}, stride {stride}" + (", compiled" if compile else "")
+        print(f"[predict] {name} ...", file=sys.stderr, flush=True)
+        argv = [str(video), "--out", str(work / "out"), "--no-plot", "--quiet", "--batch-size", str(args.batch),
+                *face, "--stride", str(stride)]
+        argv += (["--model", "emonet_8", "--checkpoint", str(weights)] if model == "emonet_8" else ["--model", model])
+        if compile:
+            argv.append("--compile")
+        res = _run_child(argv, args.threads)
+        fps = n_frames / res["seconds"]
+        rows.append({"variant": name, "model": model, "stride": stride, "compile": compile,
+                     "frames_per_s": fps, "realtime_factor": fps / 25.0, "peak_rss_mb": res["peak_rss_mb"],
+                     "vs_bare_fast_path": fps / bare["bf16_fast_path"] if model == "emonet_8" else None,
+                     "vs_fp32_eager": fps / bare["fp32_eager"] if model == "emonet_8" else None})
+    table = markdown_table(rows, [
+        ("variant", "predict", ""), ("frames_per_s", "video frames/s", ".2f"),
+        ("realtime_factor", "x real time (25 fps)", ".2f"), ("vs_bare_fast_path", "/ bare bf16 fast path", ".2f"),
+        ("vs_fp32_eager", "/ bare fp32 eager", ".2f"), ("peak_rss_mb", "peak RSS (MB)", ".0f")])
+    table += (f"\n\nBare EmoNet-8 at batch {args.batch} in the same run: fp32 eager {bare['fp32_eager']:.2f} "
+              f"frames/s, bf16 + channels_last {bare['bf16_fast_path']:.2f} frames/s.")
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "device": cpu_name(), "cpu_flags": cpu_flags(), "torch": torch.__version__, "threads": args.threads,
+        "video": {"seconds": args.seconds, "frames": n_frames, "size": "1280x720", "fps": 25,
+                  "face_backend": face[1], "audio": "AAC 16 kHz"},
+        "weights": "EmoNet-8 full size, synthetic weights (parity recipe)",
+        "timing": "seconds inside `avfusion predict`'s main() in a fresh process (model load, decoding, "
+                  "face detection, network, writing the table); peak RSS of that process",
+        "bare": bare, "rows": rows, "table": table,
+    }
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], dict]] = {"emonet": bench_emonet, "data": bench_data,
+                                                              "predict": bench_predict}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -334,7 +435,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     data.add_argument("--batches", type=int, default=10, help="timed batches after the first")
     data.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader num_workers to try")
     data.add_argument("--quick", action="store_true", help="smoke test: 4 clips, 2 timed batches")
+    pred = sub.add_parser("predict", parents=[common],
+                          help="avfusion predict end to end on a generated 720p video vs the bare EmoNet")
+    pred.add_argument("--seconds", type=float, default=12.0, help="video length (25 fps)")
+    pred.add_argument("--batch", type=int, default=16, help="face crops per network call")
+    pred.add_argument("--iters", type=int, default=3, help="timed batches of the bare network")
+    pred.add_argument("--workdir", default=None, help="keep the video and weights here (default: a temp folder)")
+    pred.add_argument("--yunet-model", default=None, help="YuNet ONNX (default: the usual search; else --face-backend full)")
+    pred.add_argument("--variants", type=_variant, nargs="+",
+                      default=[_variant(v) for v in ("emonet_8:1", "emonet_8:4", "emonet_8:1:compile",
+                                                     "emonet_8:4:compile", "tiny:1")],
+                      help="MODEL:STRIDE[:compile] (default: EmoNet-8 at stride 1 and 4, eager and compiled; tiny)")
     return parser
+
+
+def _variant(text: str) -> tuple[str, int, bool]:
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[1].isdigit() or (len(parts) == 3 and parts[2] != "compile"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected MODEL:STRIDE or MODEL:STRIDE:compile")
+    return parts[0], int(parts[1]), len(parts) == 3
 
 
 def run(args: argparse.Namespace) -> dict:
