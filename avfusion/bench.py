@@ -2,6 +2,8 @@
 
     avfusion bench emonet [--batch 8 --iters 5 --warmup 2 --no-compile]
     avfusion bench data [--clips 16 --batches 10 --root DIR] [--quick]
+    avfusion bench predict [--seconds 12 --variants emonet_8:1 emonet_8:4:compile tiny:1 ...]
+    avfusion bench zeroshot [--clips 4 --frames 48 --size 512 --precisions fp32 auto]
 
 (``python scripts/benchmark.py ...`` is the same command.)
 
@@ -302,19 +304,20 @@ def bench_data(args: argparse.Namespace) -> dict:
 
 _CHILD = (
     "import json, resource, sys, time\n"
-    "from avfusion.cli.predict import main\n"
+    "from avfusion.cli.{command} import main\n"
     "t = time.perf_counter(); rc = main(sys.argv[1:]); dt = time.perf_counter() - t\n"
     "print('BENCH ' + json.dumps({'rc': rc, 'seconds': dt,"
     " 'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
 )
 
 
-def _run_child(argv: list[str], threads: int) -> dict:
-    """``avfusion predict argv`` in a fresh process: its seconds (inside main) and peak resident memory."""
+def _run_child(argv: list[str], threads: int, command: str = "predict") -> dict:
+    """``avfusion COMMAND argv`` in a fresh process: its seconds (inside main) and peak resident memory."""
     import subprocess
 
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    proc = subprocess.run([sys.executable, "-c", _CHILD, *argv], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-c", _CHILD.replace("{command}", command), *argv],
+                          capture_output=True, text=True, env=env)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")), None)
     if proc.returncode != 0 or line is None:
         raise RuntimeError(f"predict failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
@@ -387,6 +390,7 @@ def bench_predict(args: argparse.Namespace) -> dict:
     table += (f"\n\nBare EmoNet-8 at batch {args.batch} in the same run: fp32 eager {bare['fp32_eager']:.2f} "
               f"frames/s, bf16 + channels_last {bare['bf16_fast_path']:.2f} frames/s.")
     return {
+        "section_key": f"predict_{args.seconds:g}s",  # runs on different video lengths are kept apart
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "device": cpu_name(), "cpu_flags": cpu_flags(), "torch": torch.__version__, "threads": args.threads,
         "video": {"seconds": args.seconds, "frames": n_frames, "size": "1280x720", "fps": 25,
@@ -398,8 +402,47 @@ def bench_predict(args: argparse.Namespace) -> dict:
     }
 
 
+def bench_zeroshot(args: argparse.Namespace) -> dict:
+    """``avfusion evaluate`` of EmoNet-8 (full size) zero-shot on a generated AFEW-VA tree: speed and
+    peak memory of the engine path, in a fresh process per precision."""
+    import tempfile
+
+    from .encoders.emonet import EmoNet
+    from .synthetic import SyntheticConfig, generate_dataset
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="avfusion-bench-"))
+    root = work / f"afew_{args.clips}x{args.frames}_{args.size}px"
+    if not (root / "metadata.json").is_file():
+        print(f"[zeroshot] writing {root} ...", file=sys.stderr, flush=True)
+        generate_dataset(root, SyntheticConfig(clips=args.clips, frames=args.frames, size=args.size, pair=False))
+    weights = work / "emonet_8_synthetic.pth"
+    if not weights.is_file():
+        net = EmoNet(n_expression=8)
+        torch.save({f"module.{k}": v for k, v in synthetic_emonet_weights(net).items()}, weights)
+    n_frames = args.clips * args.frames
+    rows = []
+    for precision in args.precisions:
+        print(f"[zeroshot] precision {precision} ...", file=sys.stderr, flush=True)
+        res = _run_child(["--model", "emonet_8", "--checkpoint", str(weights), "--data-kind", "afew_va",
+                          "--root", str(root / "AFEW-VA"), "--out", str(work / f"eval_{precision}"), "--no-plots",
+                          "--precision", precision, "--cpu"], args.threads, command="evaluate")
+        rows.append({"variant": f"evaluate emonet_8 zero-shot, {precision}, flip-averaged (as the config)",
+                     "frames_per_s": n_frames / res["seconds"], "seconds": res["seconds"],
+                     "peak_rss_mb": res["peak_rss_mb"]})
+    table = markdown_table(rows, [("variant", "zero-shot evaluation", ""), ("frames_per_s", "frames/s", ".2f"),
+                                  ("seconds", "seconds", ".0f"), ("peak_rss_mb", "peak RSS (MB)", ".0f")])
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "device": cpu_name(), "cpu_flags": cpu_flags(), "torch": torch.__version__, "threads": args.threads,
+        "dataset": {"layout": "AFEW-VA (frame folders + landmarks JSON)", "clips": args.clips,
+                    "frames_per_clip": args.frames, "size": args.size},
+        "timing": "seconds inside `avfusion evaluate`'s main() in a fresh process; peak RSS of that process",
+        "rows": rows, "table": table,
+    }
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace], dict]] = {"emonet": bench_emonet, "data": bench_data,
-                                                              "predict": bench_predict}
+                                                              "predict": bench_predict, "zeroshot": bench_zeroshot}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -446,6 +489,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                       default=[_variant(v) for v in ("emonet_8:1", "emonet_8:4", "emonet_8:1:compile",
                                                      "emonet_8:4:compile", "tiny:1")],
                       help="MODEL:STRIDE[:compile] (default: EmoNet-8 at stride 1 and 4, eager and compiled; tiny)")
+    zs = sub.add_parser("zeroshot", parents=[common],
+                        help="avfusion evaluate of EmoNet-8 zero-shot on a generated AFEW-VA tree: speed, memory")
+    zs.add_argument("--clips", type=int, default=4)
+    zs.add_argument("--frames", type=int, default=48, help="frames per clip")
+    zs.add_argument("--size", type=int, default=512, help="frame size (px, square)")
+    zs.add_argument("--precisions", nargs="+", default=["fp32", "auto"], choices=("fp32", "bf16", "auto"))
+    zs.add_argument("--workdir", default=None, help="keep the tree and weights here (default: a temp folder)")
     return parser
 
 
@@ -465,7 +515,8 @@ def run(args: argparse.Namespace) -> dict:
     result["loadavg_1min_before_after"] = [load_before, os.getloadavg()[0] if load_before is not None else None]
     if args.note:
         result["note"] = args.note
-    save_section(args.output, args.section, result)
+    key = result.pop("section_key", args.section)
+    save_section(args.output, key, result)
     print(f"## {args.section} ({result['date']}, {result['device']}, torch {result['torch']}, {result['threads']} threads)\n")
     print(result["table"])
     print(f"\nsaved to {args.output}")

@@ -32,8 +32,10 @@ import torch
 from ..data.faces import FaceCropper, StreamingCropper
 from .runner import FrameRunner
 
-# Frames decoded per step; 32 frames of 720p RGB are 88 MB.
-DEFAULT_CHUNK = 32
+# Frames decoded per step (a video file is decoded in one sequential PyAV pass: decord's random
+# access reads ahead, ~800 MB for 300 frames of 720p). The network still gets full batches: crops
+# are gathered from several steps.
+DEFAULT_CHUNK = 8
 
 
 class ArrayFrames:
@@ -142,9 +144,12 @@ def _chunks(reader: Any, indices: np.ndarray, cropper: FaceCropper, transform: C
         x = transform(crops[fm]) if fm.any() else None
         return idx, x, boxes, fm
 
-    for s in range(0, len(indices), chunk):
-        idx = indices[s : s + chunk]
-        frames, decoded = reader.get_batch_masked(idx)
+    if hasattr(reader, "iter_batches"):  # a video file: one sequential pass, one chunk in memory
+        batches = reader.iter_batches(indices, chunk)
+    else:
+        batches = ((indices[s : s + chunk], *reader.get_batch_masked(indices[s : s + chunk]))
+                   for s in range(0, len(indices), chunk))
+    for idx, frames, decoded in batches:
         valid = decoded if face_valid is None else decoded & face_valid[idx]
         lms = landmarks[idx] if landmarks is not None else None
         out = ready(stream.push(idx, frames, lms, valid))
@@ -183,6 +188,24 @@ def run_frames(
         va = np.full((M, 2), np.nan, dtype=np.float32)
     else:
         feature = np.zeros((M, runner.num_features), dtype=np.float32)
+    pending: list[tuple[np.ndarray, torch.Tensor]] = []  # crops waiting for a full batch
+    waiting = 0
+
+    def flush() -> None:
+        nonlocal expression, waiting
+        where = np.concatenate([w for w, _ in pending])
+        out = runner(torch.cat([x for _, x in pending]) if len(pending) > 1 else pending[0][1])
+        pending.clear()
+        waiting = 0
+        if va is not None:
+            va[where] = out["va"]
+        if "expression" in out:
+            if expression is None:
+                expression = np.full((M, out["expression"].shape[1]), np.nan, dtype=np.float32)
+            expression[where] = out["expression"]
+        if feature is not None:
+            feature[where] = out["feature"]
+
     pos = 0  # chunks come back in order: positions are consecutive
     for idx, x, bx, fm in prefetch(_chunks(reader, idx_all, cropper, transform, landmarks, face_valid,
                                            max(1, int(chunk))), depth):
@@ -190,18 +213,14 @@ def run_frames(
         pos += len(idx)
         face[sl], boxes[sl] = fm, bx
         if x is not None:
-            out = runner(x)
-            where = np.flatnonzero(fm) + sl.start
-            if va is not None:
-                va[where] = out["va"]
-            if "expression" in out:
-                if expression is None:
-                    expression = np.full((M, out["expression"].shape[1]), np.nan, dtype=np.float32)
-                expression[where] = out["expression"]
-            if feature is not None:
-                feature[where] = out["feature"]
+            pending.append((np.flatnonzero(fm) + sl.start, x))
+            waiting += len(x)
+            if waiting >= runner.batch_size:
+                flush()
         if progress is not None:
             progress(len(idx))
+    if pending:
+        flush()
     if pos != M:
         raise RuntimeError(f"engine: {pos} of {M} frames came back")  # a bug, not a user error
     return FrameResults(idx_all, face, boxes, va, expression, feature)
