@@ -302,12 +302,17 @@ def bench_data(args: argparse.Namespace) -> dict:
 
 # --- predict (end to end) ---------------------------------------------------------------------------
 
+# The child reports its peak from /proc/self/status (VmHWM: this process image since exec);
+# getrusage's ru_maxrss would include the forked parent's memory (it survives exec on Linux).
 _CHILD = (
     "import json, resource, sys, time\n"
     "from avfusion.cli.{command} import main\n"
     "t = time.perf_counter(); rc = main(sys.argv[1:]); dt = time.perf_counter() - t\n"
-    "print('BENCH ' + json.dumps({'rc': rc, 'seconds': dt,"
-    " 'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+    "try:\n"
+    "    peak = int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) / 1024\n"
+    "except (OSError, IndexError):\n"
+    "    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+    "print('BENCH ' + json.dumps({'rc': rc, 'seconds': dt, 'peak_rss_mb': peak}))\n"
 )
 
 

@@ -103,11 +103,14 @@ class LogMelEncoder(AudioEncoder):
             wave = wave * wave_mask
         if wave.shape[1] < self.win:
             wave = F.pad(wave, (0, self.win - wave.shape[1]))
-        # Frames start at sample j * hop (no centring), like wav2vec2's convolutions.
-        spec = torch.stft(wave, self.n_fft, self.hop, self.win, self.window, center=False,
-                          return_complex=True)
-        power = spec.real ** 2 + spec.imag ** 2  # (B, n_fft/2+1, N)
-        mel = torch.log(self.fbank @ power + 1e-6).transpose(1, 2)  # (B, N, n_mels)
+        # Frame j reads exactly samples [j * hop, j * hop + win) (no centring), like wav2vec2's
+        # convolutions, so the frames counted valid below never touch padding: a clip's features
+        # are the same alone and batched with longer clips. (torch.stft with n_fft > win would
+        # read n_fft samples per frame, the window centred in them.) Zero-padded to n_fft for the FFT.
+        frames = wave.unfold(1, self.win, self.hop) * self.window  # (B, N, win)
+        spec = torch.fft.rfft(frames, n=self.n_fft)  # (B, N, n_fft/2+1)
+        power = spec.real ** 2 + spec.imag ** 2
+        mel = torch.log(power @ self.fbank.T + 1e-6)  # (B, N, n_mels)
         n_valid = None
         if wave_mask is not None:
             n_valid = ((wave_mask.sum(1) - self.win) // self.hop + 1).clamp(min=1)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import AudioEncoderConfig
@@ -168,8 +169,13 @@ class Wav2Vec2Encoder(AudioEncoder):
             attention_mask = (torch.arange(x.shape[1], device=x.device)[None, :] < attend[:, None]).long()
 
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            out = self.model(x, attention_mask=attention_mask, output_hidden_states=True)
-        states = out.hidden_states
+            if attention_mask is None and batch > 1 and bool((lengths != lengths.max()).any()):
+                # Without an attention mask (group-norm models such as wav2vec2-base) padding would
+                # enter the first layer's normalisation statistics and the attention: each row runs
+                # alone at its own length, so its features do not depend on the batch.
+                states = self._rowwise_states(x, lengths)
+            else:
+                states = self.model(x, attention_mask=attention_mask, output_hidden_states=True).hidden_states
         if len(states) != self.model.config.num_hidden_layers + 1:
             raise RuntimeError(f"wav2vec2 returned {len(states)} hidden states, expected {self.model.config.num_hidden_layers + 1}")
         if self.layer_weights is None:
@@ -179,6 +185,14 @@ class Wav2Vec2Encoder(AudioEncoder):
             feats = torch.einsum("l,lbnc->bnc", weights, torch.stack(states))
         n_valid = conv_output_length(lengths, self.model.config.conv_kernel, self.model.config.conv_stride)
         return feats, n_valid.clamp(min=1)
+
+    def _rowwise_states(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Hidden states of each row run alone (its real samples only), zero-padded to the longest."""
+        rows = [self.model(x[b : b + 1, : max(int(n), self.receptive_field)], output_hidden_states=True).hidden_states
+                for b, n in enumerate(lengths.tolist())]
+        longest = max(r[0].shape[1] for r in rows)
+        return tuple(torch.cat([F.pad(r[k], (0, 0, 0, longest - r[k].shape[1])) for r in rows])
+                     for k in range(len(rows[0])))
 
     def forward_features(
         self, wave: torch.Tensor, frame_times: torch.Tensor, wave_mask: torch.Tensor | None = None

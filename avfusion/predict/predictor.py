@@ -269,6 +269,7 @@ class Predictor:
                                     f"{path}: is a folder (predict_video takes one file)")
         reader = VideoFile(path)
         n = len(reader)  # opens the file: a bad file fails here with a message naming it
+        reader.close()  # frame times are kept; the frames come from one sequential PyAV pass
         audio = self._audio(path)
         bar = _progress_bar(n, path.name) if progress else None
         try:
