@@ -374,7 +374,14 @@ def cache_dataset(
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out)
         if manifest_path(out).is_file():
-            manifest = merge_manifest(read_manifest(out), manifest, manifest_path(out))
+            old = read_manifest(out)
+            if any((out / name).is_file() for name in (old.get("videos") or {}).values()):
+                manifest = merge_manifest(old, manifest, manifest_path(out))
+            else:
+                # A run that failed before writing any feature file: nothing to keep consistent
+                # with, so a retry with corrected settings starts the cache afresh.
+                warnings.warn(f"{manifest_path(out)}: no feature file was written under this manifest "
+                              "(an earlier run failed); replacing it", stacklevel=2)
         write_manifest(out, manifest)
         if save_encoder_weights:
             save_encoders(model, out, manifest["encoder_hash"])

@@ -190,6 +190,35 @@ def test_other_encoder_weights_are_refused(clean_cache, dataset_root, tmp_path):
         cache_features.main(["--config", str(cfg0), "--out", str(out), "--dtype", "float32"])
 
 
+def test_failed_run_does_not_block_its_retry(clean_cache, dataset_root, tmp_path, monkeypatch):
+    """A run that fails before writing any feature file (here: a crash on the first write) leaves a
+    manifest; a retry with corrected settings (another storage dtype) replaces it instead of
+    refusing, and gives the same files as a clean run with those settings."""
+    cfg = write_config(tmp_path / "exp.yaml", dataset_root)
+    out = tmp_path / "cache"
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc to name the file being written")
+    real_fsync = F._fsync
+
+    def crash(fd: int) -> None:  # the first feature file fails; the manifest is written
+        name = os.readlink(f"/proc/self/fd/{fd}").split("/")[-1]
+        if "manifest" not in name and F.ENCODERS_NAME not in name:
+            raise OSError("simulated full disk")
+        real_fsync(fd)
+
+    monkeypatch.setattr(F, "_fsync", crash)
+    with pytest.raises(OSError, match="full disk"):
+        cache_features.main(["--config", str(cfg), "--out", str(out), "--dtype", "float32"])
+    assert F.manifest_path(out).is_file() and not video_files(out)
+    monkeypatch.undo()
+    with pytest.warns(UserWarning, match="no feature file was written"):
+        result = cache_features.main(["--config", str(cfg), "--out", str(out)])
+    assert len(result.written) == N_CLIPS
+    assert F.read_manifest(out)["dtype"] == F.read_manifest(clean_cache)["dtype"]
+    assert_same_cache(out, clean_cache)
+
+
 def _first_batch_loss(model, loader) -> tuple[float, dict]:
     from avfusion.train.loop import model_inputs, predictions, targets
     from avfusion.train.experiment import TrainConfig
