@@ -141,6 +141,7 @@ class VideoFile:
         self._times: Optional[np.ndarray] = None  # (N, 2) start/end seconds
         self._fps: Optional[float] = None
         self._warned = False
+        self._shift: Optional[int] = None  # see _pyav_shift
 
     # -- lifecycle ---------------------------------------------------------------------------
     def __getstate__(self) -> dict:
@@ -328,8 +329,8 @@ class VideoFile:
             return
         with container:
             stream = container.streams.video[0]
-            start = stream.start_time or 0
             tb = stream.time_base
+            start = (stream.start_time or 0) + self._pyav_shift(stream)
             if first > 0:
                 try:
                     container.seek(start + int(times[first] / tb), stream=stream, backward=True)
@@ -351,6 +352,31 @@ class VideoFile:
                     if self.width is not None:
                         frame = frame.reformat(width=int(self.width), height=int(self.height))
                     yield i, _as_rgb(frame.to_ndarray(format="rgb24")[None])[0]
+
+    def _pyav_shift(self, stream: Any) -> int:
+        """PyAV's time of frame 0 minus decord's, in stream ticks (0 for almost every file).
+
+        With an mp4 edit list that hides encoder pre-roll, decord labels the first shown picture
+        with the pre-roll's negative time (-0.125 s on a phone video) while PyAV gives it 0; the
+        pictures agree frame by frame. Taken from the first decodable picture, and only when
+        smaller than half a second (a damaged start must not shift every frame)."""
+        if self._shift is None:
+            import av
+
+            self._shift = 0
+            try:
+                with av.open(str(self.path)) as c:
+                    s = c.streams.video[0]
+                    for frame in c.decode(s):
+                        if frame.pts is not None:
+                            t = float((frame.pts - (s.start_time or 0)) * s.time_base)
+                            delta = t - float(self._times[0, 0])
+                            if abs(delta) < 0.5:
+                                self._shift = int(round(delta / float(s.time_base)))
+                            break
+            except Exception:
+                pass
+        return self._shift
 
     def _decode_lenient(self, wanted: set[int]) -> dict[int, np.ndarray]:
         """Frames in ``wanted`` that PyAV can decode, by index; undecodable ones are absent."""
@@ -416,8 +442,9 @@ class VideoFile:
             yield batch()
         if missing and not self._warned:
             self._warned = True
-            warnings.warn(f"{self.path}: {len(missing)} frame(s) could not be decoded and are masked "
-                          f"(first: {missing[0]})", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"{self.path}: {len(missing)} frame(s) could not be decoded (damaged, or outside "
+                          f"the file's edit list) and are masked (first: {missing[0]})", RuntimeWarning,
+                          stacklevel=2)
 
     def _frame_shape(self, decoded: dict[int, np.ndarray]) -> tuple[int, int, int]:
         for frame in decoded.values():
