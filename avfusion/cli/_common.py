@@ -67,6 +67,14 @@ def _subparser(top: argparse.ArgumentParser, name: str) -> argparse.ArgumentPars
 def run_safely(run: Run, args: argparse.Namespace, name: str) -> int:
     """Run a command; a user error becomes ``avfusion NAME: error: ...`` on one line and exit code 2
     (``AVFUSION_DEBUG=1`` shows the traceback instead); Ctrl-C exits with 130."""
+    def one_line_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
+                         line: Any = None) -> None:
+        # A warning is for the user: one line, no source excerpt.
+        text = " ".join(str(message).split())
+        print(f"avfusion {name}: warning: {text}", file=sys.stderr if file is None else file)
+
+    previous = warnings.showwarning
+    warnings.showwarning = one_line_warning
     try:
         result = run(args)
     except KeyboardInterrupt:
@@ -78,6 +86,8 @@ def run_safely(run: Run, args: argparse.Namespace, name: str) -> int:
         message = " ".join(str(e).split()) or type(e).__name__
         print(f"avfusion {name}: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = previous
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 

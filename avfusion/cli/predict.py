@@ -96,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"  failed: {reason}", file=sys.stderr)
     if state is not None:
         state.wait_for_everyone()
+        # An explicit end of the process group: left to interpreter exit, gloo's threads were
+        # seen to abort one process ("terminate called without an active exception").
+        state.destroy_process_group()
     return 1 if result.failed else 0
 
 
