@@ -4,6 +4,7 @@
     avfusion bench data [--clips 16 --batches 10 --root DIR] [--quick]
     avfusion bench predict [--seconds 12 --variants emonet_8:1 emonet_8:4:compile tiny:1 ...]
     avfusion bench zeroshot [--clips 4 --frames 48 --size 512 --precisions fp32 auto]
+    avfusion bench readme   (rewrite the README's performance tables from the results file)
 
 (``python scripts/benchmark.py ...`` is the same command.)
 
@@ -446,6 +447,58 @@ def bench_zeroshot(args: argparse.Namespace) -> dict:
     }
 
 
+# --- README section ---------------------------------------------------------------------------------
+
+README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+# What each section measures, in the README's words (sections absent from the results are left out).
+_CAPTIONS = {
+    "predict_12s": "`avfusion predict` end to end on a generated 12 s 720p 25 fps talking-face video (YuNet "
+                   "faces, EmoNet-8 at full size with synthetic parity weights), against the bare network "
+                   "measured in the same run (`avfusion bench predict`):",
+    "predict_600s": "The same on a 10-minute 720p video (15,000 frames), for peak memory: it must not grow "
+                    "with the video's length (`avfusion bench predict --seconds 600 --variants emonet_8:1 "
+                    "tiny:1`):",
+    "zeroshot": "`avfusion evaluate` of EmoNet-8 zero-shot through the same engine on a generated AFEW-VA "
+                "tree (frame folders + landmarks; `avfusion bench zeroshot`):",
+    "emonet": "The bare EmoNet-8 network (full size, synthetic parity weights), batch 8 at 256x256 "
+              "(`avfusion bench emonet`); deviation = max |out - fp32| / max |fp32| over valence, arousal "
+              "and the 8 logits on the astronaut face:",
+    "data": "Training batches of 8 clips x 32 frames (decord frames + PyAV audio, face crop, training "
+            "transform) from the synthetic mp4s (`avfusion bench data`):",
+}
+
+
+def readme_section(results: dict) -> str:
+    """The README's performance tables from ``results`` (benchmarks/results.json), each with the
+    machine it ran on."""
+    parts = []
+    for key, caption in _CAPTIONS.items():
+        r = results.get(key)
+        if not r:
+            continue
+        flags = ", ".join(r.get("cpu_flags") or []) or "flags not recorded"
+        machine = (f"{r.get('device')} ({flags}), {r.get('threads')} threads, torch {r.get('torch')}, "
+                   f"{str(r.get('date', ''))[:10]}" + (f"; {r['note']}" if r.get("note") else ""))
+        parts.append(f"{caption}\n\n_{machine}_\n\n{r['table']}")
+    return "\n\n".join(parts)
+
+
+def update_readme(readme: Path, results_path: Path) -> Path:
+    """Rewrite the part of ``readme`` between the bench markers from ``results_path``."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{readme}: no {README_START} ... {README_END} markers to write between")
+    results = json.loads(results_path.read_text())
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    new = f"{head}{README_START}\n{readme_section(results)}\n{README_END}{tail}"
+    tmp = readme.with_suffix(".tmp")
+    tmp.write_text(new)
+    tmp.replace(readme)
+    return readme
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace], dict]] = {"emonet": bench_emonet, "data": bench_data,
                                                               "predict": bench_predict, "zeroshot": bench_zeroshot}
 
@@ -494,6 +547,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                       default=[_variant(v) for v in ("emonet_8:1", "emonet_8:4", "emonet_8:1:compile",
                                                      "emonet_8:4:compile", "tiny:1")],
                       help="MODEL:STRIDE[:compile] (default: EmoNet-8 at stride 1 and 4, eager and compiled; tiny)")
+    readme = sub.add_parser("readme", parents=[common],
+                            help="rewrite the README's performance tables (between markers) from the results")
+    readme.add_argument("--readme", type=Path, default=Path("README.md"))
     zs = sub.add_parser("zeroshot", parents=[common],
                         help="avfusion evaluate of EmoNet-8 zero-shot on a generated AFEW-VA tree: speed, memory")
     zs.add_argument("--clips", type=int, default=4)
@@ -513,6 +569,10 @@ def _variant(text: str) -> tuple[str, int, bool]:
 
 def run(args: argparse.Namespace) -> dict:
     """Run the section ``args`` names, save and print its results."""
+    if args.section == "readme":
+        path = update_readme(args.readme, args.output)
+        print(f"rewrote the performance tables of {path} from {args.output}")
+        return {}
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     result = SECTIONS[args.section](args)
