@@ -352,6 +352,15 @@ def test_manifest_video_and_frames_dir(tmp_path: Path) -> None:
     np.testing.assert_allclose(b.frame_times(), np.arange(6) / 12.5)
 
 
+def test_manifest_saved_by_excel_with_a_bom(tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" starts the file (manifest and label files) with a byte-order mark."""
+    write_video(tmp_path / "a.mp4", 4, fps=25)
+    (tmp_path / "a.csv").write_bytes("\ufeffframe,valence,arousal\n0,0.5,-0.5\n".encode("utf-8"))
+    (tmp_path / "m.csv").write_bytes("\ufeffvideo_id,video_path,labels_path\na,a.mp4,a.csv\n".encode("utf-8"))
+    (rec,) = load_manifest(tmp_path / "m.csv")
+    assert rec.video_id == "a" and rec.label_mask.tolist() == [True, False, False, False]
+
+
 def test_manifest_errors(tmp_path: Path) -> None:
     fdir = tmp_path / "fr"
     fdir.mkdir()

@@ -204,3 +204,13 @@ def test_precision_choice():
     x = torch.rand(3, 3, 256, 256)
     ref = FrameRunner(make(FRAME_BY_FRAME), "fp32", device="cpu")(x)["va"]
     assert np.abs(runner(x)["va"] - ref).max() < 0.05  # bf16: close to float32, not equal
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_missing_gpu_is_one_line(talking, tmp_path, capsys):
+    from avfusion.cli import predict
+
+    assert predict.main([str(talking), "--model", "tiny", "--face-backend", "full", "--device", "cuda",
+                         "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA GPU is available" in err and len(err.strip().splitlines()) == 1

@@ -66,7 +66,7 @@ def read_label_csv(path: str | Path, n_frames: int) -> tuple[np.ndarray, np.ndar
     labels = np.full((n_frames, 2), np.nan, dtype=np.float32)
     seen = np.zeros(n_frames, dtype=bool)
     nan_rows = 0
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # Excel writes a BOM
         reader = csv.DictReader(f)
         cols = [c.strip() for c in (reader.fieldnames or [])]
         if not {"frame", "valence", "arousal"} <= set(cols):
@@ -131,7 +131,7 @@ def load_manifest(path: str | Path, face_mode: str = "detect",
         return q if q.is_absolute() else base / q
 
     records = []
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # Excel writes a BOM
         reader = csv.DictReader(f)
         cols = [c.strip() for c in (reader.fieldnames or [])]
         missing = [c for c in REQUIRED if c not in cols]

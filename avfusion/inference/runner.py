@@ -42,6 +42,25 @@ def resolve_precision(precision: str, device: Union[torch.device, str]) -> str:
     return "fp32"
 
 
+def resolve_device(device: Optional[Union[torch.device, str]] = None) -> torch.device:
+    """``device`` checked against the machine (default: CUDA when available, else the CPU); a
+    ValueError in one line when it names hardware this machine lacks."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {device!r} is not a device name (cpu, cuda, cuda:1, ...): {e}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: no CUDA GPU is available on this machine; use cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    elif dev.type not in ("cpu", "mps", "xpu"):
+        raise ValueError(f"device {device!r}: use cpu or cuda")
+    return dev
+
+
 class _FrameNet(nn.Module):
     """A video encoder as one module: crops -> ``va`` (N, 2) [+ ``expression``] or ``feature``."""
 
@@ -90,8 +109,7 @@ class FrameRunner:
             raise ValueError("this model has no video encoder: nothing runs per frame")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.device = torch.device(device) if device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_device(device)
         self.frame_by_frame = getattr(model, "fusion", None) is None
         self.precision = resolve_precision(precision, self.device)
         if not has_float_weights(encoder) or not getattr(encoder, "supports_bf16", True):
@@ -144,4 +162,4 @@ class FrameRunner:
         return res
 
 
-__all__ = ["FrameRunner", "resolve_precision", "PRECISIONS"]
+__all__ = ["FrameRunner", "resolve_precision", "resolve_device", "PRECISIONS"]

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..files import atomic_path
 from ..inference.engine import DEFAULT_CHUNK, ArrayFrames, VideoOutputs, predict_frame_by_frame
-from ..inference.runner import PRECISIONS, FrameRunner
+from ..inference.runner import PRECISIONS, FrameRunner, resolve_device
 from ..timing import SAMPLE_RATE
 from .temporal import predict_temporal
 
@@ -151,6 +151,7 @@ class Predictor:
         from ..factory import load_model
 
         check_options(stride, smooth, batch_size, face_backend, precision, clip_len, chunk)
+        self.device = resolve_device(device)
         if isinstance(model_or_path, nn.Module):
             self.model = model_or_path
             self.name = getattr(getattr(model_or_path, "cfg", None), "name", "") or "model"
@@ -164,8 +165,6 @@ class Predictor:
         if stride > 1 and self.temporal:
             raise ValueError(f"stride {stride}: only frame-by-frame models (no fusion module) can skip "
                              "frames; a temporal model needs every frame (use stride 1)")
-        self.device = torch.device(device) if device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
         limit = self.model.fusion.cfg.max_len if self.temporal else None
         self.clip_len = int(clip_len or trained or DEFAULT_CLIP_LEN)
