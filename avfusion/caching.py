@@ -35,6 +35,7 @@ from .data.features import (
     ENCODERS_NAME,
     VideoFeatures,
     atomic_write_bytes,
+    feature_file_problem,
     manifest_path,
     read_manifest,
     remove_stale_temporaries,
@@ -393,7 +394,15 @@ def cache_dataset(
 
     order = sorted(range(len(records)), key=lambda r: ids[r])
     shard = order[process_index::num_processes]
-    todo = [r for r in shard if not (out / video_filename(ids[r])).is_file()]
+    todo = []
+    for r in shard:
+        path = out / video_filename(ids[r])
+        if path.is_file():
+            problem = feature_file_problem(path)
+            if problem is None:
+                continue
+            warnings.warn(f"{problem}; computing it again", stacklevel=2)
+        todo.append(r)
     todo_set = set(todo)
     skipped = [ids[r] for r in shard if r not in todo_set]
     per_video = _video_batches(dataset, todo_set, batch_size)

@@ -219,6 +219,25 @@ def test_failed_run_does_not_block_its_retry(clean_cache, dataset_root, tmp_path
     assert_same_cache(out, clean_cache)
 
 
+def test_damaged_cache_file_is_rewritten_on_rerun(clean_cache, dataset_root, tmp_path):
+    """A feature file cut in half (a copy interrupted, a full disk outside avfusion) is not counted
+    as cached: the rerun names it, computes it again, and the cache equals a clean one."""
+    import shutil
+
+    out = tmp_path / "cache"
+    shutil.copytree(clean_cache, out)
+    victim = video_files(out)[1]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])
+    assert F.feature_file_problem(victim) is not None
+    assert all(F.feature_file_problem(p) is None for p in video_files(clean_cache))
+    cfg = write_config(tmp_path / "exp.yaml", dataset_root)
+    with pytest.warns(UserWarning, match=victim.name):
+        result = cache_features.main(["--config", str(cfg), "--out", str(out)])
+    assert len(result.written) == 1 and len(result.skipped) == N_CLIPS - 1
+    assert_same_cache(out, clean_cache)
+
+
 def _first_batch_loss(model, loader) -> tuple[float, dict]:
     from avfusion.train.loop import model_inputs, predictions, targets
     from avfusion.train.experiment import TrainConfig

@@ -193,6 +193,33 @@ def save_video_features(path: PathLike, feats: VideoFeatures) -> None:
     atomic_write_bytes(path, encode_video_features(feats))
 
 
+def feature_file_problem(path: PathLike) -> Optional[str]:
+    """Why the feature file at ``path`` is not whole (None when it is): its safetensors header
+    must parse and its size must be exactly header + the tensors the header lists. Cheap: reads
+    the header only, so a cache rerun can check every file it would skip."""
+    import json as _json
+    import struct
+
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"{p}: {size} bytes, shorter than a safetensors header"
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                return f"{p}: header of {n} bytes in a {size}-byte file (cut short)"
+            header = _json.loads(f.read(n))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        return f"{p}: unreadable safetensors header ({e})"
+    ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    expected = 8 + n + (max(ends) if ends else 0)
+    if size != expected:
+        return f"{p}: {size} bytes, its header describes {expected} (cut short or appended to)"
+    return None
+
+
 def load_video_features(path: PathLike, arrays_only: bool = False) -> VideoFeatures:
     """Read one video file; ``arrays_only`` skips the (large) ``video``/``audio`` features."""
     from safetensors import safe_open
