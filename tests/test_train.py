@@ -311,3 +311,25 @@ def test_every_experiment_config_loads_and_names_a_model() -> None:
         assert cfg.data.split_file or cfg.data.folds or cfg.data.val_fraction or cfg.data.kind == "affwild2", f
         if cfg.data.kind == "afew_va":
             assert model_cfg.mode == "video", f"{f}: AFEW-VA has no audio"
+
+
+@pytest.mark.slow
+def test_tampered_checkpoint_is_refused_on_resume(cache: Path, tmp_path: Path, capsys) -> None:
+    """A checkpoint records the sha256 of its files: a replaced random-state file (Accelerate would
+    skip an unreadable one with an info log) makes --resume refuse in one line; --resume-unverified
+    warns and continues."""
+    out = tmp_path / "run"
+    killed = train_script.main(tiny_args(cache, out, "train.epochs=2", "train.stop_after_steps=1"))
+    ckpt = Path(killed["checkpoint"])
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    rng = [name for name in state["files"] if name.startswith("random_states")]
+    assert rng and "model.safetensors" in state["files"]
+    (ckpt / rng[0]).write_bytes(b"not the saved random state")
+    from avfusion.cli.train import main as train_main
+
+    assert train_main(tiny_args(cache, out, "train.epochs=2", "--resume", "latest")) == 2
+    err = capsys.readouterr().err
+    assert rng[0] in err and "changed since the checkpoint was saved" in err and "Traceback" not in err
+    (ckpt / rng[0]).unlink()
+    resumed = train_script.main(tiny_args(cache, out, "train.epochs=2", "--resume", "latest", "--resume-unverified"))
+    assert "missing" in capsys.readouterr().out and resumed["epochs_done"] == 2

@@ -30,6 +30,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="experiment: a shipped name (`avfusion models --experiments`) or a YAML file")
     p.add_argument("--resume", default=None, metavar="PATH|latest",
                    help="continue from a checkpoint folder, or the newest one of output_dir")
+    p.add_argument("--resume-unverified", action="store_true",
+                   help="resume even when checkpoint files are missing or changed (warns; not exact)")
     p.add_argument("--folds", type=int, default=0, metavar="K",
                    help="K-fold cross-validation: train and test every fold, report mean ± std")
     p.add_argument("--no-tensorboard", action="store_true", help="only the CSV log")
@@ -43,7 +45,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from ..train.loop import train
 
     cfg = load_experiment(args.config, args.overrides)
-    return train(cfg, resume=args.resume, folds=args.folds, log=not args.no_tensorboard)
+    return train(cfg, resume=args.resume, folds=args.folds, log=not args.no_tensorboard,
+                 verify_resume=not args.resume_unverified)
 
 
 # parse_args(argv) -> Namespace and main(argv=None) -> exit code, as every command has them.

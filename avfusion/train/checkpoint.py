@@ -3,12 +3,15 @@ the exported best model.
 
 ``checkpoints/step_N`` holds what ``accelerator.save_state`` writes (model, optimizer, scheduler,
 every process's RNG states) and ``trainer_state.json`` (:class:`TrainState`), written last: a folder
-without it is an interrupted save and is ignored.
+without it is an interrupted save and is ignored. The trainer state records the sha256 of every
+other file of the folder; a resume checks them (:func:`verify_checkpoint`), because Accelerate
+skips an unreadable RNG file with an info-level log and the run would go on with other randomness.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 import shutil
@@ -40,6 +43,7 @@ class TrainState:
     loss_count: float = 0.0
     history: list = field(default_factory=list)  # one dict per finished epoch (the CSV rows)
     config: dict = field(default_factory=dict)
+    files: dict = field(default_factory=dict)  # sha256 of every other file of the checkpoint folder
 
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
@@ -88,6 +92,41 @@ def resolve_resume(resume: str, output_dir: str | Path) -> Path:
     return path
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checkpoint_hashes(path: Path) -> dict[str, str]:
+    """sha256 of every file of a checkpoint folder (relative names), the trainer state aside."""
+    return {p.relative_to(path).as_posix(): _sha256(p) for p in sorted(path.rglob("*"))
+            if p.is_file() and p.name != STATE_FILE and not p.name.endswith(".tmp")}
+
+
+def verify_checkpoint(path: Path, state: TrainState, strict: bool = True) -> list[str]:
+    """The problems that would make a resume from ``path`` inexact: files the trainer state lists
+    that are missing or changed. ``strict``: raise a ValueError naming them (the default);
+    otherwise return them (the caller warns). A checkpoint without hashes (an older avfusion) gives
+    one problem saying it cannot be verified."""
+    if not state.files:
+        problems = [f"{path}: written without file hashes (an older avfusion); the resume cannot be verified"]
+    else:
+        problems = []
+        for name, digest in state.files.items():
+            f = path / name
+            if not f.is_file():
+                problems.append(f"{f}: missing")
+            elif _sha256(f) != digest:
+                problems.append(f"{f}: changed since the checkpoint was saved")
+    if problems and strict and state.files:
+        raise ValueError(f"--resume {path}: {'; '.join(problems)}. Resuming would not reproduce the run "
+                         "(model, optimizer or random state differ); pass --resume-unverified to continue anyway")
+    return problems
+
+
 def save_checkpoint(accelerator: Any, state: TrainState, output_dir: Path, keep: int) -> Path:
     """``accelerator.save_state`` into ``checkpoints/step_N`` plus the trainer state (written last,
     so a folder without it is an interrupted save and is ignored); prunes old checkpoints."""
@@ -95,8 +134,10 @@ def save_checkpoint(accelerator: Any, state: TrainState, output_dir: Path, keep:
     accelerator.save_state(str(path))
     sums = torch.tensor([state.loss_sum, state.loss_count], dtype=torch.float64, device=accelerator.device)
     sums = accelerator.reduce(sums, reduction="sum").cpu()
+    accelerator.wait_for_everyone()  # every process's RNG file is written before hashing
     if accelerator.is_main_process:
-        saved = dataclasses.replace(state, loss_sum=float(sums[0]), loss_count=float(sums[1]))
+        saved = dataclasses.replace(state, loss_sum=float(sums[0]), loss_count=float(sums[1]),
+                                    files=checkpoint_hashes(path))
         tmp = path / (STATE_FILE + ".tmp")
         tmp.write_text(saved.to_json())
         tmp.replace(path / STATE_FILE)
@@ -132,4 +173,4 @@ def export_model(accelerator: Any, model: nn.Module, cfg: ExperimentConfig, out:
 
 
 __all__ = ["STATE_FILE", "TrainState", "checkpoint_dirs", "resolve_resume", "save_checkpoint", "write_csv",
-           "export_model"]
+           "export_model", "checkpoint_hashes", "verify_checkpoint"]

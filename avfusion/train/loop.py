@@ -40,7 +40,8 @@ from ..caching import use_feature_cache
 from ..data.build import Datasets, build_datasets
 from ..evaluation import predict_loader, split_metrics
 from ..model import AVModel
-from .checkpoint import STATE_FILE, TrainState, checkpoint_dirs, export_model, resolve_resume, save_checkpoint, write_csv
+from .checkpoint import (STATE_FILE, TrainState, checkpoint_dirs, export_model, resolve_resume, save_checkpoint,
+                         verify_checkpoint, write_csv)
 from .experiment import ExperimentConfig, build_model, experiment_to_dict, with_fold
 from .optim import build_loss_fn, build_optimizer, build_scheduler
 
@@ -262,10 +263,11 @@ _RESUME_FREE = ("train.stop_after_steps", "train.save_every", "train.keep_checkp
 
 
 def fit(accelerator: Any, cfg: ExperimentConfig, resume: Optional[str] = None,
-        datasets: Optional[Datasets] = None, log_prefix: str = "") -> dict[str, Any]:
+        datasets: Optional[Datasets] = None, log_prefix: str = "", verify_resume: bool = True) -> dict[str, Any]:
     """Train ``cfg`` to the end (or to ``train.stop_after_steps``); see the module docstring.
 
-    ``resume``: a checkpoint folder or ``"latest"``. ``datasets`` skips :func:`build_datasets`
+    ``resume``: a checkpoint folder or ``"latest"``; its files must hash as when it was saved
+    (``verify_resume=False``: warn and continue). ``datasets`` skips :func:`build_datasets`
     (tests, notebooks). Returns metrics (``best``, ``final``, ``test``) and output paths.
     """
     from accelerate.utils import set_seed
@@ -273,6 +275,9 @@ def fit(accelerator: Any, cfg: ExperimentConfig, resume: Optional[str] = None,
     t = cfg.train
     out = Path(cfg.output_dir)
     ckpt = resolve_resume(resume, out) if resume is not None else None  # fail before any work
+    if ckpt is not None:
+        for problem in verify_checkpoint(ckpt, TrainState.from_file(ckpt / STATE_FILE), strict=verify_resume):
+            accelerator.print(f"warning: {problem}")
     accelerator.free_memory()  # a previous fold's model/optimizer must not be saved with this one
     set_seed(t.seed)
     model = build_model(cfg)
@@ -437,7 +442,8 @@ def fit(accelerator: Any, cfg: ExperimentConfig, resume: Optional[str] = None,
 # Cross-validation
 
 
-def cross_validate(accelerator: Any, cfg: ExperimentConfig, folds: int, resume: Optional[str] = None) -> dict[str, Any]:
+def cross_validate(accelerator: Any, cfg: ExperimentConfig, folds: int, resume: Optional[str] = None,
+                   verify_resume: bool = True) -> dict[str, Any]:
     """Train and evaluate every fold; mean and sample standard deviation (ddof=1) over folds of
     each metric.
 
@@ -460,7 +466,7 @@ def cross_validate(accelerator: Any, cfg: ExperimentConfig, folds: int, resume: 
             accelerator.print(f"fold {i}: already finished, results read back")
             continue
         accelerator.print(f"=== fold {i + 1}/{folds} ===")
-        runs.append(fit(accelerator, fcfg, resume=fold_resume, log_prefix=f"fold_{i}/"))
+        runs.append(fit(accelerator, fcfg, resume=fold_resume, log_prefix=f"fold_{i}/", verify_resume=verify_resume))
     part = "test" if all(r.get("test") for r in runs) else "final"
     per_fold = [r[part] for r in runs]
     keys = [k for k in per_fold[0] if all(isinstance(f.get(k), (int, float)) for f in per_fold)]
@@ -491,7 +497,8 @@ def format_cv_table(cv: dict[str, Any], keys: Optional[list[str]] = None) -> str
     return "\n".join(lines)
 
 
-def train(cfg: ExperimentConfig, resume: Optional[str] = None, folds: int = 0, log: bool = True) -> dict[str, Any]:
+def train(cfg: ExperimentConfig, resume: Optional[str] = None, folds: int = 0, log: bool = True,
+          verify_resume: bool = True) -> dict[str, Any]:
     """Train an experiment end to end with a fresh Accelerator: one run, or every fold of a
     ``folds``-fold cross-validation. Returns :func:`fit`'s or :func:`cross_validate`'s result."""
     accelerator = make_accelerator(cfg, log=log)
@@ -502,10 +509,10 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, folds: int = 0, l
                       f"mixed precision {accelerator.mixed_precision}, output {cfg.output_dir}")
     try:
         if folds:
-            result = cross_validate(accelerator, cfg, folds, resume=resume)
+            result = cross_validate(accelerator, cfg, folds, resume=resume, verify_resume=verify_resume)
             accelerator.print(format_cv_table(result))
         else:
-            result = fit(accelerator, cfg, resume=resume)
+            result = fit(accelerator, cfg, resume=resume, verify_resume=verify_resume)
             summary = {k: result.get(k) for k in ("best_epoch", "best", "test", "best_model", "checkpoint")}
             accelerator.print(json.dumps(summary, indent=1, default=str))
     finally:
