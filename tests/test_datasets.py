@@ -307,6 +307,9 @@ def test_affwild2_bad_files(tmp_path: Path) -> None:
     write_va_txt(ann / "q.txt", va_rows(3) + [(1.5, 0.0)] + va_rows(4))
     with pytest.raises(ValueError, match=r"q\.txt, line 5: .*outside \[-1, 1\]"):
         load_affwild2(root, "train", fps=25)
+    write_va_txt(ann / "q.txt", va_rows(4) + [(0.2, float("-inf"))] + va_rows(3))
+    with pytest.raises(ValueError, match=r"q\.txt, line 6: .*infinite"):
+        load_affwild2(root, "train", fps=25)
     write_va_txt(ann / "q.txt", va_rows(3) + [(float("nan"), 0.1)] + va_rows(4))
     with pytest.warns(UserWarning, match=r"q\.txt: 1 frame\(s\) with NaN"):
         (r,) = load_affwild2(root, "train", fps=25)

@@ -102,6 +102,11 @@ def read_va_txt(path: str | Path) -> np.ndarray:
     if not rows:
         raise ValueError(f"{path}: no annotation lines after the header")
     values = np.asarray(rows, dtype=np.float32)
+    infinite = np.isinf(values)  # NaN is masked later with a warning; inf is a broken file
+    if infinite.any():
+        i = int(np.flatnonzero(infinite.any(axis=1))[0])
+        raise ValueError(f"{path}, line {i + 2}: {lines[i + 1].strip()!r} is infinite; labels are in "
+                         f"[-1, 1] (unlabelled frames are {MISSING_LABEL:g})")
     bad = np.isfinite(values) & (values != MISSING_LABEL) & (np.abs(values) > 1.0)
     if bad.any():
         i = int(np.flatnonzero(bad.any(axis=1))[0])
