@@ -360,8 +360,21 @@ def test_manifest_saved_by_excel_with_a_bom(tmp_path: Path) -> None:
     write_video(tmp_path / "a.mp4", 4, fps=25)
     (tmp_path / "a.csv").write_bytes("\ufeffframe,valence,arousal\n0,0.5,-0.5\n".encode("utf-8"))
     (tmp_path / "m.csv").write_bytes("\ufeffvideo_id,video_path,labels_path\na,a.mp4,a.csv\n".encode("utf-8"))
-    (rec,) = load_manifest(tmp_path / "m.csv")
+    with pytest.warns(UserWarning, match=r"a\.csv: rows stop at frame 0 of the video's 4 frames"):
+        (rec,) = load_manifest(tmp_path / "m.csv")
     assert rec.video_id == "a" and rec.label_mask.tolist() == [True, False, False, False]
+
+
+def test_label_files_that_label_nothing_warn(tmp_path: Path) -> None:
+    from avfusion.data.manifest import read_label_csv
+    from avfusion.data.records import mask_labels
+
+    write_label_csv(tmp_path / "all_missing.csv", [(k, -5, -5) for k in range(4)])
+    with pytest.warns(UserWarning, match=r"all_missing\.csv: no labelled frame at all"):
+        _, mask = read_label_csv(tmp_path / "all_missing.csv", 4)
+    assert not mask.any()
+    with pytest.warns(UserWarning, match=r"clip\.txt: no labelled frame at all"):
+        mask_labels(np.full((6, 2), -5.0), "clip.txt", missing=-5.0)
 
 
 def test_manifest_errors(tmp_path: Path) -> None:

@@ -106,6 +106,18 @@ def read_label_csv(path: str | Path, n_frames: int) -> tuple[np.ndarray, np.ndar
         warnings.warn(f"{path}: {nan_rows} row(s) with only one of valence/arousal (or NaN); "
                       "those frames are masked", stacklevel=2)
     mask = np.isfinite(labels).all(axis=1)
+    if not seen.any():
+        warnings.warn(f"{path}: no label row; the video is scored nowhere", stacklevel=2)
+    elif not mask.any():
+        warnings.warn(f"{path}: no labelled frame at all (every row is unlabelled); the video is scored "
+                      "nowhere and only gives context to its windows", stacklevel=2)
+    else:
+        last = int(np.flatnonzero(seen)[-1])
+        # Aff-Wild2's tolerance: a file may stop up to 2 frames short of the video.
+        if last < n_frames - 3:
+            warnings.warn(f"{path}: rows stop at frame {last} of the video's {n_frames} frames; frames "
+                          f"{last + 1}-{n_frames - 1} are unlabelled (is it the label file of this video?)",
+                          stacklevel=2)
     return labels, mask
 
 

@@ -179,4 +179,7 @@ def mask_labels(values: np.ndarray, where: str, missing: Optional[float] = None)
             f"{where}: {int(nan.sum())} frame(s) with NaN labels (first at frame "
             f"{int(np.flatnonzero(nan)[0])}); they are masked", stacklevel=3)
     values[~mask] = np.nan
+    if len(mask) and not mask.any():
+        warnings.warn(f"{where}: no labelled frame at all; the video is scored nowhere and only "
+                      "gives context to its windows", stacklevel=3)
     return values, mask
