@@ -151,3 +151,37 @@ def test_no_frame_level_split_is_offered() -> None:
     assert "neighbouring frames" in splits.__doc__
     with pytest.raises(ValueError, match="'clip' or 'actor'"):
         split_records(make_records(), by="frame")
+
+
+def test_split_file_by_clip_with_config_by_actor_is_refused(tmp_path):
+    from avfusion.data.build import DataConfig, make_split
+    from avfusion.data.splits import Split, save_split
+
+    recs = [VideoRecord(f"c{i}", [f"c{i}/{k}.png" for k in range(4)], 4, 25.0, np.zeros((4, 2)), np.ones(4, bool),
+                        actor=f"a{i // 2}") for i in range(6)]
+    # c0 and c1 share actor a0 but sit on both sides: fine by clip, a leak by actor.
+    path = save_split(Split(train=["c0", "c2", "c3", "c4"], val=["c1"], test=["c5"], by="clip", seed=0),
+                      tmp_path / "split.json")
+    with pytest.raises(ValueError, match="split_by=actor"):
+        make_split(DataConfig(split_file=str(path), split_by="actor"), recs)
+    assert make_split(DataConfig(split_file=str(path), split_by="clip"), recs).val == ["c1"]
+
+
+def test_manifest_rows_of_one_video_stay_together(tmp_path):
+    """Two manifest rows that are one video file (one per person) are one group for every split."""
+    from conftest import write_grey_video
+
+    from avfusion.data.manifest import load_manifest
+    from avfusion.data.splits import split_records
+
+    for i in range(4):
+        write_grey_video(tmp_path / f"v{i}.mp4", 4, audio=False)
+    rows = [f"p{i},v{i}.mp4," for i in range(4)] + ["p4_left,v3.mp4,", "p4_right,v3.mp4,"]
+    (tmp_path / "m.csv").write_text("video_id,video_path,labels_path\n" + "\n".join(rows) + "\n")
+    recs = load_manifest(tmp_path / "m.csv")
+    groups = {r.video_id: r.group for r in recs}
+    assert groups["p4_left"] == groups["p4_right"] == groups["p3"]
+    for seed in range(10):
+        split = split_records(recs, val=0.3, test=0.0, seed=seed)
+        sides = {p for p in ("train", "val") for v in split.ids(p) if v in ("p3", "p4_left", "p4_right")}
+        assert len(sides) == 1

@@ -210,7 +210,8 @@ def test_tiny_model_on_features_cached_from_synthetic_video(tmp_path: Path) -> N
 
     cache_script = command("cache")
     root, cache = tmp_path / "synth", tmp_path / "cache"
-    generate_dataset(root, SyntheticConfig(clips=6, frames=24, size=64, clips_per_actor=2))
+    # 8 clips of 4 actors; the last two share a two-face video, which ties their actors: 3 groups.
+    generate_dataset(root, SyntheticConfig(clips=8, frames=24, size=64, clips_per_actor=2))
     cache_script.main(["--config", str(CONFIG), "--out", str(cache), "--cpu", f"data.root={root}",
                        "data.clip_len=12", "data.stride=6"])
     args = ["--config", str(CONFIG), "--no-tensorboard", f"data.root={root}", f"data.features={cache}",

@@ -136,15 +136,20 @@ def make_split(cfg: DataConfig, records: Sequence, val_records: Sequence = ()):
 
     if cfg.split_file is not None:
         split = load_split(cfg.split_file)
+        if split.by == "clip" and cfg.split_by == "actor":
+            raise ValueError(
+                f"{cfg.split_file} was made by clip (\"by\": \"clip\") but the config says "
+                "data.split_by=actor: an actor may be on both sides. Make the split by actor, or set "
+                "data.split_by=clip to accept it")
         everything = list(records) + list(val_records)
         if split.folds is not None:
             if not cfg.folds:
                 raise ValueError(f"{cfg.split_file} holds folds: set data.folds={len(split.folds)} and data.fold")
             if cfg.folds != len(split.folds):
                 raise ValueError(f"{cfg.split_file} has {len(split.folds)} folds but data.folds={cfg.folds}")
-            check_split(split, everything, by_actor=split.by == "actor")
+            check_split(split, everything, by_actor="actor" in (split.by, cfg.split_by))
             return split.fold(cfg.fold, val=cfg.val_fraction, records=everything)
-        check_split(split, everything, by_actor=split.by == "actor")
+        check_split(split, everything, by_actor="actor" in (split.by, cfg.split_by))
         return split
     if cfg.kind == "affwild2" and cfg.affwild2_split == "official":
         if cfg.folds:

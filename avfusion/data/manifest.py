@@ -198,10 +198,13 @@ def load_manifest(path: str | Path, face_mode: str = "detect",
                 labels, mask = np.full((n, 2), np.nan, np.float32), np.zeros(n, dtype=bool)
             else:
                 labels, mask = read_label_csv(labels_file, n)
+            # Rows of one video file (one per person, as Aff-Wild2's _left/_right) share a group:
+            # a split keeps them on one side.
+            group = str((video if video is not None else frames_dir).resolve())
             records.append(VideoRecord(
                 video_id=vid, source=source, n_frames=n, fps=fps, labels=labels, label_mask=mask,
                 actor=row.get("actor") or None, audio_path=audio_path, face_mode=mode,
-                timestamps=timestamps, dataset="manifest",
+                timestamps=timestamps, dataset="manifest", group=group,
                 meta={"manifest": str(path), "labels_path": None if labels_file is None else str(labels_file)},
             ))
     if wanted is not None:
