@@ -22,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from .records import VideoRecord, check_unique_ids, select_by_id
+from .records import DataKeyError, VideoRecord, check_unique_ids, select_by_id
 
 # AFEW-VA ships frames, not videos, and states no frame rate; its clips come from feature films,
 # which AFEW distributes at 25 fps. Only time-based steps (resampling, audio) read this.
@@ -62,7 +62,7 @@ def find_clip_dirs(root: str | Path) -> tuple[list[Path], str]:
 
 def _require(d: dict, key: str, where: str) -> object:
     if key not in d:
-        raise KeyError(f"{where}: missing key {key!r} (found {sorted(d)[:8]})")
+        raise DataKeyError(f"{where}: missing key {key!r} (found {sorted(d)[:8]})")
     return d[key]
 
 

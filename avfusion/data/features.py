@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .records import VideoRecord
+from .records import DataKeyError, VideoRecord
 
 PathLike = Union[str, Path]
 
@@ -359,7 +359,7 @@ class FeatureDataset(Dataset):
         ids = sorted(files) if video_ids is None else [str(v) for v in video_ids]
         unknown = [v for v in ids if v not in files]
         if unknown:
-            raise KeyError(f"{self.cache_dir}: video id(s) not in the cache manifest: {unknown[:10]} "
+            raise DataKeyError(f"{self.cache_dir}: video id(s) not in the cache manifest: {unknown[:10]} "
                            f"({len(unknown)} in all); cache them with scripts/cache_features.py")
         self.paths = [self.cache_dir / files[v] for v in ids]
         absent = [v for v, p in zip(ids, self.paths) if not p.is_file()]
@@ -416,7 +416,7 @@ class FeatureDataset(Dataset):
         """Rows ``ridx`` of tensor ``key`` of video ``r``, reading only the span they cover."""
         h = self._handle(r)
         if key not in h.keys():
-            raise KeyError(f"{self.paths[r]}: no {key!r} features in this file")
+            raise DataKeyError(f"{self.paths[r]}: no {key!r} features in this file")
         lo, hi = int(ridx.min()), int(ridx.max()) + 1
         block = h.get_slice(key)[lo:hi]
         return block[torch.from_numpy(ridx - lo)].to(self.dtype)

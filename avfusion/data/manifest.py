@@ -25,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-from .records import FACE_MODES, VideoRecord, check_unique_ids
+from .records import DataKeyError, FACE_MODES, VideoRecord, check_unique_ids
 
 REQUIRED = ("video_id", "video_path", "labels_path")
 OPTIONAL = ("actor", "frames_dir", "audio_path", "fps", "face_mode")
@@ -210,7 +210,7 @@ def load_manifest(path: str | Path, face_mode: str = "detect",
     if wanted is not None:
         absent = wanted - {r.video_id for r in records}
         if absent:
-            raise KeyError(f"{path}: video id(s) not in the manifest: {sorted(absent)[:10]}")
+            raise DataKeyError(f"{path}: video id(s) not in the manifest: {sorted(absent)[:10]}")
     check_unique_ids(records, f"manifest {path}")
     return records
 

@@ -23,6 +23,16 @@ FACE_MODES = ("landmarks", "precropped", "detect", "full")
 Source = Union[str, Sequence[Optional[str]]]
 
 
+class DataKeyError(KeyError, ValueError):
+    """Something a dataset file or id list should contain is missing; the message names the file.
+
+    A KeyError for code that looks things up, and a ValueError, so every command reports it as a
+    user error in one line (a plain KeyError's message is also shown without the quotes here)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 @dataclass
 class VideoRecord:
     """A video (or frame folder) with per-frame valence/arousal labels.
@@ -147,7 +157,7 @@ def select_by_id(paths: Sequence[Path], ids: Optional[Sequence[Any]], where: str
     wanted = {str(i) for i in ids}
     missing = wanted - {getattr(p, key) for p in paths}
     if missing:
-        raise KeyError(f"{where}: no clip for id(s) {sorted(missing)[:10]}")
+        raise DataKeyError(f"{where}: no clip for id(s) {sorted(missing)[:10]}")
     return [p for p in paths if getattr(p, key) in wanted]
 
 

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .records import VideoRecord
+from .records import DataKeyError, VideoRecord
 
 PARTS = ("train", "val", "test")
 
@@ -255,7 +255,7 @@ def select(records: Sequence[VideoRecord], ids: Sequence[str]) -> list[VideoReco
     by_id = {r.video_id: r for r in records}
     missing = [c for c in ids if c not in by_id]
     if missing:
-        raise KeyError(f"{len(missing)} split id(s) not in the dataset: {missing[:10]}")
+        raise DataKeyError(f"{len(missing)} split id(s) not in the dataset: {missing[:10]}")
     return [by_id[c] for c in ids]
 
 
