@@ -12,6 +12,7 @@ from :mod:`avfusion.data.audio`.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import warnings
@@ -34,6 +35,25 @@ _VFR_TOLERANCE = 0.05
 # parent) and never destroyed (the destructor joins those threads and aborts or hangs the child,
 # e.g. a DataLoader worker). They are parked here for the life of the process.
 INHERITED_READERS: list[Any] = []
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Silence what native code writes to file descriptor 2 (decord's C++ log prints "ERROR
+    opening: ..." before raising; the error it raises becomes the project's one-line message)."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr descriptor (embedded interpreters)
+        yield
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
 
 class VideoDecodeError(RuntimeError):
     """A video (or frame image) cannot be opened or decoded; the message names the file."""
@@ -161,7 +181,8 @@ class VideoFile:
         if self.width is not None:
             kwargs.update(width=int(self.width), height=int(self.height))
         try:
-            reader = decord.VideoReader(str(self.path), **kwargs)
+            with _native_stderr_silenced():
+                reader = decord.VideoReader(str(self.path), **kwargs)
         except Exception as err:  # decord raises RuntimeError / DECORDError with a C++ trace
             raise _diagnose(self.path, err) from None
         n = len(reader)

@@ -98,8 +98,27 @@ def load_experiment(name_or_path: str | Path | None = None, overrides: Sequence[
         raise ValueError(f"command-line override: {e}") from None
     for section in (cfg, cfg.data, cfg.train):
         _coerce_fields(section, where)
-    check_experiment(cfg, where)
+    try:
+        check_experiment(cfg, where)
+    except ValueError as e:
+        if overrides and _problem_is_the_files(load_yaml(path) if path is not None else {}, where, str(e)):
+            raise
+        if overrides:  # the file alone does not have this problem: an override brought it
+            raise ValueError(str(e).replace(f"{where}:", "command-line override:", 1)) from None
+        raise
     return cfg
+
+
+def _problem_is_the_files(data: dict, where: str, message: str) -> bool:
+    """True when the YAML file without overrides already fails ``check_experiment`` the same way."""
+    try:
+        cfg = from_dict(ExperimentConfig, data)
+        for section in (cfg, cfg.data, cfg.train):
+            _coerce_fields(section, where)
+        check_experiment(cfg, where)
+    except (TypeError, ValueError) as e:
+        return str(e) == message
+    return False
 
 
 def _coerce_fields(obj: Any, where: str) -> None:
