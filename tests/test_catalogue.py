@@ -28,6 +28,7 @@ class Case:
     code: int                                     # expected exit code
     message: str                                  # regex expected in stderr (error or warning)
     names: Optional[str] = None                   # a file name the message must contain
+    patch: Optional[Callable] = None              # patch(monkeypatch): a fault injected in the run
 
 
 # --- builders ----------------------------------------------------------------------------------
@@ -203,9 +204,59 @@ CASES = [
          r"command-line override"),
     Case("config-missing", "an experiment that does not exist", lambda t: ["train", "--config", str(t / "nope.yaml")], 2,
          r"config file not found: .*nope\.yaml", "nope.yaml"),
+    # out of space
+    Case("cache-disk-full", "the disk is full when the cache is written", lambda t: _cache_argv(t), 2,
+         r"cache/\S+: No space left on device while writing", "cache", patch=lambda m: _enospc(m, "avfusion.data.features._fsync")),
+    Case("checkpoint-disk-full", "the disk fills while a checkpoint is saved", lambda t: _train_argv(t), 2,
+         r"could not be written \(disk full\?\).*--resume latest", patch=lambda m: _torch_write_fails(m)),
+    Case("predict-disk-full", "the disk fills while a table is written", lambda t: predict(str(video(t)), "--out", str(t / "o")), 1,
+         r"v\.mp4: .*No space left on device", patch=lambda m: _enospc(m, "pandas.DataFrame.to_csv")),
     Case("device-no-gpu", "--device cuda on a machine without one", lambda t: predict(str(video(t)), extra=("--device", "cuda")), 2,
          r"no CUDA GPU is available"),
 ]
+
+
+def _synthetic(t: Path) -> Path:
+    from avfusion.synthetic import SyntheticConfig, generate_dataset
+
+    generate_dataset(t / "syn", SyntheticConfig(clips=4, frames=8, size=32, pair=False, gaps=False, clips_per_actor=1))
+    return t / "syn"
+
+
+def _cache_argv(t: Path) -> list[str]:
+    return ["cache", "--config", "tiny_synthetic", "--out", str(t / "cache"), "--cpu", f"data.root={_synthetic(t)}",
+            "data.clip_len=8", "data.stride=8"]
+
+
+def _train_argv(t: Path) -> list[str]:
+    return ["train", "--config", "tiny_synthetic", "--no-tensorboard", f"data.root={_synthetic(t)}", "data.clip_len=8",
+            "data.stride=8", "train.epochs=1", "train.cpu=true", f"output_dir={t / 'run'}", "data.test_fraction=0"]
+
+
+def _enospc(monkeypatch, target: str) -> None:
+    import errno
+
+    def full(*args, **kwargs):
+        name = next((str(a) for a in list(args) + list(kwargs.values()) if isinstance(a, (str, Path))), None)
+        raise OSError(errno.ENOSPC, "No space left on device", name)
+
+    if target.endswith("_fsync"):  # the feature writer's last step: name the file it was writing
+        import os
+
+        def full_fd(fd: int) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device", os.readlink(f"/proc/self/fd/{fd}"))
+
+        monkeypatch.setattr(target, full_fd)
+    else:
+        monkeypatch.setattr(target, full)
+
+
+def _torch_write_fails(monkeypatch) -> None:
+    def fail(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr("avfusion.train.loop.save_checkpoint", fail)
 
 
 def _mkdir(p: Path) -> Path:
@@ -296,6 +347,8 @@ def test_case(case: Case, tmp_path, capsys, monkeypatch):
         pytest.skip("this machine has a GPU")
     monkeypatch.chdir(tmp_path)  # default output folders land in the test's folder
     argv = case.setup(tmp_path)
+    if case.patch is not None:
+        case.patch(monkeypatch)
     code = main(argv)
     err = capsys.readouterr().err
     assert "Traceback" not in err, err
@@ -303,8 +356,9 @@ def test_case(case: Case, tmp_path, capsys, monkeypatch):
     assert __import__("re").search(case.message, err), (case.damage, err)
     if case.names:
         assert case.names in err
-    if case.code == 2:  # a user error: exactly one line
-        assert len(err.strip().splitlines()) == 1, err
+    if case.code == 2:  # a user error: exactly one error line (progress bars aside)
+        assert len([ln for ln in err.splitlines() if "error:" in ln]) == 1, err
+        assert err.strip().splitlines()[-1].startswith("avfusion "), err
 
 
 SUBPROCESS_SAMPLE = ["truncated-video", "text-as-video", "afew-no-landmarks", "yaml-indent", "split-by-clip-vs-actor",

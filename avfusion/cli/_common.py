@@ -86,9 +86,35 @@ def run_safely(run: Run, args: argparse.Namespace, name: str) -> int:
         message = " ".join(str(e).split()) or type(e).__name__
         print(f"avfusion {name}: error: {message}", file=sys.stderr)
         return 2
+    except (OSError, RuntimeError) as e:
+        disk = disk_error(e)
+        if disk is None or os.environ.get("AVFUSION_DEBUG"):
+            raise
+        print(f"avfusion {name}: error: {disk}", file=sys.stderr)
+        return 2
     finally:
         warnings.showwarning = previous
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
+
+
+# errno values that mean "the disk cannot take this file", whatever wrote it.
+_DISK_ERRNOS = {"ENOSPC", "EDQUOT", "EROFS", "EFBIG"}
+
+
+def disk_error(e: BaseException) -> Optional[str]:
+    """A one-line message when ``e`` is a write that failed for lack of space (an OSError with
+    ENOSPC and friends, or torch.save's "inline_container ... file write failed"), else None."""
+    import errno as _errno
+
+    if isinstance(e, OSError) and _errno.errorcode.get(e.errno or -1) in _DISK_ERRNOS:
+        where = f"{e.filename}: " if e.filename else ""
+        return (f"{where}{e.strerror or e} while writing; free space (or choose another output folder) "
+                "and run again: files already finished are complete and kept, the unfinished one was not renamed")
+    text = str(e)
+    if isinstance(e, RuntimeError) and "inline_container" in text and "write" in text.lower():
+        return ("a checkpoint or weight file could not be written (disk full?): free space and run again "
+                "(--resume latest continues from the last complete checkpoint)")
+    return None
 
 
 def command_main(add_parser: AddParser, run: Run, name: str, argv: Optional[Sequence[str]] = None) -> int:
