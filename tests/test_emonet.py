@@ -6,6 +6,8 @@ run on deterministic synthetic weights; the test rebuilds those weights from the
 from __future__ import annotations
 
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest

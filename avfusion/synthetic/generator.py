@@ -43,7 +43,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -460,15 +460,21 @@ def _write_mp4(
                 container.mux(packet)
         for packet in vs.encode():
             container.mux(packet)
-        pcm = np.clip(audio, -1, 1).astype(np.float32)
-        for s in range(0, pcm.shape[0], 1024):
-            chunk = np.ascontiguousarray(pcm[None, s : s + 1024])
-            frame = av.AudioFrame.from_ndarray(chunk, format="flt", layout="mono")
-            frame.sample_rate = sample_rate
-            frame.pts = s
-            for packet in ast.encode(frame):
-                container.mux(packet)
+        mux_audio(container, ast, audio, sample_rate)
         for packet in ast.encode():
+            container.mux(packet)
+
+
+def mux_audio(container: Any, stream: Any, audio: np.ndarray, sample_rate: int, start: int = 0) -> None:
+    """Encode mono ``audio`` (clipped to [-1, 1]) into ``stream`` in 1024-sample frames, the first
+    at sample ``start`` of the track, and mux the packets (the caller flushes the encoder)."""
+    import av
+
+    pcm = np.clip(audio, -1, 1).astype(np.float32)
+    for s in range(0, pcm.shape[0], 1024):
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[None, s : s + 1024]), format="flt", layout="mono")
+        frame.sample_rate, frame.pts = sample_rate, start + s
+        for packet in stream.encode(frame):
             container.mux(packet)
 
 

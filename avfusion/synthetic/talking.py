@@ -13,8 +13,8 @@ from typing import Union
 
 import numpy as np
 
-from .generator import (_rng, draw_background, draw_face, face_landmarks, make_actor, place, smooth_noise,
-                        synth_voice, va_trajectory)
+from .generator import (_rng, draw_background, draw_face, face_landmarks, make_actor, mux_audio, place,
+                        smooth_noise, synth_voice, va_trajectory)
 
 PathLike = Union[str, Path]
 
@@ -65,14 +65,7 @@ def write_talking_video(
                 n_samples = int(round((e - s) / fps * audio_rate))
                 sig, env = synth_voice(rng, actor, valence[s:e], arousal[s:e], fps, audio_rate, n_samples)
                 mouth = np.interp(np.arange(e - s) / fps, np.arange(n_samples) / audio_rate, env)
-                pcm = np.clip(sig, -1, 1).astype(np.float32)
-                start = int(round(s / fps * audio_rate))
-                for k in range(0, len(pcm), 1024):
-                    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[None, k : k + 1024]),
-                                                       format="flt", layout="mono")
-                    frame.sample_rate, frame.pts = audio_rate, start + k
-                    for packet in ast.encode(frame):
-                        container.mux(packet)
+                mux_audio(container, ast, sig, audio_rate, start=int(round(s / fps * audio_rate)))
             for i in range(s, e):
                 img = background.copy()
                 lm = place(face_landmarks(valence[i], arousal[i], float(mouth[i - s]), eye[i], 0.0),
