@@ -589,7 +589,7 @@ def cache_features(
     """
     from accelerate import Accelerator
 
-    from .data.build import clip_datasets, dataset_records
+    from .data.build import clip_datasets, dataset_records, used_settings
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -600,8 +600,9 @@ def cache_features(
     model = model.to(accelerator.device).eval()
     records, val_records = dataset_records(data)
     made, _ = clip_datasets(data, {"cache": list(records) + list(val_records)}, model)
-    info = {"kind": data.kind, "root": data.root, "face_mode": data.face_mode,
-            "affwild2_frames": data.affwild2_frames}
+    used = used_settings(data)
+    info = {k: used[k] for k in ("kind", "root", "face_mode", "affwild2_frames") if k in used}
+    # Decoding, cropping and the colour space are always used when caching (from raw video).
     prep = {"face_backend": data.face_backend, "face_margin": data.face_margin,
             "face_smoothing": data.face_smoothing, "hsv": data.hsv}
     result = cache_dataset(

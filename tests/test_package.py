@@ -143,3 +143,17 @@ def test_default_evaluation_folders_of_two_experiments_differ(tmp_path):
     first, second = default_eval_dir(tmp_path / "a" / "best", "test"), default_eval_dir(tmp_path / "b" / "best", "test")
     assert first != second and first.name == "a-best-test"
     assert default_eval_dir("emonet_8", "all").name == "emonet_8-all"
+
+
+def test_recorded_settings_are_the_ones_used():
+    """metrics.json and cache manifests record the data settings a run used, not every default:
+    an Aff-Wild2 run on the official sets names no split_by/test_fraction/face_mode."""
+    from avfusion.data.build import DataConfig, used_settings
+
+    aw = used_settings(DataConfig(kind="affwild2", root="aw"))
+    assert aw["kind"] == "affwild2" and aw["affwild2_split"] == "official"
+    assert not {"split_by", "test_fraction", "face_mode", "folds", "features", "augment"} & set(aw)
+    syn = used_settings(DataConfig(kind="synthetic", root="s", split_by="actor"), training=True)
+    assert syn["split_by"] == "actor" and syn["face_mode"] == "detect" and "affwild2_split" not in syn
+    cached = used_settings(DataConfig(kind="afew_va", root="a", features="cache"))
+    assert cached["features"] == "cache" and not {"face_backend", "face_mode", "yunet_model"} & set(cached)

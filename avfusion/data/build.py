@@ -75,6 +75,42 @@ class DataConfig:
     num_workers: int = 0
 
 
+def used_settings(d: DataConfig, training: bool = False) -> dict[str, Any]:
+    """The data settings a run with ``d`` actually uses, for the records it writes (metrics.json,
+    a cache manifest): fields that do not apply to the dataset kind, to the way the split is made
+    or to the face backend are left out, so an Aff-Wild2 run does not claim a synthetic-data
+    ``face_mode`` or an ``actor`` split it never made."""
+    import dataclasses
+
+    out = dataclasses.asdict(d)
+    drop: set[str] = set()
+    if d.kind != "affwild2":
+        drop |= {"affwild2_split", "affwild2_frames"}
+    if d.kind not in ("synthetic", "manifest"):
+        drop.add("face_mode")  # the manifest loader's default for rows that name none
+    official = d.kind == "affwild2" and d.affwild2_split == "official"
+    if d.split_file is not None or official:
+        drop |= {"split_by", "split_seed", "test_fraction"}  # the file (or the official sets) decide
+        if not d.folds:
+            drop |= {"val_fraction", "folds", "fold"}
+    elif not d.folds:
+        drop |= {"folds", "fold"}
+    if d.split_file is None:
+        drop.add("split_file")
+    if d.features is not None:  # cached features: no decoding, cropping or augmentation here
+        drop |= {"face_backend", "face_margin", "face_smoothing", "yunet_model", "augment", "augment_params",
+                 "hsv", "num_workers"}
+    else:
+        drop.add("features")
+        if d.face_backend not in ("yunet", "auto"):
+            drop.add("yunet_model")
+    if not training:
+        drop |= {"stride", "augment", "augment_params", "drop_unlabelled", "batch_size"}
+    if d.target_fps is None:
+        drop.add("target_fps")
+    return {k: v for k, v in out.items() if k not in drop}
+
+
 def check_data_config(d: DataConfig) -> list[str]:
     """Problems of a data config that would otherwise fail late, as phrases naming the key."""
     problems = []

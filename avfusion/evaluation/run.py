@@ -58,7 +58,7 @@ def evaluate_model(
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
-    from ..data.build import clip_datasets, select_records
+    from ..data.build import clip_datasets, select_records, used_settings
 
     if smooth_window < 1 or smooth_window % 2 == 0:
         raise ValueError(f"smoothing window must be a positive odd number of frames, got {smooth_window}")
@@ -69,7 +69,7 @@ def evaluate_model(
         out_dir = default_eval_dir(default_name, part)
     out_dir = Path(out_dir) if out_dir is not None else None
     accelerator = Accelerator(cpu=cpu)
-    info = {"data": dataclasses.asdict(data), "part": part, "videos": [r.video_id for r in records],
+    info = {"data": used_settings(data), "part": part, "videos": [r.video_id for r in records],
             **dict(extra or {})}
     if getattr(model, "fusion", None) is None and not data.features and data.target_fps is None:
         from .report import compute_metrics, write_results
