@@ -190,7 +190,8 @@ def load_affwild2(
     else:
         crop_root = Path(cropped_dir)
     if frames == "cropped" and (crop_root is None or not crop_root.is_dir()):
-        raise FileNotFoundError(f"{root}: no cropped_aligned folder; pass cropped_dir= or use frames='video'")
+        raise FileNotFoundError(f"{root}: no cropped_aligned folder; set data.affwild2_frames=video to read the raw "
+                                "videos with the face detector (Python: frames='video', or cropped_dir=)")
     videos = index_videos([Path(d) for d in (video_dirs or [root])])
 
     records = []
@@ -213,7 +214,8 @@ def _load_one(txt: Path, videos: dict[str, Path], crop_root: Optional[Path], fra
         audio_path = probe_audio_path(raw, str(txt))
     else:
         if frames == "video":
-            raise FileNotFoundError(f"{txt}: no raw video {raw_name}.mp4/.avi found; frames='video' needs it")
+            raise FileNotFoundError(f"{txt}: no raw video {raw_name}.mp4/.avi found; data.affwild2_frames=video "
+                                    "needs it (or use the released crops: data.affwild2_frames=cropped)")
         if fps is None:
             raise FileNotFoundError(
                 f"{txt}: no raw video {raw_name}.mp4/.avi found, so the frame rate is unknown "
