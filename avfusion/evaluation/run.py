@@ -120,7 +120,8 @@ def predict_records(model: nn.Module, data: Any, records: list, accelerator: Any
     from .collect import VideoPrediction
 
     device = accelerator.device if accelerator is not None else None
-    runner = FrameRunner(model, precision, compile, device, flip=None, batch_size=data.eval_batch_size or 16)
+    # 8 images per network call: float32 EmoNet activations at 256x256 are ~70 MB per tensor at 16.
+    runner = FrameRunner(model, precision, compile, device, flip=None, batch_size=data.eval_batch_size or 8)
     transform = build_transform(model.pretrained_cfg, train=False)
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     mine = records[rank::world]

@@ -140,12 +140,15 @@ class FrameRunner:
     def __call__(self, crops: torch.Tensor) -> dict[str, np.ndarray]:
         n = crops.shape[0]
         outs: dict[str, list[np.ndarray]] = {}
+        # Flip averaging doubles what the network sees: half as many crops per call keeps its
+        # batch (and the activation memory) at batch_size images.
+        step = max(1, self.batch_size // 2) if self.flip else self.batch_size
         with torch.inference_mode():
-            for s in range(0, n, self.batch_size):
-                x = crops[s : s + self.batch_size]
+            for s in range(0, n, step):
+                x = crops[s : s + step]
                 m = x.shape[0]
-                if self.compiled and m < self.batch_size:  # one shape: no recompilation
-                    x = torch.cat([x, x[-1:].expand(self.batch_size - m, *x.shape[1:])])
+                if self.compiled and m < step:  # one shape: no recompilation
+                    x = torch.cat([x, x[-1:].expand(step - m, *x.shape[1:])])
                 x = x.to(device=self.device, dtype=self.dtype, non_blocking=True)
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
