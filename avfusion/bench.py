@@ -460,7 +460,8 @@ _CAPTIONS = {
                     "with the video's length (`avfusion bench predict --seconds 600 --variants emonet_8:1 "
                     "tiny:1`):",
     "zeroshot": "`avfusion evaluate` of EmoNet-8 zero-shot through the same engine on a generated AFEW-VA "
-                "tree (frame folders + landmarks; `avfusion bench zeroshot`):",
+                "tree (4 clips x 48 frames of 512x512 PNGs + landmarks; flip-averaged as the emonet_8 config "
+                "says; `avfusion bench zeroshot`):",
     "emonet": "The bare EmoNet-8 network (full size, synthetic parity weights), batch 8 at 256x256 "
               "(`avfusion bench emonet`); deviation = max |out - fp32| / max |fp32| over valence, arousal "
               "and the 8 logits on the astronaut face:",
