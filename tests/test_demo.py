@@ -14,8 +14,11 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| audio-visual |" in printed and "| video only |" in printed and "| audio only |" in printed
     summary = json.loads((out / "demo_results.json").read_text())
-    assert set(summary) == {"av", "video", "audio"}
-    for mode, row in summary.items():
+    assert set(summary) == {"av", "video", "audio", "av_no_audio", "av_no_video"}
+    assert "| audio-visual, audio masked |" in printed and "| audio-visual, video masked |" in printed
+    masked = json.loads((out / "runs" / "av" / "eval_no_audio" / "metrics.json").read_text())
+    assert masked["masked"] == "audio" and masked["frames"]["ccc_mean"] == pytest.approx(summary["av_no_audio"]["ccc_mean"])
+    for mode, row in ((m, summary[m]) for m in ("av", "video", "audio")):
         assert -1 <= row["ccc_valence"] <= 1 and -1 <= row["ccc_arousal"] <= 1
         assert row["n_clips"] >= 1
         metrics = json.loads((out / "runs" / mode / "eval" / "metrics.json").read_text())

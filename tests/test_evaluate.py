@@ -308,3 +308,31 @@ def test_full_size_emonet8_with_parity_weights_zero_shot(synthetic_root, tmp_pat
     got = frames_csv.sort_values(["video_id", "frame"])[["valence_pred", "arousal_pred"]].to_numpy()
     want = np.concatenate([p for p, _ in clips.values()])
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+
+
+def test_masking_a_modality_hides_it_from_the_model_only():
+    """mask_modality: the model no longer sees the masked sense (its features can be anything),
+    while the batch's own masks, which decide what is scored, stay as they were."""
+    import avfusion
+    from avfusion.config import ModelConfig, from_dict
+    from avfusion.evaluation.collect import mask_modality
+
+    torch.manual_seed(0)
+    model = avfusion.create_model(from_dict(ModelConfig, {
+        "mode": "av", "video": {"name": "features", "dim": 6}, "audio": {"name": "features", "dim": 5},
+        "fusion": {"d_model": 16, "n_layers": 1, "n_heads": 2, "dropout": 0.0, "modality_dropout": 0.0}})).eval()
+    B, T = 2, 7
+    batch = {"video_feats": torch.randn(B, T, 6), "audio_feats": torch.randn(B, T, 5),
+             "face_mask": torch.ones(B, T, dtype=torch.bool), "audio_valid": torch.ones(B, dtype=torch.bool),
+             "mask": torch.ones(B, T, dtype=torch.bool)}
+    with torch.no_grad():
+        for hidden, key in (("audio", "audio_feats"), ("video", "video_feats")):
+            a = model.forward_batch(mask_modality(batch, hidden))
+            other = dict(batch, **{key: torch.randn_like(batch[key])})
+            b = model.forward_batch(mask_modality(other, hidden))
+            torch.testing.assert_close(a["valence"], b["valence"])
+            full = model.forward_batch(batch)
+            assert not torch.allclose(full["valence"], a["valence"])
+    assert batch["audio_valid"].all() and batch["face_mask"].all()  # the original is untouched
+    with pytest.raises(ValueError, match="mask must be one of"):
+        mask_modality(batch, "text")

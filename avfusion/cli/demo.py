@@ -3,7 +3,8 @@
 1. write synthetic talking-face clips (H.264 + AAC mp4, labels in three layouts);
 2. cache per-frame features with the tiny model's frozen encoders (HOG face, log-mel voice);
 3. train the tiny model three times on the same split (audio-visual, video-only, audio-only);
-4. evaluate each on held-out actors' clips (test part of an actor-level split);
+4. evaluate each on held-out actors' clips (test part of an actor-level split), and the
+   audio-visual model again with its audio masked and with its video masked;
 5. predict one held-out video end to end from the mp4;
 6. print a table of the CCCs and where every output is.
 
@@ -81,6 +82,11 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
         test_data = dataclasses.replace(cfg.data, features=str(feats))
         results[mode], _, _, _ = evaluate_model(load_model(run_dir / "best"), test_data, "test", run_dir / "eval",
                                                 extra={"model": str(run_dir / "best")})
+        if mode == "av":  # the same model with one sense missing, on the same clips
+            for hidden in ("audio", "video"):
+                results[f"av_no_{hidden}"], _, _, _ = evaluate_model(
+                    load_model(run_dir / "best"), test_data, "test", run_dir / f"eval_no_{hidden}",
+                    extra={"model": str(run_dir / "best")}, mask=hidden)
 
     _step(5, "predict one held-out video from its mp4 (audio-visual model)")
     video = _held_out_video(out / "runs" / "av" / "split.json", data)
@@ -114,9 +120,13 @@ def _held_out_video(split_file: Path, data: Path) -> Path:
     raise RuntimeError(f"no held-out video found through {split_file}")
 
 
+# Rows of the table: the three trained models, then the audio-visual one with a sense hidden.
+ROWS = MODES + (("av_no_audio", "audio-visual, audio masked"), ("av_no_video", "audio-visual, video masked"))
+
+
 def _summary(results: dict[str, dict]) -> dict[str, dict]:
     rows = {}
-    for mode, label in MODES:
+    for mode, label in ROWS:
         m = results[mode]["frames"]
         rows[mode] = {"label": label, "ccc_valence": m["ccc_valence"], "ccc_arousal": m["ccc_arousal"],
                       "ccc_mean": m["ccc_mean"], "n_frames": results[mode]["n_frames_scored"],

@@ -56,6 +56,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="frame-by-frame models (EmoNet zero-shot): the per-frame network's precision "
                         "(auto: bf16 where the hardware has it; default fp32, the reference numbers)")
     p.add_argument("--compile", action="store_true", help="frame-by-frame models: torch.compile the network")
+    p.add_argument("--mask", choices=("audio", "video"),
+                   help="score an audio-visual model with this sense hidden (missing-modality robustness)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="experiment-config overrides")
     p.set_defaults(func=run)
     return accepts_overrides(p)
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model, data, part, args.out, default_name=str(args.model), smooth_window=args.smooth,
         threshold=args.threshold, face_only=args.face_only, plots=not args.no_plots,
         cpu=args.cpu or cfg.train.cpu, extra={"model": str(args.model), "checkpoint": args.checkpoint},
-        precision=args.precision, compile=args.compile)
+        precision=args.precision, compile=args.compile, mask=args.mask)
     from accelerate import PartialState
 
     if PartialState().is_main_process:

@@ -19,6 +19,23 @@ import torch
 from ..metrics import moving_average
 
 OVERLAP_POLICIES = ("error", "mean")
+MASKABLE = ("audio", "video")
+
+
+def mask_modality(batch: Mapping[str, Any], which: Optional[str]) -> dict[str, Any]:
+    """A copy of ``batch`` whose ``which`` modality ("audio" or "video") is marked absent for the
+    model, as when a video has no audio track or no face is found: measures how an audio-visual
+    model copes with one sense missing. The batch's own masks (what is scored) are not changed."""
+    out = dict(batch)
+    if which is None:
+        return out
+    if which not in MASKABLE:
+        raise ValueError(f"mask must be one of {MASKABLE}, got {which!r}")
+    if which == "audio":
+        out["audio_valid"] = torch.zeros_like(batch["audio_valid"], dtype=torch.bool)
+    else:
+        out["face_mask"] = torch.zeros_like(batch["face_mask"], dtype=torch.bool)
+    return out
 
 
 @dataclass
@@ -160,6 +177,7 @@ def predict_loader(
     overlap: str = "error",
     progress: bool = False,
     require_labelled: bool = True,
+    mask: Optional[str] = None,
 ) -> dict[str, VideoPrediction]:
     """Run ``model`` (an :class:`~avfusion.model.AVModel`, or one an Accelerator prepared) over
     every batch and stitch per video (``overlap``: see :class:`PredictionCollector`). The model runs
@@ -168,6 +186,7 @@ def predict_loader(
     With an ``accelerator`` the loader must be prepared by it: each process predicts its share and
     ``gather_for_metrics`` hands every process all rows (the duplicates that even batches add at
     the end are dropped), so every process returns the same result.
+    ``mask`` ("audio" | "video") hides that modality from the model (:func:`mask_modality`).
     """
     net = accelerator.unwrap_model(model) if accelerator is not None else model
     was_training = net.training
@@ -182,7 +201,7 @@ def predict_loader(
         it = tqdm(loader, desc="evaluating", unit="batch")
     for batch in it:
         batch = _to_device(batch, device)
-        out = net.forward_batch(batch)
+        out = net.forward_batch(mask_modality(batch, mask))
         rows = batch_rows(batch, out)
         if accelerator is not None:
             rows = accelerator.gather_for_metrics(rows, use_gather_object=True)
@@ -197,4 +216,4 @@ def smooth_predictions(video: VideoPrediction, window: int) -> np.ndarray:
 
 
 __all__ = ["VideoPrediction", "batch_rows", "PredictionCollector", "predict_loader", "smooth_predictions",
-           "OVERLAP_POLICIES"]
+           "OVERLAP_POLICIES", "mask_modality", "MASKABLE"]

@@ -208,12 +208,13 @@ def evaluate(
     plots: bool = True,
     progress: bool = False,
     extra: Optional[Mapping[str, Any]] = None,
+    mask: Optional[str] = None,
 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, VideoPrediction]]:
     """Predict, stitch, score and (on the main process, when ``out_dir``) write everything.
 
     Returns ``(results, per_clip, videos)``.
     """
-    videos = predict_loader(model, loader, n_frames, accelerator=accelerator, progress=progress)
+    videos = predict_loader(model, loader, n_frames, accelerator=accelerator, progress=progress, mask=mask)
     results, per_clip = compute_metrics(videos, smooth_window, threshold, face_only)
     main = accelerator is None or accelerator.is_main_process
     if out_dir is not None and main:

@@ -42,6 +42,7 @@ def evaluate_model(
     extra: Optional[Mapping[str, Any]] = None,
     precision: str = "fp32",
     compile: bool = False,
+    mask: Optional[str] = None,
 ) -> tuple[dict[str, Any], list, str, Optional[Path]]:
     """Score ``model`` on ``part`` ("train", "val", "test", "all"; None: test, else val) of the
     split a :class:`~avfusion.data.build.DataConfig` describes. Runs under ``accelerate launch``
@@ -54,6 +55,7 @@ def evaluate_model(
     A frame-by-frame model (no fusion module, e.g. EmoNet zero-shot) read from video runs through
     the inference engine (:func:`predict_records`: every frame once, bounded memory, ``precision``
     and ``compile`` as in ``avfusion predict``); other models through windows of ``clip_len``.
+    ``mask`` ("audio" | "video") scores an audio-visual model with that sense hidden.
     """
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
@@ -71,6 +73,10 @@ def evaluate_model(
     accelerator = Accelerator(cpu=cpu)
     info = {"data": used_settings(data), "part": part, "videos": [r.video_id for r in records],
             **dict(extra or {})}
+    if mask is not None:
+        if getattr(getattr(model, "cfg", None), "mode", None) != "av":
+            raise ValueError(f"masking the {mask} needs an audio-visual model (mode av)")
+        info["masked"] = mask
     if getattr(model, "fusion", None) is None and not data.features and data.target_fps is None:
         from .report import compute_metrics, write_results
 
@@ -99,7 +105,7 @@ def evaluate_model(
         results, _, _ = evaluate(
             model, loader, n_frames={r.video_id: r.n_frames for r in records}, out_dir=out_dir,
             smooth_window=smooth_window, threshold=threshold, face_only=face_only,
-            accelerator=accelerator, plots=plots, progress=accelerator.is_main_process, extra=info)
+            accelerator=accelerator, plots=plots, progress=accelerator.is_main_process, extra=info, mask=mask)
     return results, records, part, out_dir
 
 
