@@ -454,15 +454,22 @@ def _write_mp4(
         ast.layout = "mono"
         ast.codec_context.bit_rate = 64000
         for i, img in enumerate(frames_bgr):
-            frame = av.VideoFrame.from_ndarray(img, format="bgr24")
-            frame.pts = i
-            for packet in vs.encode(frame):
-                container.mux(packet)
+            mux_video_frame(container, vs, img, i)
         for packet in vs.encode():
             container.mux(packet)
         mux_audio(container, ast, audio, sample_rate)
         for packet in ast.encode():
             container.mux(packet)
+
+
+def mux_video_frame(container: Any, stream: Any, img_bgr: np.ndarray, pts: int) -> None:
+    """Encode one BGR uint8 frame at ``pts`` (in frames) into ``stream`` and mux its packets."""
+    import av
+
+    frame = av.VideoFrame.from_ndarray(img_bgr, format="bgr24")
+    frame.pts = pts
+    for packet in stream.encode(frame):
+        container.mux(packet)
 
 
 def mux_audio(container: Any, stream: Any, audio: np.ndarray, sample_rate: int, start: int = 0) -> None:

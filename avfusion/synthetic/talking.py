@@ -13,8 +13,8 @@ from typing import Union
 
 import numpy as np
 
-from .generator import (_rng, draw_background, draw_face, face_landmarks, make_actor, mux_audio, place,
-                        smooth_noise, synth_voice, va_trajectory)
+from .generator import (_rng, draw_background, draw_face, face_landmarks, make_actor, mux_audio, mux_video_frame,
+                        place, smooth_noise, synth_voice, va_trajectory)
 
 PathLike = Union[str, Path]
 
@@ -71,10 +71,7 @@ def write_talking_video(
                 lm = place(face_landmarks(valence[i], arousal[i], float(mouth[i - s]), eye[i], 0.0),
                            (xs[i], ys[i]), r, roll[i])
                 draw_face(img, lm, actor, (xs[i], ys[i]), r, roll[i], 1.0)
-                frame = av.VideoFrame.from_ndarray(img, format="bgr24")
-                frame.pts = i
-                for packet in vs.encode(frame):
-                    container.mux(packet)
+                mux_video_frame(container, vs, img, i)
         for packet in vs.encode():
             container.mux(packet)
         if ast is not None:
