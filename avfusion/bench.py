@@ -349,12 +349,23 @@ def _bare_emonet(weights: Path, batch: int, iters: int) -> dict:
     return out
 
 
+def synthetic_emonet_file(work: Path) -> Path:
+    """EmoNet-8 with the parity recipe's weights, saved like the official file (``module.`` keys),
+    once per work folder: what the predict and zero-shot sections load through ``--checkpoint``."""
+    from .encoders.emonet import EmoNet
+
+    weights = work / "emonet_8_synthetic.pth"
+    if not weights.is_file():
+        net = EmoNet(n_expression=8)
+        torch.save({f"module.{k}": v for k, v in synthetic_emonet_weights(net).items()}, weights)
+    return weights
+
+
 def bench_predict(args: argparse.Namespace) -> dict:
     """`avfusion predict` end to end on a generated 720p talking-face video vs the bare network."""
     import tempfile
 
     from .data.faces import resolve_yunet_model
-    from .encoders.emonet import EmoNet
     from .synthetic.talking import write_talking_video
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="avfusion-bench-"))
@@ -364,10 +375,7 @@ def bench_predict(args: argparse.Namespace) -> dict:
         print(f"[predict] writing {video} ...", file=sys.stderr, flush=True)
         write_talking_video(video, seconds=args.seconds, width=1280, height=720, fps=25)
     n_frames = int(round(args.seconds * 25))
-    weights = work / "emonet_8_synthetic.pth"
-    if not weights.is_file():
-        net = EmoNet(n_expression=8)
-        torch.save({f"module.{k}": v for k, v in synthetic_emonet_weights(net).items()}, weights)
+    weights = synthetic_emonet_file(work)
     try:
         face = ["--face-backend", "yunet", "--yunet-model", str(resolve_yunet_model(args.yunet_model))]
     except FileNotFoundError:
@@ -413,7 +421,6 @@ def bench_zeroshot(args: argparse.Namespace) -> dict:
     peak memory of the engine path, in a fresh process per precision."""
     import tempfile
 
-    from .encoders.emonet import EmoNet
     from .synthetic import SyntheticConfig, generate_dataset
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="avfusion-bench-"))
@@ -421,10 +428,7 @@ def bench_zeroshot(args: argparse.Namespace) -> dict:
     if not (root / "metadata.json").is_file():
         print(f"[zeroshot] writing {root} ...", file=sys.stderr, flush=True)
         generate_dataset(root, SyntheticConfig(clips=args.clips, frames=args.frames, size=args.size, pair=False))
-    weights = work / "emonet_8_synthetic.pth"
-    if not weights.is_file():
-        net = EmoNet(n_expression=8)
-        torch.save({f"module.{k}": v for k, v in synthetic_emonet_weights(net).items()}, weights)
+    weights = synthetic_emonet_file(work)
     n_frames = args.clips * args.frames
     rows = []
     for precision in args.precisions:
