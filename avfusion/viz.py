@@ -107,15 +107,16 @@ def save_plots(
 
 
 def plot_prediction(table: pd.DataFrame, path: PathLike, title: str = "") -> Path:
-    """Valence and arousal over time, frames without a face shaded."""
+    """Valence and arousal over time, frames without a prediction (``valid`` False; older tables:
+    no face) shaded."""
     plt = pyplot()
     t = table["timestamp"].to_numpy()
     fig, ax = plt.subplots(figsize=(10, 3.5))
     ax.plot(t, table["valence"], label="valence", color="C0")
     ax.plot(t, table["arousal"], label="arousal", color="C3")
-    no_face = ~table["face_found"].to_numpy(bool)
-    if no_face.any():
-        ax.fill_between(t, -1.05, 1.05, where=no_face, color="0.85", step="mid", label="no face")
+    missing = ~table["valid" if "valid" in table else "face_found"].to_numpy(bool)
+    if missing.any():
+        ax.fill_between(t, -1.05, 1.05, where=missing, color="0.85", step="mid", label="no prediction")
     ax.axhline(0, color="k", lw=0.5)
     ax.set(ylim=(-1.05, 1.05), xlabel="time (s)", ylabel="value", title=title)
     ax.legend(loc="upper right", fontsize=8)
@@ -164,31 +165,34 @@ def write_overlay(video_path: PathLike, table: pd.DataFrame, out_path: PathLike,
     from .data.video import VideoFile
 
     video = VideoFile(video_path)
-    n = len(video)
-    if n != len(table):
-        raise ValueError(f"{video_path}: {n} frames but {len(table)} predictions")
-    from fractions import Fraction
+    try:
+        n = len(video)
+        if n != len(table):
+            raise ValueError(f"{video_path}: {n} frames but {len(table)} predictions")
+        from fractions import Fraction
 
-    rate = Fraction(video.fps).limit_denominator(1001) if video.fps > 0 else Fraction(25)
-    out_path = Path(out_path)
-    with av.open(str(out_path), mode="w") as container:
-        stream = None
-        for start in range(0, n, chunk):
-            frames = video.get_batch(list(range(start, min(n, start + chunk))))
-            for k, frame in enumerate(frames):
-                row = table.iloc[start + k]
-                img = _draw(frame, float(row["valence"]), float(row["arousal"]), bool(row["face_found"]))
-                # yuv420p needs even sizes.
-                img = img[: img.shape[0] // 2 * 2, : img.shape[1] // 2 * 2]
-                if stream is None:
-                    stream = container.add_stream(_codec(), rate=rate)
-                    stream.width, stream.height = img.shape[1], img.shape[0]
-                    stream.pix_fmt = "yuv420p"
-                for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+        rate = Fraction(video.fps).limit_denominator(1001) if video.fps > 0 else Fraction(25)
+        out_path = Path(out_path)
+        with av.open(str(out_path), mode="w") as container:
+            stream = None
+            for start in range(0, n, chunk):
+                frames = video.get_batch(list(range(start, min(n, start + chunk))))
+                for k, frame in enumerate(frames):
+                    row = table.iloc[start + k]
+                    img = _draw(frame, float(row["valence"]), float(row["arousal"]), bool(row["face_found"]))
+                    # yuv420p needs even sizes.
+                    img = img[: img.shape[0] // 2 * 2, : img.shape[1] // 2 * 2]
+                    if stream is None:
+                        stream = container.add_stream(_codec(), rate=rate)
+                        stream.width, stream.height = img.shape[1], img.shape[0]
+                        stream.pix_fmt = "yuv420p"
+                    for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                        container.mux(packet)
+            if stream is not None:
+                for packet in stream.encode():
                     container.mux(packet)
-        if stream is not None:
-            for packet in stream.encode():
-                container.mux(packet)
+    finally:
+        video.close()  # now, not at a garbage collection that Ctrl-C may interrupt
     return out_path
 
 

@@ -2,6 +2,7 @@
 the CSV / plot / overlay outputs, and the `predict` subcommand parser."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-COLUMNS = ["frame", "timestamp", "valence", "arousal", "face_found"]
+COLUMNS = ["video", "frame", "timestamp", "track_id", "face_found", "face_x", "face_y", "face_w", "face_h",
+           "face_score", "speech", "valid", "valence", "arousal", "quadrant"]
 from conftest import NEURAL_AV  # noqa: E402
 
 
@@ -52,14 +54,23 @@ def check_table(table: pd.DataFrame, path: Path) -> None:
     from avfusion.data.video import VideoFile
 
     video = VideoFile(path)
-    assert list(table.columns) == COLUMNS
+    assert list(table.columns) == COLUMNS  # an AV model has no expression probabilities
     assert len(table) == len(video)
+    assert (table["video"] == str(path)).all()
     np.testing.assert_array_equal(table["frame"], np.arange(len(video)))
     np.testing.assert_allclose(table["timestamp"], video.timestamps, atol=1e-6)
     for dim in ("valence", "arousal"):
         v = table[dim].to_numpy()
         assert np.isfinite(v).all() and (np.abs(v) <= 1).all()
-    assert table["face_found"].all()  # the 'full' backend: the frame is the face
+    assert table["face_found"].all() and table["valid"].all()  # the 'full' backend: the frame is the face
+    assert (table["track_id"] == 0).all()
+    w, h = video.get_batch([0]).shape[2:0:-1]
+    np.testing.assert_array_equal(table[["face_x", "face_y", "face_w", "face_h"]].to_numpy(),
+                                  np.tile([0, 0, w, h], (len(table), 1)))
+    expected = np.where(table["valence"] >= 0, np.where(table["arousal"] >= 0, "pleasant-activated",
+                                                       "pleasant-deactivated"),
+                        np.where(table["arousal"] >= 0, "unpleasant-activated", "unpleasant-deactivated"))
+    np.testing.assert_array_equal(table["quadrant"], expected)
 
 
 def test_predict_with_and_without_audio(videos, tmp_path):
@@ -68,12 +79,21 @@ def test_predict_with_and_without_audio(videos, tmp_path):
 
     with_audio, silent = videos
     model = tiny_model()
-    predictor = Predictor(model, clip_len=8, device="cpu", face_backend="full")
+    # speech="off": the synthetic voice is a tone, not speech; here the whole track must count.
+    predictor = Predictor(model, clip_len=8, device="cpu", face_backend="full", speech="off")
     out = tmp_path / "out"
     table = predictor.predict_video(with_audio, out_dir=out, overlay=True)
     check_table(table, with_audio)
+    assert table["speech"].isna().all()  # not looked for
     saved = pd.read_csv(out / "001_va.csv")
-    pd.testing.assert_frame_equal(saved, table, check_dtype=False)
+    assert list(saved.columns) == COLUMNS
+    pd.testing.assert_frame_equal(saved.drop(columns="speech"), table.drop(columns="speech"), check_dtype=False)
+    summary = json.loads((out / "001_summary.json").read_text())
+    assert summary["frames"] == 12 and summary["frames_with_face"] == 12 and summary["valid_frames"] == 12
+    assert summary["valence_mean"] == pytest.approx(table["valence"].mean(), abs=1e-5)
+    assert summary["arousal_std"] == pytest.approx(table["arousal"].std(ddof=0), abs=1e-5)
+    assert summary["frames_with_speech"] is None and summary["options"]["speech"] == "off"
+    assert sum(summary["seconds_per_quadrant"].values()) == pytest.approx(summary["duration_s"], abs=1e-3)
     assert (out / "001_va.png").stat().st_size > 1000
     assert len(VideoFile(out / "001_overlay.mp4")) == len(table)
 
@@ -100,7 +120,7 @@ def test_predict_command_on_exported_model(videos, tmp_path, capsys):
     save_pretrained(tiny_model(), tmp_path / "model")
     args = predict.parse_args([str(videos[0]), "--model", str(tmp_path / "model"), "--out",
                               str(tmp_path / "pred"), "--face-backend", "full", "--clip-len", "8",
-                              "--device", "cpu", "--no-plot"])
+                              "--device", "cpu", "--no-plot", "--speech", "off"])
     assert args.func(args) == 0
     table = pd.read_csv(tmp_path / "pred" / "001_va.csv")
     check_table(table, videos[0])

@@ -78,7 +78,8 @@ def test_folder_with_bad_files_and_colliding_names(folder, model_dir, tmp_path, 
     assert combined.columns[0] == "video" and len(combined) == sum(GOOD.values())
     assert combined["video"].nunique() == 4
     assert sorted(p.name for p in out.rglob("*") if p.is_file()) == sorted(
-        ["clip_va.csv", "clip_va.csv", "take_mp4_va.csv", "take_avi_va.csv", "predictions.csv"])
+        ["clip_va.csv", "clip_va.csv", "take_mp4_va.csv", "take_avi_va.csv", "predictions.csv",
+         "clip_summary.json", "clip_summary.json", "take_mp4_summary.json", "take_avi_summary.json"])
 
     # --skip-existing: nothing recomputed, same combined table.
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*_va.csv")}
@@ -124,6 +125,10 @@ def complete(path: Path, frames: dict[str, int], out: Path) -> bool:
         import matplotlib.image
 
         return matplotlib.image.imread(path).ndim == 3
+    if path.suffix == ".json":
+        import json
+
+        return json.loads(path.read_text())["frames"] == frames[name[: -len("_summary.json")]]
     if path.suffix == ".mp4":
         from avfusion.data.video import VideoFile
 

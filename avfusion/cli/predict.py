@@ -1,5 +1,5 @@
 """``avfusion predict``: per-frame valence and arousal of video files, folders or glob patterns:
-a table, a plot and optionally an overlay video per input, and one combined table.
+a table, a summary, a plot and optionally an overlay video per input, and one combined table.
 
     avfusion predict talk.mp4 --model runs/exp/best --out predictions/
     avfusion predict videos/ --model emonet_8 --checkpoint pretrained/emonet_8.pth --stride 4
@@ -7,6 +7,14 @@ a table, a plot and optionally an overlay video per input, and one combined tabl
     accelerate launch --multi_gpu --num_processes 2 -m avfusion.cli.predict videos/ --model ... --out out/
 
 (--multi_gpu starts the processes; on a machine without a GPU they share the CPU.)
+
+Per video: <name>_va.<format>, one row per frame (--faces all: per face and frame) with video,
+frame, timestamp (seconds, from the container), track_id, face_found, face_x/y/w/h (pixels),
+face_score, speech, valid, valence, arousal, quadrant and, for EmoNet models, expr_<class>
+probabilities; rows that are not valid (no face for a video model, no speech for an audio
+model) have empty values. <name>_summary.json: duration, fps, frames with a face, with speech
+and valid, mean/std valence and arousal over valid frames (null without any), seconds per
+quadrant, the face tracks, model, avfusion version and options.
 
 Every option is checked before any video is decoded. A bad video is reported in one line and the
 others go on; the run ends with "N written, M failed" (exit code 1 when any failed). Every file is
@@ -44,6 +52,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="face crops per network call")
     p.add_argument("--face-backend", default="yunet", choices=("yunet", "full"),
                    help="yunet: detect the face (needs the YuNet model file); full: the face fills the frame")
+    p.add_argument("--faces", default="main", choices=("main", "all"),
+                   help="main: read the face seen in the most frames (faces are tracked; a warning when several "
+                        "people appear); all: one row per face per frame with its track_id (one model pass per face)")
+    p.add_argument("--speech", default="auto", choices=("auto", "off"),
+                   help="auto: Silero VAD marks the frames with speech and models that listen ignore audio without "
+                        "speech (as if the video had no track); off: the whole track counts, no speech column")
     p.add_argument("--yunet-model", help="YuNet ONNX file (default: $AVFUSION_HOME or ./pretrained/)")
     p.add_argument("--clip-len", type=int, help="frames per window of a temporal model (default: as in training)")
     p.add_argument("--smooth", type=int, default=1, help="moving average over this many frames (odd)")
@@ -60,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from ..predict.predictor import Predictor, check_options
 
     check_options(args.stride, args.smooth, args.batch_size, args.face_backend, args.precision, args.clip_len,
-                  fmt=args.format)
+                  fmt=args.format, faces=args.faces, speech=args.speech)
     jobs = expand_inputs(args.inputs)
     state = distributed_state()
     rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
@@ -74,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor(args.model, checkpoint=args.checkpoint, device=device, clip_len=args.clip_len,
                           precision=args.precision, compile=args.compile, flip=args.flip, stride=args.stride,
                           batch_size=args.batch_size, face_backend=args.face_backend,
-                          yunet_model=args.yunet_model, smooth=args.smooth)
+                          yunet_model=args.yunet_model, smooth=args.smooth, faces=args.faces, speech=args.speech)
     out = Path(args.out or "runs/predict")
     if rank == 0:
         print(f"{len(jobs)} video(s), model {predictor.name} ({predictor.runner.description if predictor.runner else 'audio only'})"

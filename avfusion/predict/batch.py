@@ -133,8 +133,6 @@ def run_batch(
     world: int = 1,
 ) -> BatchResult:
     """Predict this process's share of ``jobs`` (every ``world``-th from ``rank``)."""
-    import numpy as np
-
     result = BatchResult()
     mine = list(jobs)[rank::world]
     for k, job in enumerate(mine, 1):
@@ -155,13 +153,29 @@ def run_batch(
             continue
         result.written.append(str(job.path))
         if report:
-            face = table["face_found"].to_numpy(bool)
-            valid = np.isfinite(table[["valence", "arousal"]].to_numpy()).all(axis=1)
-            means = ("no frame with a prediction: no mean values" if not valid.any() else
-                     f"mean valence {table['valence'][valid].mean():+.2f}, arousal {table['arousal'][valid].mean():+.2f}")
-            face_text = f", face found in {100 * face.mean():.0f} %" if predictor.model.use_video else ""
-            report(f"{where} {job.path}: {len(table)} frames{face_text}; {means} -> {table_path}")
+            report(f"{where} {job.path}: {describe(table, predictor)} -> {table_path}")
     return result
+
+
+def describe(table: pd.DataFrame, predictor: Predictor) -> str:
+    """One line about a predicted video: frames, faces, speech, valid frames and the means over them."""
+    summ = table.attrs.get("summary") or {}
+    n = summ.get("frames", len(table))
+    parts = [f"{n} frames"]
+    if predictor.model.use_video:
+        pct = 100 * summ.get("frames_with_face", 0) / max(1, n)
+        parts.append(f"face found in {pct:.0f} %")
+        tracked = summ.get("faces_tracked")
+        if tracked and tracked > 1:
+            parts.append(f"{tracked} face tracks")
+    if summ.get("frames_with_speech") is not None:
+        parts.append(f"speech in {100 * summ['frames_with_speech'] / max(1, n):.0f} %")
+    text = ", ".join(parts)
+    valid = summ.get("valid_frames", 0)
+    if summ.get("valence_mean") is None:
+        return text + "; no valid frame: no mean values"
+    return (text + f"; {valid} valid frames: mean valence {summ['valence_mean']:+.2f}, "
+            f"arousal {summ['arousal_mean']:+.2f}")
 
 
 def combine_tables(jobs: Sequence[Job], out: Path, fmt: str) -> Optional[Path]:
@@ -171,7 +185,10 @@ def combine_tables(jobs: Sequence[Job], out: Path, fmt: str) -> Optional[Path]:
         p = job.table_path(out, fmt)
         if p.is_file():
             t = read_table(p)
-            t.insert(0, "video", str(job.path))
+            if "video" in t.columns:  # tables from before the column existed get it here
+                t["video"] = str(job.path)
+            else:
+                t.insert(0, "video", str(job.path))
             tables.append(t)
     if not tables:
         return None
@@ -191,4 +208,4 @@ def distributed_state() -> Any:
 
 
 __all__ = ["Job", "BatchResult", "expand_inputs", "run_batch", "combine_tables", "distributed_state",
-           "one_line", "VIDEO_EXTENSIONS", "COMBINED_NAME"]
+           "one_line", "describe", "VIDEO_EXTENSIONS", "COMBINED_NAME"]

@@ -2,19 +2,32 @@
 
     from avfusion import Predictor
     p = Predictor.from_pretrained("emonet_8", checkpoint="pretrained/emonet_8.pth")
-    table = p.predict_video("talk.mp4")   # frame, timestamp, valence, arousal, face_found
+    table = p.predict_video("talk.mp4")   # one row per frame (COLUMNS), summary in table.attrs
 
-The frames go through :mod:`avfusion.inference`: decoded in chunks by a worker thread that also
-finds the face in each frame once (YuNet, or ``full`` when the face fills the frame), the model's
-per-frame network run once per frame in the chosen precision, and, for temporal models, the fusion
-model over half-overlapping windows of those per-frame features with the audio each window spans.
-Memory does not grow with the video's length. A video without an audio stream is predicted from
-the face alone (audio masked, one warning); frames without a face are kept and flagged
-``face_found = False`` (frame-by-frame models give NaN there; temporal models predict them from
-their context).
+Faces: a first pass finds every face in every frame (YuNet) and links them into tracks
+(:mod:`avfusion.data.tracking`), so the person read never switches. ``faces="main"`` reads the
+track seen in the most frames (one warning when several people appear); ``faces="all"`` reads
+every track (one row per face per frame, ``track_id`` tells them apart; one model pass per
+track). The ``full`` backend is one track: the whole frame.
+
+Voice: for models that listen, Silero VAD marks the frames with speech (``speech``); a window of
+a temporal model without any speech gets its audio masked like a video without a track, and a
+track without speech (digital silence, music, noise) is masked entirely (one warning).
+
+The frames go through :mod:`avfusion.inference`: decoded in chunks by a worker thread, the model's
+per-frame network run once per frame with a face in the chosen precision, and, for temporal
+models, the fusion model over half-overlapping windows of those per-frame features with the audio
+each window spans. Memory does not grow with the video's length.
+
+A row is ``valid`` when the model saw something at that frame: the face (video models) or speech
+(audio models; with ``speech="off"``, any audio). Rows that are not valid have NaN values and are
+left out of every mean; the per-video summary (:func:`summarize`) counts faces, speech and valid
+frames, and gives the time spent in each quadrant of the valence/arousal circle.
 """
 from __future__ import annotations
 
+import json
+import math
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -24,10 +37,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..files import atomic_path
-from ..inference.engine import DEFAULT_CHUNK, ArrayFrames, VideoOutputs, predict_frame_by_frame
+from ..files import atomic_path, write_text_atomic
+from ..inference.engine import DEFAULT_CHUNK, ArrayFrames, VideoOutputs, predict_frame_by_frame, prefetch
 from ..inference.runner import PRECISIONS, FrameRunner, resolve_device
 from ..timing import SAMPLE_RATE
+from ..version import __version__
 from .temporal import predict_temporal
 
 PathLike = Union[str, Path]
@@ -36,7 +50,19 @@ PathLike = Union[str, Path]
 DEFAULT_CLIP_LEN = 32
 FACE_BACKENDS = ("yunet", "full")
 FORMATS = ("csv", "parquet", "json")
-COLUMNS = ("frame", "timestamp", "valence", "arousal", "face_found")
+FACES = ("main", "all")
+SPEECH = ("auto", "off")
+# Every table's columns, in order; ``expr_<name>`` columns follow for models with expression
+# probabilities (EmoNet). ``track_id`` -1 and NaN box: no face in this row.
+COLUMNS = ("video", "frame", "timestamp", "track_id", "face_found", "face_x", "face_y", "face_w", "face_h",
+           "face_score", "speech", "valid", "valence", "arousal", "quadrant")
+# EmoNet's expression classes in the order of its logits (AffectNet's 8, or its first 5).
+EXPRESSIONS = {8: ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt"),
+               5: ("neutral", "happy", "sad", "surprise", "fear")}
+# Quadrants of the valence/arousal circle (valence >= 0 is pleasant, arousal >= 0 activated).
+QUADRANTS = ("pleasant-activated", "unpleasant-activated", "unpleasant-deactivated", "pleasant-deactivated")
+# A second face track shorter than this (seconds) is not worth a warning (a false detection).
+MIN_TRACK_SECONDS = 0.5
 
 
 def training_clip_len(path: PathLike) -> Optional[int]:
@@ -58,7 +84,7 @@ def training_clip_len(path: PathLike) -> Optional[int]:
 
 def check_options(stride: int = 1, smooth: int = 1, batch_size: int = 16, face_backend: str = "yunet",
                   precision: str = "auto", clip_len: Optional[int] = None, chunk: int = DEFAULT_CHUNK,
-                  fmt: str = "csv") -> None:
+                  fmt: str = "csv", faces: str = "main", speech: str = "auto") -> None:
     """Raise a ValueError naming the option when a prediction setting is invalid (before any work)."""
     checks = [
         (stride >= 1, f"stride must be >= 1 (run the model on every K-th frame), got {stride}"),
@@ -69,6 +95,8 @@ def check_options(stride: int = 1, smooth: int = 1, batch_size: int = 16, face_b
         (precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"),
         (clip_len is None or clip_len >= 1, f"clip length must be >= 1 frame, got {clip_len}"),
         (fmt in FORMATS, f"format must be one of {', '.join(FORMATS)}, got {fmt!r}"),
+        (faces in FACES, f"faces must be one of {', '.join(FACES)}, got {faces!r}"),
+        (speech in SPEECH, f"speech must be one of {', '.join(SPEECH)}, got {speech!r}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -104,6 +132,82 @@ def read_table(path: PathLike) -> pd.DataFrame:
     raise ValueError(f"{path}: unknown table format {fmt!r}")
 
 
+def quadrant_names(valence: np.ndarray, arousal: np.ndarray) -> np.ndarray:
+    """The :data:`QUADRANTS` name of each (valence, arousal); None where either is NaN."""
+    v, a = np.asarray(valence, dtype=np.float64), np.asarray(arousal, dtype=np.float64)
+    k = np.where(v >= 0, np.where(a >= 0, 0, 3), np.where(a >= 0, 1, 2))
+    out = np.array(QUADRANTS, dtype=object)[k]
+    out[~(np.isfinite(v) & np.isfinite(a))] = None
+    return out
+
+
+def expression_names(k: int) -> tuple[str, ...]:
+    """Column names of ``k`` expression probabilities: ``expr_<class>`` (EmoNet), else ``expr_<i>``."""
+    return tuple(f"expr_{c}" for c in EXPRESSIONS.get(k, tuple(str(i) for i in range(k))))
+
+
+def _number(x: Any) -> Optional[float]:
+    x = float(x)
+    return round(x, 6) if math.isfinite(x) else None
+
+
+def _stats(rows: pd.DataFrame) -> dict[str, Optional[float]]:
+    """Mean and (population) standard deviation of valence and arousal over the valid rows; None
+    without any."""
+    ok = rows["valid"].to_numpy(bool)
+    out: dict[str, Optional[float]] = {}
+    for dim in ("valence", "arousal"):
+        v = rows[dim].to_numpy(np.float64)[ok]
+        out[f"{dim}_mean"] = _number(v.mean()) if len(v) else None
+        out[f"{dim}_std"] = _number(v.std()) if len(v) else None
+    return out
+
+
+def main_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per frame: a ``faces="all"`` table reduced to its main face (``attrs["summary"]
+    ["main_track"]``; frames without it get a row without values); any other table as it is.
+    Plots and overlays draw these."""
+    if not len(table) or not table["frame"].duplicated().any():
+        return table
+    main = table.attrs.get("summary", {}).get("main_track")
+    base = table.drop_duplicates("frame").set_index("frame").copy()
+    for c in base.columns:
+        if c in ("face_x", "face_y", "face_w", "face_h", "face_score", "valence", "arousal") or c.startswith("expr_"):
+            base[c] = np.nan
+    base["quadrant"] = None
+    base["face_found"], base["valid"], base["track_id"] = False, False, -1
+    if main is not None:
+        own = table[table["track_id"] == main].set_index("frame")
+        base.loc[own.index, list(own.columns)] = own
+    return base.reset_index()[list(table.columns)]
+
+
+def summarize(table: pd.DataFrame, durations: np.ndarray, fps: float, duration: float, **info: Any) -> dict:
+    """The per-video summary of a one-row-per-frame ``table`` (the main face): frame counts, mean and
+    standard deviation of valence and arousal over valid frames only (None without any), seconds per
+    quadrant; ``durations`` (N,) are the frames' lengths in seconds. ``info`` is added as is."""
+    ok = table["valid"].to_numpy(bool)
+    speech = table["speech"]
+    quad = table["quadrant"].to_numpy(object)
+    per_quadrant = {q: _number(durations[ok & (quad == q)].sum()) for q in QUADRANTS}
+    return {
+        **info,
+        "frames": int(len(table)),
+        "duration_s": _number(duration),
+        "fps": _number(fps),
+        "frames_with_face": int(table["face_found"].to_numpy(bool).sum()),
+        "frames_with_speech": None if speech.isna().all() else int(speech.fillna(False).to_numpy(bool).sum()),
+        "valid_frames": int(ok.sum()),
+        **_stats(table),
+        "seconds_per_quadrant": per_quadrant,
+    }
+
+
+def write_summary(summary: dict, path: PathLike) -> Path:
+    """``summary`` as JSON (NaN written as null), whole or not at all."""
+    return write_text_atomic(path, json.dumps(summary, indent=1, allow_nan=False) + "\n")
+
+
 class Predictor:
     """Per-frame valence/arousal for videos (or frames in memory) with one model.
 
@@ -125,6 +229,11 @@ class Predictor:
         face_margin, face_smoothing: crop margin (fraction of the face size per side) and box
             smoothing (frames, centred).
         smooth: centred moving average of the predictions over this many frames (odd; 1 = off).
+        faces: ``main`` (one row per frame: the face seen in the most frames; a warning when
+            several people appear) or ``all`` (one row per face per frame, ``track_id``; one model
+            pass per face).
+        speech: ``auto`` (Silero VAD marks the frames with speech; audio without speech is masked)
+            or ``off`` (all of the track counts, ``speech`` left empty).
         overrides: nested model-config changes for a named model or folder.
     """
 
@@ -146,11 +255,14 @@ class Predictor:
         face_smoothing: int = 5,
         smooth: int = 1,
         chunk: int = DEFAULT_CHUNK,
+        faces: str = "main",
+        speech: str = "auto",
         **overrides: Any,
     ) -> None:
         from ..factory import load_model
 
-        check_options(stride, smooth, batch_size, face_backend, precision, clip_len, chunk)
+        check_options(stride, smooth, batch_size, face_backend, precision, clip_len, chunk, faces=faces,
+                      speech=speech)
         self.device = resolve_device(device)
         if isinstance(model_or_path, nn.Module):
             self.model = model_or_path
@@ -173,7 +285,12 @@ class Predictor:
                 raise ValueError(f"clip_len {clip_len} exceeds the model's temporal range (fusion.max_len {limit})")
             self.clip_len = int(limit)
         self.stride, self.smooth, self.chunk = int(stride), int(smooth), int(chunk)
-        self.face_backend = face_backend
+        self.face_backend, self.faces, self.speech = face_backend, faces, speech
+        self.speech_detector = None
+        if self.model.use_audio and speech == "auto":
+            from ..data.speech import SpeechDetector
+
+            self.speech_detector = SpeechDetector()
         self.runner: Optional[FrameRunner] = None
         self.cropper = self.transform = None
         if self.model.use_video:
@@ -190,6 +307,7 @@ class Predictor:
             "compile": bool(compile), "flip": bool(self.runner.flip) if self.runner else False,
             "stride": self.stride, "clip_len": self.clip_len if self.temporal else None,
             "face_backend": face_backend if self.model.use_video else None, "smooth": self.smooth,
+            "faces": faces if self.model.use_video else None, "speech": speech if self.model.use_audio else None,
         }
 
     @classmethod
@@ -199,27 +317,194 @@ class Predictor:
         return cls(name_or_dir, checkpoint, precision=precision, **kwargs)
 
     # -- running ------------------------------------------------------------------------------
-    def _outputs(self, reader: Any, audio: Optional[np.ndarray], progress: Optional[Callable[[int], None]]) -> VideoOutputs:
-        if not self.temporal:
-            return predict_frame_by_frame(self.runner, reader, self.cropper, self.transform, self.stride,
-                                          chunk=self.chunk, progress=progress)
-        return predict_temporal(self.model, self.runner, reader, self.cropper, self.transform, self.clip_len,
-                                audio, SAMPLE_RATE, chunk=self.chunk, progress=progress)
+    def _track_faces(self, reader: Any, at: np.ndarray, progress: Optional[Callable[[int], None]]) -> list:
+        """First pass: every face of the frames ``at`` (decoded in a worker thread), linked into tracks."""
+        from ..data.tracking import FaceTracker
 
-    def _table(self, out: VideoOutputs) -> pd.DataFrame:
+        fps = float(getattr(reader, "fps", 0) or 25.0)
+        tracker = FaceTracker(max_gap=max(1, int(round(fps))), min_score=self.cropper.min_score)  # 1 s
+        detector = self.cropper.detector
+        chunk = self.chunk
+        if hasattr(reader, "iter_batches"):
+            batches = reader.iter_batches(at, chunk)
+        else:
+            batches = ((at[s : s + chunk], *reader.get_batch_masked(at[s : s + chunk])) for s in range(0, len(at), chunk))
+
+        def detect() -> Any:
+            for idx, frames, ok in batches:
+                found = detector.detect_batch(frames[ok]) if ok.any() else []
+                dets: list[list] = [[] for _ in idx]
+                for k, d in zip(np.flatnonzero(ok), found):
+                    dets[k] = d
+                yield idx, dets
+
+        for idx, dets in prefetch(detect()):
+            for i, d in zip(idx, dets):
+                tracker.update(int(i), d)
+            if progress is not None:
+                progress(len(idx) * self.stride)
+        return tracker.tracks
+
+    def _pass(self, reader: Any, audio: Optional[np.ndarray], audio_frames: Optional[np.ndarray], cropper: Any,
+              corners: Optional[np.ndarray], progress: Optional[Callable[[int], None]]) -> VideoOutputs:
+        """The model over the whole video, reading the face that ``corners`` (a track) locate."""
+        if not self.temporal:
+            return predict_frame_by_frame(self.runner, reader, cropper, self.transform, self.stride, landmarks=corners,
+                                          chunk=self.chunk, progress=progress)
+        return predict_temporal(self.model, self.runner, reader, cropper, self.transform, self.clip_len, audio,
+                                SAMPLE_RATE, landmarks=corners, chunk=self.chunk, progress=progress,
+                                audio_frames=audio_frames)
+
+    def _speech(self, audio: Optional[np.ndarray], times: np.ndarray, where: str) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+        """Frames with speech (None: not looked for) and the audio the model gets (None: masked)."""
+        if self.speech_detector is None or audio is None:
+            return None, audio
+        speech = _frame_speech(self.speech_detector.segments(audio, SAMPLE_RATE), times)
+        if not speech.any():
+            if self.model.use_video:
+                warnings.warn(f"{where}: no speech in the audio track; predicting from the face alone (audio masked)",
+                              RuntimeWarning, stacklevel=4)
+            else:
+                warnings.warn(f"{where}: no speech in the audio track; the audio-only model ({self.name}) has "
+                              "nothing to read (no valid frame)", RuntimeWarning, stacklevel=4)
+            return speech, None
+        return speech, audio
+
+    def _frame_table(self, out: VideoOutputs, track: Any, heard: np.ndarray, speech: Optional[np.ndarray],
+                     video: str) -> pd.DataFrame:
+        """One pass's rows, one per frame (see :data:`COLUMNS`)."""
         from ..metrics import moving_average
 
+        n = len(out.va)
         va = out.va.astype(np.float64)
-        valid = np.isfinite(va).all(axis=1)
+        face = np.asarray(out.face_mask, dtype=bool) if self.model.use_video else np.zeros(n, dtype=bool)
+        boxes, scores = np.full((n, 4), np.nan), np.full(n, np.nan)
+        if track is not None:
+            boxes, scores = track.per_frame(n)
+            _fill_between(boxes, face)  # frames skipped by stride: interpolated like the values
+            _fill_between(scores[:, None], face)
+        elif self.face_backend == "full" and self.model.use_video:  # the whole frame: centre (w/2, h/2)
+            c = np.asarray(out.boxes, dtype=np.float64)
+            boxes = np.stack([np.zeros(n), np.zeros(n), 2 * c[:, 0], 2 * c[:, 1]], axis=1)
+            scores = np.ones(n)
+        boxes[~face], scores[~face] = np.nan, np.nan
+        finite = np.isfinite(va).all(axis=1)
+        if self.temporal:
+            valid = finite & ((face & self.model.use_video) | (heard & self.model.use_audio))
+        else:
+            valid = finite & face
+        va[~valid] = np.nan
         if self.smooth > 1:
             va = np.where(valid[:, None], moving_average(np.nan_to_num(va), self.smooth, valid=valid), np.nan)
-        return pd.DataFrame({
-            "frame": np.arange(len(va)),
+        track_id = np.where(face, track.id if track is not None else (0 if self.face_backend == "full" else -1), -1)
+        table = pd.DataFrame({
+            "video": video,
+            "frame": np.arange(n),
             "timestamp": out.timestamps,
+            "track_id": track_id.astype(np.int64),
+            "face_found": face,
+            "face_x": boxes[:, 0], "face_y": boxes[:, 1], "face_w": boxes[:, 2], "face_h": boxes[:, 3],
+            "face_score": scores,
+            "speech": pd.array(speech, dtype="boolean") if speech is not None else pd.array([pd.NA] * n, dtype="boolean"),
+            "valid": valid,
             "valence": va[:, 0],
             "arousal": va[:, 1],
-            "face_found": out.face_mask,
+            "quadrant": quadrant_names(va[:, 0], va[:, 1]),
         })
+        if out.expression is not None:
+            e = np.asarray(out.expression, dtype=np.float64).copy()
+            e[~valid] = np.nan
+            for k, name in enumerate(expression_names(e.shape[1])):
+                table[name] = e[:, k]
+        return table
+
+    def _predict(self, reader: Any, audio: Optional[np.ndarray], where: str, video: str,
+                 bar: Any = None) -> pd.DataFrame:
+        """The table (one row per frame, or per face and frame) of any reader, its summary in ``attrs``."""
+        from ..data.faces import FaceCropper
+        from ..data.tracking import TrackBoxDetector, main_track
+        from ..inference.engine import model_frames
+
+        n = len(reader)
+        times = np.asarray(reader.timestamps, dtype=np.float64)
+        ends = np.asarray(reader.frame_end_times, dtype=np.float64)
+        fps = float(getattr(reader, "fps", 0) or 0.0)
+        speech, audio = self._speech(audio, times, where)
+        if audio is None:
+            heard = np.zeros(n, dtype=bool)
+        elif speech is not None:
+            heard = speech
+        else:  # speech detection off: every frame the track covers
+            heard = times < len(audio) / SAMPLE_RATE
+        tick = bar.update if bar is not None else None
+
+        tracks: list = []
+        passes: list[tuple[Any, Any, Optional[np.ndarray]]] = []  # (track, cropper, corners)
+        main = None
+        if not self.model.use_video:
+            passes.append((None, None, None))
+        elif self.face_backend == "full":
+            passes.append((None, self.cropper, None))
+        else:
+            tracks = self._track_faces(reader, model_frames(n, self.stride), tick)
+            main = main_track(tracks)
+            c = self.cropper
+            cropper = FaceCropper(TrackBoxDetector(), margin=c.margin, output_size=c.output_size, smoothing=c.smoothing,
+                                  pad_value=c.pad_value, max_jump=c.max_jump)
+            chosen = ([main] if main is not None else [None]) if self.faces == "main" else \
+                [main] + [t for t in tracks if t is not main] if main is not None else [None]
+            for t in chosen:
+                passes.append((t, cropper, t.corners(n) if t is not None else np.full((n, 2, 2), np.nan)))
+            if bar is not None:
+                bar.total = n * (1 + len(passes))
+                bar.refresh()
+        tables = []
+        for t, cropper, corners in passes:
+            out = self._pass(reader, audio, speech, cropper, corners, tick)
+            tables.append(self._frame_table(out, t, heard, speech, video))
+        main_table = tables[0]
+
+        long_enough = max(3, int(math.ceil(MIN_TRACK_SECONDS * (fps or 25.0) / self.stride)))
+        people = [t for t in tracks if t.n_frames >= long_enough]
+        if self.faces == "main" and len(people) > 1 and main is not None:
+            warnings.warn(f"{where}: {len(people)} faces appear (tracks {', '.join(str(t.id) for t in people)}); "
+                          f"reading track {main.id}, seen in the most frames ({main.n_frames}); faces='all' "
+                          "(--faces all) gives one row per face", RuntimeWarning, stacklevel=3)
+        if self.model.use_video and not main_table["face_found"].any():
+            warnings.warn(f"{where}: no face found in any frame (face_backend={self.face_backend!r})",
+                          RuntimeWarning, stacklevel=3)
+
+        if len(tables) > 1:  # faces="all": each face's rows, and one empty row where no face is
+            parts = [tb[tb["face_found"]] for tb in tables]
+            seen = np.zeros(n, dtype=bool)
+            for tb in parts:
+                seen[tb["frame"].to_numpy()] = True
+            parts.append(main_table[~seen])
+            table = pd.concat(parts, ignore_index=True).sort_values(["frame", "track_id"], kind="stable")
+            table = table.reset_index(drop=True)
+        else:
+            table = main_table
+        durations = np.clip(ends - times, 0.0, None)
+        track_info = []
+        for t, _, _ in passes:
+            if t is None:
+                continue
+            rows = table[table["track_id"] == t.id] if len(tables) > 1 else main_table[main_table["track_id"] == t.id]
+            track_info.append({"track_id": t.id, "frames": int(len(rows)),
+                               "first_s": _number(times[t.frames[0]]), "last_s": _number(times[t.frames[-1]]),
+                               "mean_box_area": _number(t.mean_area), "valid_frames": int(rows["valid"].sum()),
+                               **_stats(rows)})
+        if not self.model.use_video:
+            main_id, n_tracks = None, None
+        elif self.face_backend == "full":
+            main_id, n_tracks = 0, int(main_table["face_found"].any())
+        else:
+            main_id, n_tracks = (main.id if main is not None else None), len(tracks)
+        summary = summarize(main_table, durations, fps, float(ends[-1]) if n else 0.0, video=video or None,
+                            model=self.name, avfusion_version=__version__, options=dict(self.settings),
+                            main_track=main_id, faces_tracked=n_tracks, tracks=track_info)
+        table.attrs["summary"] = summary
+        return table
 
     def _audio(self, path: Path) -> Optional[np.ndarray]:
         """The 16 kHz track when the model listens; None (masked, one warning) when there is none."""
@@ -253,11 +538,12 @@ class Predictor:
     ) -> pd.DataFrame:
         """Predict every frame of the video at ``path``.
 
-        Returns a DataFrame with one row per frame: ``frame``, ``timestamp`` (seconds, from the
-        container), ``valence``, ``arousal`` (in [-1, 1]) and ``face_found``. With ``out_dir``:
-        ``<name>_va.<fmt>``, ``<name>_va.png`` (``plot``) and ``<name>_overlay.mp4`` (``overlay``),
-        each written whole or not at all, the table last (its presence means the video is done);
-        ``name`` defaults to the file's stem and may contain folders.
+        Returns a DataFrame with one row per frame (``faces="all"``: per face and frame) and the
+        columns of :data:`COLUMNS` (then ``expr_*`` probabilities for EmoNet models); the per-video
+        summary (:func:`summarize`) is in ``table.attrs["summary"]``. With ``out_dir``:
+        ``<name>_va.png`` (``plot``), ``<name>_overlay.mp4`` (``overlay``), ``<name>_summary.json``
+        and ``<name>_va.<fmt>``, each written whole or not at all, the table last (its presence
+        means the video is done); ``name`` defaults to the file's stem and may contain folders.
         """
         from ..data.video import VideoFile
 
@@ -272,38 +558,38 @@ class Predictor:
         audio = self._audio(path)
         bar = _progress_bar(n, path.name) if progress else None
         try:
-            out = self._outputs(reader, audio, bar.update if bar is not None else None)
+            table = self._predict(reader, audio, str(path), str(path), bar)
         finally:
             if bar is not None:
                 bar.close()
             reader.close()
-        table = self._table(out)
-        if self.model.use_video and not out.face_mask.any():
-            warnings.warn(f"{path}: no face found in any frame (face_backend={self.face_backend!r})",
-                          RuntimeWarning, stacklevel=2)
         if out_dir is not None:
             self.write_outputs(path, table, out_dir, name or path.stem, plot, overlay, fmt)
         return table
 
     def write_outputs(self, path: Path, table: pd.DataFrame, out_dir: PathLike, name: str, plot: bool = True,
                       overlay: bool = False, fmt: str = "csv") -> Path:
-        """Write a video's plot, overlay and table (in that order; each whole or not at all)."""
+        """Write a video's plot, overlay, summary (``table.attrs["summary"]``) and table (in that
+        order; each whole or not at all). Plot and overlay show the main face (:func:`main_rows`)."""
         from ..viz import plot_prediction, write_overlay
 
         base = Path(out_dir) / name
+        shown = main_rows(table)
         if plot:
             with atomic_path(base.parent / f"{base.name}_va.png") as tmp:
-                plot_prediction(table, tmp, title=f"{path.name} ({self.name})")
+                plot_prediction(shown, tmp, title=f"{path.name} ({self.name})")
         if overlay:
             with atomic_path(base.parent / f"{base.name}_overlay.mp4") as tmp:
-                write_overlay(path, table, tmp)
+                write_overlay(path, shown, tmp)
+        if "summary" in table.attrs:
+            write_summary(table.attrs["summary"], base.parent / f"{base.name}_summary.json")
         return write_table(table, base.parent / f"{base.name}_va.{fmt}", fmt)
 
     def predict_frames(self, frames: np.ndarray, fps: float, audio: Optional[np.ndarray] = None,
                        timestamps: Optional[np.ndarray] = None) -> pd.DataFrame:
         """Predict frames already in memory: ``(T, H, W, 3)`` RGB uint8 at ``fps`` (or with their
         ``timestamps`` in seconds); ``audio`` a 16 kHz mono float track starting with the first
-        frame (None: no audio). Returns the table of :meth:`predict_video`."""
+        frame (None: no audio). Returns the table of :meth:`predict_video` (``video`` empty)."""
         reader = ArrayFrames(frames, fps, timestamps)
         if audio is not None:
             audio = np.asarray(audio, dtype=np.float32)
@@ -311,7 +597,25 @@ class Predictor:
                 raise ValueError(f"audio must be a mono 16 kHz track (S,), got shape {audio.shape}")
         elif self.model.use_audio and not self.model.use_video:
             raise ValueError(f"the model ({self.name}) uses audio only: pass audio")
-        return self._table(self._outputs(reader, audio, None))
+        return self._predict(reader, audio if self.model.use_audio else None, "frames", "")
+
+
+def _frame_speech(segments: np.ndarray, times: np.ndarray) -> np.ndarray:
+    from ..data.speech import frame_speech
+
+    return frame_speech(segments, times)
+
+
+def _fill_between(values: np.ndarray, where: np.ndarray) -> None:
+    """In place: rows of ``values`` (N, D) that are NaN but ``where`` True get the linear
+    interpolation between the nearest finite rows around them (frames skipped by ``stride``)."""
+    have = np.isfinite(values).all(axis=1)
+    need = where & ~have
+    if not need.any() or have.sum() < 2:
+        return
+    x, xs = np.flatnonzero(have), np.flatnonzero(need)
+    for d in range(values.shape[1]):
+        values[xs, d] = np.interp(xs, x, values[x, d])
 
 
 def _progress_bar(total: int, desc: str) -> Any:
@@ -321,5 +625,6 @@ def _progress_bar(total: int, desc: str) -> Any:
     return tqdm(total=total, desc=desc, unit="frame", dynamic_ncols=True, leave=False, disable=None)
 
 
-__all__ = ["Predictor", "training_clip_len", "check_options", "write_table", "read_table", "COLUMNS", "FORMATS",
-           "FACE_BACKENDS"]
+__all__ = ["Predictor", "training_clip_len", "check_options", "write_table", "read_table", "summarize",
+           "write_summary", "main_rows", "quadrant_names", "expression_names", "COLUMNS", "FORMATS", "FACE_BACKENDS",
+           "FACES", "SPEECH", "QUADRANTS", "EXPRESSIONS"]

@@ -30,11 +30,15 @@ def predict_temporal(
     chunk: int = DEFAULT_CHUNK,
     window_batch: int = 8,
     progress: Optional[Callable[[int], None]] = None,
+    audio_frames: Optional[np.ndarray] = None,
 ) -> VideoOutputs:
     """Valence/arousal of every frame from a model with a fusion module (see the module doc).
 
     ``runner`` is None for audio-only models (no frame is decoded); ``audio`` is the whole 16 kHz
     track, or None when the video has none (the audio is then masked, as in training).
+    ``audio_frames`` (N,) bool: the frames whose audio counts (speech); a window without any such
+    frame gets its audio masked exactly like a video without a track (``audio_valid`` is per
+    window, as in training). None: the whole track counts.
     """
     from ..data.audio import slice_audio
     from ..data.clips import window_starts, window_times
@@ -58,7 +62,7 @@ def predict_temporal(
     use_audio = bool(getattr(model, "use_audio", False))
     has_audio = audio is not None
     for b in range(0, len(starts), window_batch):
-        rows_idx, rows_audio, rows_times = [], [], []
+        rows_idx, rows_audio, rows_times, rows_ok = [], [], [], []
         for s in starts[b : b + window_batch]:
             idx = np.full(T, -1, dtype=np.int64)
             part = np.arange(s, min(s + T, n))
@@ -71,6 +75,7 @@ def predict_temporal(
             rows_idx.append(idx)
             rows_audio.append(seg.astype(np.float32))
             rows_times.append(wt - first / sample_rate)
+            rows_ok.append(has_audio and (audio_frames is None or bool(audio_frames[part].any())))
         B = len(rows_idx)
         idx = np.stack(rows_idx)
         real = idx >= 0
@@ -89,7 +94,7 @@ def predict_temporal(
                 wave[k, : len(a)] = torch.from_numpy(a)
             kwargs.update(audio=wave, audio_lengths=lengths,
                           frame_times=torch.from_numpy(np.stack(rows_times).astype(np.float32)),
-                          audio_valid=torch.full((B,), has_audio, dtype=torch.bool))
+                          audio_valid=torch.tensor(rows_ok, dtype=torch.bool))
         kwargs = {k: v.to(device) for k, v in kwargs.items()}
         with torch.inference_mode():
             out = model(**kwargs)
