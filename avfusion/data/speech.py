@@ -76,11 +76,18 @@ class SpeechDetector:
         with self._lock:
             if self._model is None:
                 self._model, self._timestamps = _load_silero()
-            with torch.inference_mode():
-                found = self._timestamps(
-                    torch.from_numpy(np.ascontiguousarray(a)), self._model, threshold=self.threshold,
-                    sampling_rate=sample_rate, min_speech_duration_ms=int(self.min_speech * 1000),
-                    min_silence_duration_ms=int(self.min_silence * 1000), speech_pad_ms=int(self.pad * 1000))
+            # The network runs on 32 ms steps, one after the other: a second thread only adds
+            # synchronisation (measured 25x slower with 2 threads on a 2-core CPU).
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                with torch.inference_mode():
+                    found = self._timestamps(
+                        torch.from_numpy(np.ascontiguousarray(a)), self._model, threshold=self.threshold,
+                        sampling_rate=sample_rate, min_speech_duration_ms=int(self.min_speech * 1000),
+                        min_silence_duration_ms=int(self.min_silence * 1000), speech_pad_ms=int(self.pad * 1000))
+            finally:
+                torch.set_num_threads(threads)
         if not found:
             return np.zeros((0, 2))
         return np.array([[s["start"], s["end"]] for s in found], dtype=np.float64) / sample_rate
