@@ -32,6 +32,8 @@ from .inference.hardware import cpu_flags, cpu_name
 
 # Relative to the working directory: in a clone, the repository's recorded results.
 DEFAULT_OUTPUT = Path("benchmarks") / "results.json"
+# A whole run's results (`avfusion bench --out benchmarks`), which `avfusion bench readme` writes first.
+DEFAULT_BENCH = Path("benchmarks") / "bench.json"
 
 
 # --- shared helpers --------------------------------------------------------------------------------
@@ -451,6 +453,683 @@ def bench_zeroshot(args: argparse.Namespace) -> dict:
     }
 
 
+# --- the whole benchmark: `avfusion bench [--quick] [--out DIR] [--device cpu|cuda]` -----------------
+#
+# One run measures every stage side by side (same machine, same minutes) and writes DIR/bench.json
+# and DIR/bench.md; `avfusion bench readme` puts bench.md's tables in the README. Every figure is a
+# median with its min-max over repeats, and the machine (CPU model, cores, ISA flags, torch,
+# threads) is written beside it.
+
+BENCH_KIND = "avfusion-bench"
+BENCH_STAGES = ("emonet", "encoders", "decode", "predict", "train", "cache", "cuda")
+INT8_MAX_VA_DEV = 0.05  # an int8 EmoNet would be reported only within this relative deviation from fp32
+
+# AFEW-VA: 600 clips, 30,051 frames; Aff-Wild2 figures are given per 1M frames.
+AFEW_CLIPS, AFEW_FRAMES = 600, 30_051
+
+QUICK = {"repeats": 3, "video_seconds": 6.0, "vit_batch": 8, "audio_seconds": 5.0, "affwild_frames": 15_000,
+         "train_epochs": 1, "train_variants": ["bf16:16", "bf16:64"], "cache_clips": 2, "cache_frames": 32,
+         "compile": False}
+FULL = {"repeats": 5, "video_seconds": 20.0, "vit_batch": 8, "audio_seconds": 10.0, "affwild_frames": 100_000,
+        "train_epochs": 3, "train_variants": ["bf16:16", "no:16", "bf16:64", "no:64", "bf16:64:32"], "cache_clips": 4,
+        "cache_frames": 64, "compile": True}
+QUICK_SKIPS = ("torch.compile variants (EmoNet compiled at each batch: ~20 s of compilation per shape)",
+               "fewer repeats (3 instead of 5; 2 at batch 32) and a 6 s video instead of 20 s",
+               "training: 1 timed epoch per setting (after 5 warm-up steps), 2 of the 5 settings, "
+               "Aff-Wild2 rate from 15k frames instead of 100k",
+               "feature caching on fewer frames")
+
+
+def spread(values: list[float]) -> dict:
+    """Median, min, max and count of repeated measurements."""
+    a = np.asarray(values, dtype=float)
+    return {"median": float(np.median(a)), "min": float(a.min()), "max": float(a.max()), "n": int(a.size)}
+
+
+def fmt_spread(s: dict | None, spec: str = ".2f") -> str:
+    """``median (min-max)`` of a :func:`spread`; just the median when there was one repeat."""
+    if not s:
+        return "—"
+    if s["n"] < 2 or s["min"] == s["max"]:
+        return format(s["median"], spec)
+    return f"{s['median']:{spec}} ({s['min']:{spec}}–{s['max']:{spec}})"
+
+
+def time_repeats(fn: Callable[[], object], repeats: int, sync: Callable[[], None] = lambda: None,
+                 warmup: int = 1) -> tuple[list[float], float, object]:
+    """Seconds of each of ``repeats`` timed calls after ``warmup`` untimed ones (the first of which
+    is timed apart: compilation, kernel creation), that first time, and the last call's result."""
+    t0 = time.perf_counter()
+    out = fn()
+    sync()
+    first = time.perf_counter() - t0
+    for _ in range(max(warmup - 1, 0)):
+        out = fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return times, first, out
+
+
+def _rates(times: list[float], units: float) -> dict:
+    return spread([units / t for t in times])
+
+
+def _log(stage: str, text: str) -> None:
+    print(f"[bench {stage}] {text}", file=sys.stderr, flush=True)
+
+
+def _emonet_net(device: str = "cpu") -> torch.nn.Module:
+    from .encoders.emonet import EmoNet
+
+    model = EmoNet(n_expression=8)
+    model.load_state_dict(synthetic_emonet_weights(model))
+    return model.eval().to(device)
+
+
+def _va(out: dict) -> torch.Tensor:
+    return torch.stack([out["valence"][0], out["arousal"][0]]).float().cpu()
+
+
+def stage_emonet(o: argparse.Namespace, shared: dict) -> dict:
+    """EmoNet-8 frames/s at each batch: fp32 eager (the official graph), the bf16 + channels_last
+    fast path, compiled (inductor, freezing); int8 where it is supported well."""
+    from .encoders.emonet import optimize_for_inference
+
+    model = _emonet_net()
+    face = astronaut_face()
+    fast = optimize_for_inference(model, torch.bfloat16, channels_last=True)
+
+    def plain(x: torch.Tensor) -> dict:
+        with torch.inference_mode():
+            return model(x)
+
+    rows = []
+    for batch in o.batches:
+        x = face.repeat(batch, 1, 1, 1)
+        reps = o.repeats if not (o.quick and batch >= 32) else max(2, o.repeats - 1)
+        variants: list[tuple[str, str, Callable]] = [("fp32_eager", "float32 eager (reference)", plain),
+                                                     ("fast_eager", "bf16 + channels_last eager", fast)]
+        if o.compile:
+            torch._dynamo.reset()  # a fresh graph per batch size (no automatic dynamic shapes)
+            variants.append(("compiled", "bf16 + channels_last, torch.compile (inductor, freezing)",
+                             optimize_for_inference(model, torch.bfloat16, channels_last=True, compile=True)))
+        ref = None
+        for key, label, fn in variants:
+            _log("emonet", f"batch {batch}: {label}")
+            times, first, out = time_repeats(lambda: fn(x), reps)
+            va = _va(out)
+            fps = _rates(times, batch)
+            row = {"batch": batch, "variant": key, "label": label, "frames_per_s": fps, "first_call_s": first}
+            if ref is None:
+                ref = (va, fps["median"])
+                row["speedup_vs_fp32"] = 1.0
+                row["va"] = va.tolist()
+            else:
+                row["speedup_vs_fp32"] = fps["median"] / ref[1]
+                row["va"] = va.tolist()
+                row["va_max_abs_dev"] = float((va - ref[0]).abs().max())
+                # Synthetic weights do not keep valence/arousal in [-1, 1]: relative to fp32's largest.
+                row["va_max_rel_dev"] = row["va_max_abs_dev"] / float(ref[0].abs().max())
+            rows.append(row)
+    if "amx_int8" not in cpu_flags():
+        int8 = ("not run: this CPU has no AMX-INT8 (oneDNN int8 convolutions would run on AVX512-VNNI, "
+                "without the AMX tiles that make int8 pay); avfusion has no int8 EmoNet path yet")
+    else:
+        int8 = ("not run: avfusion has no int8 EmoNet path yet (PT2E X86InductorQuantizer would be the way; "
+                f"it would be reported only within {INT8_MAX_VA_DEV} relative deviation of fp32 valence/arousal)")
+    fast_ratio = {str(r["batch"]): r["speedup_vs_fp32"] for r in rows if r["variant"] == "fast_eager"}
+    shared["emonet_rows"] = rows
+    table = markdown_table(
+        [dict(r, fps=fmt_spread(r["frames_per_s"]), first=f"{r['first_call_s']:.1f}") for r in rows],
+        [("batch", "batch", ""), ("label", "EmoNet-8 variant", ""), ("fps", "frames/s median (min–max)", ""),
+         ("speedup_vs_fp32", "× fp32 eager", ".2f"), ("va_max_rel_dev", "valence/arousal deviation vs fp32", ".1e"),
+         ("first", "first call (s)", "")])
+    return {"rows": rows, "fast_over_fp32": fast_ratio, "int8": int8, "table": table,
+            "notes": [f"int8: {int8}.",
+                      "Input: the parity face (astronaut, 256x256) repeated to the batch; synthetic weights by the "
+                      "parity recipe; deviation = max |out - fp32| / max |fp32| over valence and arousal of the "
+                      "first face at the same batch (synthetic weights do not keep them in [-1, 1])."]}
+
+
+def stage_encoders(o: argparse.Namespace, shared: dict) -> dict:
+    """MAE ViT-B/16 frames/s and wav2vec2-base seconds of audio per second (random weights)."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    from .encoders.base import inference_copy
+    from .encoders.vit import MAEViTEncoder
+
+    rows = []
+    torch.manual_seed(0)
+    vit = MAEViTEncoder("vit_base_patch16_224").eval()
+    x = torch.randn(o.vit_batch, 3, 224, 224)
+    w2v = Wav2Vec2Model(Wav2Vec2Config()).eval()
+    wave = torch.randn(1, int(16000 * o.audio_seconds))
+    for name, module, inp, units, unit in (("MAE ViT-B/16 (timm vit_base_patch16_224)", vit, x, o.vit_batch, "frames/s"),
+                                           ("wav2vec2-base (Wav2Vec2Config defaults)", w2v, wave, o.audio_seconds,
+                                            "s of audio / s")):
+        for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+            _, run = inference_copy(module, dtype)
+            inp_d = inp.to(dtype) if dtype is not None else inp
+
+            def call() -> object:
+                with torch.inference_mode():
+                    return run(inp_d)
+
+            _log("encoders", f"{name} {precision}")
+            times, first, _ = time_repeats(call, o.repeats)
+            rows.append({"model": name, "precision": precision, "unit": unit, "rate": _rates(times, units),
+                         "first_call_s": first,
+                         "input": f"batch {o.vit_batch} x 3x224x224" if module is vit else f"{o.audio_seconds:g} s at 16 kHz"})
+    table = markdown_table([dict(r, r=fmt_spread(r["rate"])) for r in rows],
+                           [("model", "encoder (random weights)", ""), ("precision", "precision", ""),
+                            ("input", "input", ""), ("r", "rate median (min–max)", ""), ("unit", "unit", "")])
+    return {"rows": rows, "table": table, "notes": []}
+
+
+def _bench_video(o: argparse.Namespace, shared: dict) -> Path:
+    """The run's 720p 25 fps talking-face video with audio, written once."""
+    from .synthetic.talking import write_talking_video
+
+    video = Path(shared["work"]) / f"talk_{o.video_seconds:g}s_720p.mp4"
+    if not video.is_file():
+        _log("video", f"writing {video}")
+        t0 = time.perf_counter()
+        write_talking_video(video, seconds=o.video_seconds, width=1280, height=720, fps=25)
+        shared["video_write_s"] = time.perf_counter() - t0
+    return video
+
+
+def stage_decode(o: argparse.Namespace, shared: dict) -> dict:
+    """Decoding the 720p video to RGB arrays: decord in batches, PyAV and OpenCV frame by frame."""
+    import av
+    import cv2
+    import decord
+
+    video = _bench_video(o, shared)
+
+    def by_decord() -> int:
+        vr = decord.VideoReader(str(video), ctx=decord.cpu(0))
+        n = len(vr)
+        for i in range(0, n, 32):
+            vr.get_batch(list(range(i, min(i + 32, n)))).asnumpy()
+        return n
+
+    def by_pyav() -> int:
+        n = 0
+        with av.open(str(video)) as c:
+            for frame in c.decode(video=0):
+                frame.to_ndarray(format="rgb24")
+                n += 1
+        return n
+
+    def by_opencv() -> int:
+        cap, n = cv2.VideoCapture(str(video)), 0
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            n += 1
+        cap.release()
+        return n
+
+    rows = []
+    for name, fn in (("decord, batches of 32 (get_batch)", by_decord), ("PyAV, sequential (to_ndarray rgb24)", by_pyav),
+                     ("OpenCV, sequential (read + BGR->RGB)", by_opencv)):
+        _log("decode", name)
+        times, first, n = time_repeats(fn, o.repeats)
+        rows.append({"decoder": name, "frames": n, "frames_per_s": _rates(times, n), "first_s": first})
+    base = rows[0]["frames_per_s"]["median"]
+    for r in rows:
+        r["vs_decord"] = r["frames_per_s"]["median"] / base
+    table = markdown_table([dict(r, fps=fmt_spread(r["frames_per_s"], ".0f")) for r in rows],
+                           [("decoder", "decoding 1280x720 H.264 to RGB", ""), ("fps", "frames/s median (min–max)", ""),
+                            ("vs_decord", "× decord", ".2f")])
+    return {"video": {"path_name": video.name, "seconds": o.video_seconds, "size": "1280x720", "fps": 25},
+            "rows": rows, "table": table, "notes": []}
+
+
+def _bare_fast(batch: int, repeats: int, device: str = "cpu") -> dict:
+    """The bare EmoNet-8 bf16 fast path at ``batch``: frames/s."""
+    from .encoders.emonet import optimize_for_inference
+
+    fast = optimize_for_inference(_emonet_net(), torch.bfloat16, channels_last=True, device=device)
+    x = astronaut_face().repeat(batch, 1, 1, 1)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    times, _, _ = time_repeats(lambda: fast(x), repeats, sync=sync)
+    return _rates(times, batch)
+
+
+def stage_predict(o: argparse.Namespace, shared: dict, device: str = "cpu") -> dict:
+    """`avfusion predict` end to end (fresh process: model load, decoding, faces, network, table)."""
+    from .data.faces import resolve_yunet_model
+
+    video = _bench_video(o, shared)
+    n_frames = int(round(o.video_seconds * 25))
+    work = Path(shared["work"])
+    weights = synthetic_emonet_file(work)
+    try:
+        face = ["--face-backend", "yunet", "--yunet-model", str(resolve_yunet_model(None))]
+    except FileNotFoundError:
+        face = ["--face-backend", "full"]
+    bare = None
+    for r in shared.get("emonet_rows", []) if device == "cpu" else []:
+        if r["batch"] == o.predict_batch and r["variant"] == "fast_eager":
+            bare = r["frames_per_s"]
+    if bare is None:
+        _log("predict", f"bare EmoNet-8 fast path at batch {o.predict_batch} ({device})")
+        bare = _bare_fast(o.predict_batch, o.repeats, device)
+    rows = []
+    variants = o.predict_variants if device == "cpu" else ["emonet_8:1", "emonet_8:4"]
+    for spec in variants:
+        model, stride = spec.split(":")[0], int(spec.split(":")[1])
+        name = f"{model}, stride {stride}"
+        _log("predict", f"{name} ({device})")
+        argv = [str(video), "--out", str(work / f"predict_{device}"), "--no-plot", "--quiet", "--batch-size",
+                str(o.predict_batch), "--device", device, *face, "--stride", str(stride)]
+        argv += (["--model", "emonet_8", "--checkpoint", str(weights)] if model == "emonet_8" else ["--model", model])
+        res = _run_child(argv, o.threads)
+        fps = n_frames / res["seconds"]
+        rows.append({"variant": name, "model": model, "stride": stride, "frames_per_s": fps,
+                     "realtime_factor": fps / 25.0, "peak_rss_mb": res["peak_rss_mb"], "seconds": res["seconds"],
+                     "vs_bare_fast_path": fps / bare["median"] if model == "emonet_8" else None})
+    table = markdown_table(rows, [("variant", f"avfusion predict ({device})", ""), ("frames_per_s", "video frames/s", ".2f"),
+                                  ("realtime_factor", "× real time (25 fps)", ".2f"),
+                                  ("vs_bare_fast_path", "/ bare bf16 fast path", ".2f"),
+                                  ("peak_rss_mb", "peak RSS (MB)", ".0f")])
+    notes = [f"Video: {o.video_seconds:g} s, 1280x720, 25 fps, H.264 + AAC, one synthetic talking face; "
+             f"faces: {face[1]}; batch {o.predict_batch}; precision auto. One run per variant in a fresh "
+             "process: seconds inside `avfusion predict`'s main() (model load, decoding, face detection, "
+             "network, writing the table), so start-up weighs more on a short video.",
+             f"Bare EmoNet-8 bf16 + channels_last at batch {o.predict_batch} in the same run: "
+             f"{fmt_spread(bare)} frames/s; '/ bare' is predict's frames/s over that median (the predict "
+             "target: close to 1 at stride 1)."]
+    return {"rows": rows, "bare_fast_path": bare, "table": table, "notes": notes,
+            "video": {"seconds": o.video_seconds, "frames": n_frames, "face_backend": face[1]}}
+
+
+# --- training on cached features ---
+
+def _afew_lengths(clips: int, frames: int, seed: int = 0) -> np.ndarray:
+    """Clip lengths like AFEW-VA's (a few to ~150 frames), ``clips`` of them summing to ``frames``."""
+    rng = np.random.default_rng(seed)
+    lo, hi = max(1, min(10, frames // clips)), max(150, 2 * frames // clips)
+    lengths = np.clip(rng.lognormal(np.log(frames / clips), 0.5, clips), lo, hi).astype(int)
+    while lengths.sum() != frames:
+        i = int(rng.integers(clips))
+        step = 1 if lengths.sum() < frames else -1
+        if lo <= lengths[i] + step <= hi:
+            lengths[i] += step
+    return lengths
+
+
+def write_feature_cache(root: Path, lengths: list[int] | np.ndarray, video_dim: int | None, audio_dim: int | None,
+                        seed: int = 0) -> Path:
+    """A feature cache of random float16 features and labels, in the format `avfusion cache` writes."""
+    from .data.features import (CACHE_FORMAT, CACHE_VERSION, VideoFeatures, save_video_features, video_filename,
+                                write_manifest)
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    videos = {}
+    for i, n in enumerate(int(n) for n in lengths):
+        vid = f"clip{i:05d}"
+
+        def feats(dim: int | None) -> torch.Tensor | None:
+            return None if not dim else torch.from_numpy(rng.standard_normal((n, dim), dtype=np.float32).astype(np.float16))
+
+        f = VideoFeatures(video_id=vid, timestamps=np.arange(n) / 25.0, face_mask=np.ones(n, dtype=bool), fps=25.0,
+                          video=feats(video_dim), audio=feats(audio_dim), audio_valid=bool(audio_dim),
+                          labels=rng.uniform(-1, 1, (n, 2)).astype(np.float32), label_mask=np.ones(n, dtype=bool),
+                          meta={"actor": f"actor{i // 4}", "group": vid, "dataset": "bench"})
+        save_video_features(root / video_filename(vid), f)
+        videos[vid] = video_filename(vid)
+    write_manifest(root, {"format": CACHE_FORMAT, "version": CACHE_VERSION, "encoder_hash": "none", "encoders": {},
+                          "video_dim": video_dim, "audio_dim": audio_dim, "dtype": "float16", "window": 32,
+                          "dataset": {"kind": "bench"}, "videos": videos})
+    return root
+
+
+def _train_epochs(experiment: str, cache: Path, overrides: list[str], epochs: int, warmup_steps: int,
+                  out: Path) -> dict:
+    """Epochs of the package's training step (train_one_epoch: Accelerate, AdamW, CCC loss, the
+    experiment's fusion model) over every window of a feature cache; seconds of each timed epoch."""
+    import contextlib
+    import io
+
+    from .data.build import build_datasets
+    from .train.checkpoint import TrainState
+    from .train.experiment import build_model, load_experiment
+    from .train.loop import make_accelerator, make_loader, train_one_epoch
+    from .train.optim import build_loss_fn, build_optimizer, build_scheduler
+
+    cfg = load_experiment(experiment, [f"data.features={cache}", "data.root=null", "data.folds=0",
+                                       "data.val_fraction=0", "data.test_fraction=0", "data.split_file=null",
+                                       "data.num_workers=0", "train.cpu=true", "train.log_every=0",
+                                       f"output_dir={out}", *overrides])
+    torch.manual_seed(0)
+    # Accelerate keeps one process-wide state, fixed at its first mixed-precision setting: the
+    # settings compared here need it reset (one process, nothing distributed to tear down).
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+    accelerator = make_accelerator(cfg, log=False)
+    model = build_model(cfg)
+    datasets = build_datasets(cfg.data, model)
+    loader, sampler = make_loader(datasets.train, cfg.data.batch_size, datasets.collate_fn, True, 0, 0)
+    optimizer, loss_fn = build_optimizer(model, cfg.train), build_loss_fn(cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, len(loader) * (epochs + 1))
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    state = TrainState()
+    cfg.train.stop_after_steps = None
+    times = []
+    with contextlib.redirect_stderr(io.StringIO()):  # the loop's progress bar
+        if warmup_steps:  # one-time costs (allocator, oneDNN primitives) outside the timed epochs
+            n = [0]
+
+            def stop() -> bool:
+                n[0] += 1
+                return n[0] >= warmup_steps
+
+            sampler.set_epoch(0)
+            train_one_epoch(accelerator, model, loader, optimizer, scheduler, loss_fn, state, cfg, on_step=stop)
+        for e in range(epochs):
+            sampler.set_epoch(e + 1)
+            state.batch_in_epoch = 0
+            t0 = time.perf_counter()
+            train_one_epoch(accelerator, model, loader, optimizer, scheduler, loss_fn, state, cfg)
+            times.append(time.perf_counter() - t0)
+    frames = sum(int((w.indices >= 0).sum()) for w in datasets.train.windows)
+    fusion = model.cfg.fusion if hasattr(model, "cfg") else accelerator.unwrap_model(model).cfg.fusion
+    return {"epoch_s": spread(times), "windows": len(datasets.train), "steps_per_epoch": len(loader),
+            "frames_per_epoch": frames, "clip_len": cfg.data.clip_len, "stride": cfg.data.stride,
+            "fusion": {"d_model": fusion.d_model, "n_layers": fusion.n_layers, "n_heads": fusion.n_heads}}
+
+
+def _train_variant(spec: str) -> tuple[str, int, int | None]:
+    """``PRECISION:BATCH[:STRIDE]`` (precision: bf16 or no) -> (precision, batch, stride or None)."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or parts[0] not in ("bf16", "no") or not all(p.isdigit() for p in parts[1:]):
+        raise ValueError(f"training variant {spec!r}: expected PRECISION:BATCH[:STRIDE], precision bf16 or no")
+    return parts[0], int(parts[1]), int(parts[2]) if len(parts) == 3 else None
+
+
+def stage_train(o: argparse.Namespace, shared: dict) -> dict:
+    """Fusion training seconds per epoch on cached features: AFEW-VA size (the afew_emonet_video
+    experiment: EmoNet features 256 wide, 6-layer fusion) and Aff-Wild2 per 1M frames
+    (affwild2_av_emonet_wav2vec2: 256 + 768 wide, extrapolated from the frames measured)."""
+    work = Path(shared["work"])
+    afew = work / f"cache_afew_{o.train_clips}x{o.train_frames}"
+    if not (afew / "manifest.json").is_file():
+        _log("train", f"writing an AFEW-VA-sized feature cache ({o.train_clips} clips, {o.train_frames} frames)")
+        write_feature_cache(afew, _afew_lengths(o.train_clips, o.train_frames), 256, None)
+    rows = []
+    for spec in o.train_variants:
+        precision, batch, stride = _train_variant(spec)
+        _log("train", f"AFEW-VA size, mixed precision {precision}, batch {batch}, stride {stride or 16}")
+        r = _train_epochs("afew_emonet_video", afew,
+                          ["model_overrides={video: {name: features, dim: 256}}",
+                           f"train.mixed_precision='{precision}'", f"data.batch_size={batch}"]
+                          + ([f"data.stride={stride}"] if stride else []),
+                          o.train_epochs, 5, work / "train_runs")
+        rows.append({"dataset": f"AFEW-VA size ({o.train_clips} clips, {o.train_frames:,} frames)",
+                     "experiment": "afew_emonet_video", "precision": precision, "batch": batch, **r,
+                     "frames_per_s": r["frames_per_epoch"] / r["epoch_s"]["median"]})
+    # Aff-Wild2: long videos (~5,000 frames each), audio-visual features.
+    n_videos = max(1, o.affwild_frames // 5000)
+    aff = work / f"cache_affwild2_{o.affwild_frames}"
+    if not (aff / "manifest.json").is_file():
+        _log("train", f"writing an Aff-Wild2-like feature cache ({o.affwild_frames} frames, 256 + 768 wide)")
+        sizes = [o.affwild_frames // n_videos] * n_videos
+        sizes[-1] += o.affwild_frames - sum(sizes)
+        write_feature_cache(aff, sizes, 256, 768)
+    _log("train", "Aff-Wild2 rate (bf16, batch 8, as the experiment)")
+    r = _train_epochs("affwild2_av_emonet_wav2vec2", aff,
+                      ["model_overrides={video: {name: features, dim: 256}, audio: {name: features, dim: 768}}",
+                       "data.affwild2_split=random"],  # the official split needs the dataset's folders
+                      1 if o.quick else 2, 5, work / "train_runs")
+    per_frame = r["epoch_s"]["median"] / o.affwild_frames
+    affwild = {"measured_frames": o.affwild_frames, **r, "seconds_per_1M_frames": per_frame * 1e6,
+               "note": "extrapolated: seconds per epoch over the measured frames x 1M / frames measured"}
+    config_row = next((x for x in rows if (x["precision"], x["batch"], x["stride"]) == ("bf16", 16, 16)),
+                      rows[0] if rows else None)
+    best = min(rows, key=lambda x: x["epoch_s"]["median"]) if rows else None
+    table = markdown_table(
+        [dict(x, e=fmt_spread(x["epoch_s"], ".1f"),
+              setting=f"{'bf16 autocast' if x['precision'] == 'bf16' else 'float32'}, batch {x['batch']}, "
+              f"stride {x['stride']}" + (" (the experiment's)" if x is config_row else ""),
+              steps=x["steps_per_epoch"]) for x in rows]
+        + [{"dataset": "Aff-Wild2 (per 1M frames, extrapolated)", "setting": "bf16 autocast, batch 8 (the experiment's)",
+            "e": f"{affwild['seconds_per_1M_frames']:.0f} s per 1M frames", "frames_per_s": o.affwild_frames / r["epoch_s"]["median"],
+            "steps": r["steps_per_epoch"]}],
+        [("dataset", "fusion training on cached features", ""), ("setting", "setting", ""),
+         ("e", "s/epoch median (min–max)", ""), ("steps", "steps/epoch", ""),
+         ("frames_per_s", "window frames/s", ".0f")])
+    notes = [f"The package's training step (avfusion.train.loop.train_one_epoch with Accelerate, AdamW, CCC loss) "
+             f"on random cached features; default 6-layer fusion (d_model 256, 4 heads), windows of "
+             f"{rows[0]['clip_len'] if rows else 32} frames at stride {rows[0]['stride'] if rows else 16} (each frame "
+             "seen about twice per epoch), every clip in the training part, no validation pass; 5 untimed warm-up steps first.",
+             f"Aff-Wild2: {o.affwild_frames:,} frames in {n_videos} videos of 256 + 768-wide features, windows of 64 at "
+             "stride 32; the per-1M-frames figure is extrapolated from that epoch."]
+    return {"rows": rows, "affwild2": affwild, "table": table, "notes": notes,
+            "afew_epoch_s_config": config_row["epoch_s"]["median"] if config_row else None,
+            "afew_epoch_s_best": best["epoch_s"]["median"] if best else None,
+            "afew_best_setting": f"{best['precision']}:{best['batch']}:{best['stride']}" if best else None}
+
+
+def stage_cache(o: argparse.Namespace, shared: dict) -> dict:
+    """`avfusion cache` frames/s: the tiny model's encoders (HOG + log-mel) and EmoNet-8 (random weights)."""
+    import contextlib
+    import io
+
+    from .caching import cache_features
+    from .data.build import DataConfig
+    from .factory import create_model
+    from .synthetic import SyntheticConfig, generate_dataset
+
+    work = Path(shared["work"])
+    rows = []
+    for name, model_name, clips, frames in (("tiny (HOG 64 px + log-mel)", "tiny", 4 * o.cache_clips, o.cache_frames * 2),
+                                            ("EmoNet-8 (256 px, random weights) video features", "afew_emonet_video",
+                                             o.cache_clips, o.cache_frames)):
+        root = work / f"synth_{clips}x{frames}"
+        if not (root / "manifest.csv").is_file():
+            _log("cache", f"writing {clips} synthetic clips x {frames} frames")
+            generate_dataset(root, SyntheticConfig(clips=clips, frames=frames, size=128, seed=0, pair=False))
+        data = DataConfig(kind="synthetic", root=str(root), face_mode="full", clip_len=32, num_workers=0)
+        model = create_model(model_name)
+        out = work / f"featcache_{model_name}_{clips}x{frames}"
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+        _log("cache", name)
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            res = cache_features(model, data, out, batch_size=4, cpu=True)
+        rows.append({"encoders": name, "frames": res.frames, "seconds": res.seconds,
+                     "frames_per_s": res.frames_per_second})
+    table = markdown_table(rows, [("encoders", "feature caching (avfusion cache)", ""), ("frames", "frames", ""),
+                                  ("frames_per_s", "frames/s", ".1f")])
+    return {"rows": rows, "table": table,
+            "notes": ["Synthetic 128x128 clips (decoding, full-frame crop, encoders, writing float16 files); one run each."]}
+
+
+def stage_cuda(o: argparse.Namespace, shared: dict) -> dict:
+    """bf16 EmoNet-8 at batch 32 and 256 and predict end to end on the GPU."""
+    if o.device != "cuda":
+        return {"status": "not run (--device cpu)", "table": "CUDA: not run (--device cpu).", "rows": [], "notes": []}
+    if not torch.cuda.is_available():
+        return {"status": "not run (no GPU)", "table": "CUDA: not run (no GPU).", "rows": [], "notes": []}
+    rows = []
+    for batch in (32, 256):
+        _log("cuda", f"EmoNet-8 bf16 batch {batch}")
+        rows.append({"what": f"EmoNet-8 bf16 + channels_last, batch {batch}",
+                     "frames_per_s": _bare_fast(batch, o.repeats, "cuda")})
+    pred = stage_predict(o, shared, device="cuda")
+    gpu = torch.cuda.get_device_name(0)
+    table = markdown_table([dict(r, f=fmt_spread(r["frames_per_s"], ".0f")) for r in rows],
+                           [("what", f"CUDA ({gpu})", ""), ("f", "frames/s median (min–max)", "")])
+    return {"status": "run", "gpu": gpu, "rows": rows, "predict": pred,
+            "table": table + "\n\n" + pred["table"], "notes": pred["notes"]}
+
+
+STAGE_FUNCS: dict[str, Callable[[argparse.Namespace, dict], dict]] = {
+    "emonet": stage_emonet, "encoders": stage_encoders, "decode": stage_decode, "predict": stage_predict,
+    "train": stage_train, "cache": stage_cache, "cuda": stage_cuda}
+
+STAGE_TITLES = {
+    "emonet": "EmoNet-8 per-frame network (256x256 crops)",
+    "encoders": "Other frozen encoders",
+    "decode": "Decoding 720p video",
+    "predict": "`avfusion predict` end to end (720p 25 fps talking face with audio)",
+    "train": "Fusion training on cached features",
+    "cache": "Feature caching",
+    "cuda": "CUDA",
+}
+
+
+def machine_line(m: dict) -> str:
+    flags = ", ".join(m.get("cpu_flags") or []) or "none of the reported flags"
+    amx = "AMX" if any(f.startswith("amx") for f in m.get("cpu_flags") or []) else "no AMX"
+    gpu = f"; GPU {m['gpu']}" if m.get("gpu") else ""
+    return (f"{m.get('cpu')}, {m.get('cores')} cores ({flags}; {amx}), {m.get('threads')} torch threads, "
+            f"torch {m.get('torch')}{gpu}")
+
+
+def bench_markdown(result: dict) -> str:
+    """bench.md: the run's tables, each under the machine it ran on."""
+    m = result["machine"]
+    mode = "--quick" if result.get("quick") else "full"
+    lines = [f"_`{result.get('command', 'avfusion bench')}` ({mode}), {result['date'][:16].replace('T', ' ')}: "
+             f"{machine_line(m)}; total {result.get('total_s', 0):.0f} s_", ""]
+    s = result.get("summary") or {}
+    if s:
+        bits = []
+        if s.get("emonet_fast_over_fp32"):
+            bits.append("EmoNet-8 fast path over fp32 eager: " + ", ".join(
+                f"{v:.2f}× at batch {k}" for k, v in s["emonet_fast_over_fp32"].items()))
+        if s.get("predict_over_bare_fast_path"):
+            bits.append("predict end to end / bare fast path: " + ", ".join(
+                f"{v:.2f} ({k})" for k, v in s["predict_over_bare_fast_path"].items()))
+        if s.get("afew_epoch_s") is not None:
+            bits.append(f"fusion training, one AFEW-VA-sized epoch: {s['afew_epoch_s']:.1f} s with the experiment's "
+                        f"settings, {s['afew_epoch_s_best']:.1f} s at best ({s['afew_best_setting']})")
+        lines += ["**Summary.** " + "; ".join(bits) + ".", ""]
+    if result.get("quick"):
+        lines += ["Quick mode skips: " + "; ".join(result.get("quick_skips", [])) + ".", ""]
+    for stage in BENCH_STAGES:
+        r = result["stages"].get(stage)
+        if r is None:
+            continue
+        lines.append(f"### {STAGE_TITLES[stage]}")
+        lines.append("")
+        if "error" in r:
+            lines += [f"Not measured: {r['error']}", ""]
+            continue
+        load = r.get("loadavg_1min_before_after")
+        lines.append(r["table"])
+        lines.append("")
+        for note in r.get("notes", []):
+            lines += [note, ""]
+        if load and load[0] is not None:
+            lines += [f"_{r.get('seconds', 0):.0f} s; 1-minute load average {load[0]:.1f} before, {load[1]:.1f} after._", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _summary(stages: dict) -> dict:
+    s: dict = {}
+    e = stages.get("emonet") or {}
+    if e.get("fast_over_fp32"):
+        s["emonet_fast_over_fp32"] = e["fast_over_fp32"]
+    p = stages.get("predict") or {}
+    ratios = {r["variant"]: r["vs_bare_fast_path"] for r in p.get("rows", []) if r.get("vs_bare_fast_path")}
+    if ratios:
+        s["predict_over_bare_fast_path"] = ratios
+    t = stages.get("train") or {}
+    if t.get("rows"):
+        s["afew_epoch_s"] = t["afew_epoch_s_config"]
+        s["afew_epoch_s_best"] = t["afew_epoch_s_best"]
+        s["afew_best_setting"] = t["afew_best_setting"]
+        s["affwild2_s_per_1M_frames"] = t["affwild2"]["seconds_per_1M_frames"]
+    c = stages.get("cuda") or {}
+    s["cuda"] = c.get("status", "not run")
+    return s
+
+
+def run_all(o: argparse.Namespace) -> dict:
+    """Every stage of ``o.stages`` in one run; writes OUT/bench.json and OUT/bench.md after each."""
+    import tempfile
+
+    settings = QUICK if o.quick else FULL
+    for key, value in settings.items():
+        if getattr(o, key, None) is None:
+            setattr(o, key, value)
+    if o.no_compile:
+        o.compile = False
+    out = Path(o.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = None
+    if o.workdir:
+        Path(o.workdir).mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="avfusion-bench-")
+    shared: dict = {"work": o.workdir or tmp.name}
+    from .inference.hardware import machine_info
+
+    result = {
+        "kind": BENCH_KIND, "version": 1,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": "avfusion bench" + (" --quick" if o.quick else ""),
+        "quick": bool(o.quick), "quick_skips": list(QUICK_SKIPS) if o.quick else [],
+        "machine": machine_info("cuda" if o.device == "cuda" else "cpu"),
+        "settings": {k: getattr(o, k) for k in ("repeats", "batches", "video_seconds", "vit_batch", "audio_seconds",
+                                                "predict_batch", "predict_variants", "train_clips", "train_frames",
+                                                "train_variants", "train_epochs", "affwild_frames", "cache_clips",
+                                                "cache_frames", "compile", "device", "stages")},
+        "timing": "each figure: median (min-max) over the repeats after one untimed first call; first calls "
+                  "(compilation, kernel creation) are reported apart",
+        "stages": {}, "note": o.note or "",
+    }
+    t_start = time.perf_counter()
+    try:
+        for stage in BENCH_STAGES:
+            if stage not in o.stages:
+                continue
+            load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+            t0 = time.perf_counter()
+            try:
+                r = STAGE_FUNCS[stage](o, shared)
+            except Exception as e:  # one broken stage must not lose the others' figures
+                if o.strict:
+                    raise
+                r = {"error": f"{type(e).__name__}: {e}"}
+                _log(stage, f"FAILED: {r['error']}")
+            r["seconds"] = time.perf_counter() - t0
+            r["loadavg_1min_before_after"] = [load0, os.getloadavg()[0] if load0 is not None else None]
+            result["stages"][stage] = r
+            result["total_s"] = time.perf_counter() - t_start
+            result["summary"] = _summary(result["stages"])
+            _write_bench(out, result)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    print(bench_markdown(result))
+    print(f"wrote {out / 'bench.json'} and {out / 'bench.md'} ({result['total_s']:.0f} s)")
+    return result
+
+
+def _write_bench(out: Path, result: dict) -> None:
+    tmp = out / "bench.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    tmp.replace(out / "bench.json")
+    (out / "bench.md").write_text(bench_markdown(result))
+
+
 # --- README section ---------------------------------------------------------------------------------
 
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -477,6 +1156,8 @@ _CAPTIONS = {
 def readme_section(results: dict) -> str:
     """The README's performance tables from ``results`` (benchmarks/results.json), each with the
     machine it ran on."""
+    if results.get("kind") == BENCH_KIND:
+        return bench_markdown(results).rstrip()
     parts = []
     for key, caption in _CAPTIONS.items():
         r = results.get(key)
@@ -489,15 +1170,20 @@ def readme_section(results: dict) -> str:
     return "\n\n".join(parts)
 
 
-def update_readme(readme: Path, results_path: Path) -> Path:
-    """Rewrite the part of ``readme`` between the bench markers from ``results_path``."""
+def update_readme(readme: Path, *sources: Path) -> Path:
+    """Rewrite the part of ``readme`` between the bench markers from the results files ``sources``
+    (a run's bench.json and/or the per-section results.json), in that order; missing ones are skipped."""
     text = readme.read_text()
     if README_START not in text or README_END not in text:
         raise ValueError(f"{readme}: no {README_START} ... {README_END} markers to write between")
-    results = json.loads(results_path.read_text())
+    found = [Path(p) for p in sources if Path(p).is_file()]
+    if not found:
+        raise FileNotFoundError(f"no results to write into {readme}: none of {[str(p) for p in sources]} exists "
+                                "(run `avfusion bench` first)")
+    body = "\n\n".join(readme_section(json.loads(p.read_text())) for p in found)
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
-    new = f"{head}{README_START}\n{readme_section(results)}\n{README_END}{tail}"
+    new = f"{head}{README_START}\n{body}\n{README_END}{tail}"
     tmp = readme.with_suffix(".tmp")
     tmp.write_text(new)
     tmp.replace(readme)
@@ -520,7 +1206,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                             help="torch threads (default: all cores)")
         target.add_argument("--note", default="" if defaults else argparse.SUPPRESS,
                             help="free text stored with the results (machine state, ...)")
-    sub = parser.add_subparsers(dest="section", required=True)
+    # The whole benchmark (no section named): every stage in one run.
+    whole = parser.add_argument_group("the whole benchmark (`avfusion bench` without a section)")
+    whole.add_argument("--quick", action="store_true",
+                       help="under 5 minutes on 2 cores: no compile, fewer repeats, smaller sizes (listed in the output)")
+    whole.add_argument("--out", type=Path, default=Path("benchmarks"), help="folder for bench.json and bench.md")
+    whole.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                       help="cuda: also fill the CUDA column (bf16 EmoNet at batch 32 and 256, predict)")
+    whole.add_argument("--stages", nargs="+", default=list(BENCH_STAGES), choices=BENCH_STAGES, metavar="STAGE",
+                       help=f"stages to run (default all: {' '.join(BENCH_STAGES)})")
+    whole.add_argument("--readme", nargs="?", type=Path, const=Path("README.md"), default=None, metavar="README",
+                       help="then rewrite the README's performance section from this run (default README.md)")
+    whole.add_argument("--repeats", type=int, default=None, help="timed repeats per figure (quick 3, full 5)")
+    whole.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32], help="EmoNet batch sizes")
+    whole.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    whole.add_argument("--video-seconds", type=float, default=None, help="length of the 720p video (quick 6, full 20)")
+    whole.add_argument("--vit-batch", type=int, default=None, help="MAE ViT-B/16 batch (8)")
+    whole.add_argument("--audio-seconds", type=float, default=None, help="wav2vec2 input length (quick 5, full 10)")
+    whole.add_argument("--predict-batch", type=int, default=16, help="predict's --batch-size (its default, 16)")
+    whole.add_argument("--predict-variants", nargs="+", default=["emonet_8:1", "emonet_8:4", "tiny:1", "tiny:4"],
+                       metavar="MODEL:STRIDE", help="predict runs (model name and stride)")
+    whole.add_argument("--train-clips", type=int, default=AFEW_CLIPS, help="clips of the AFEW-VA-sized cache (600)")
+    whole.add_argument("--train-frames", type=int, default=AFEW_FRAMES, help="frames of the AFEW-VA-sized cache (30051)")
+    whole.add_argument("--train-variants", nargs="+", default=None, metavar="PRECISION:BATCH",
+                       help="training settings PRECISION:BATCH[:STRIDE] (bf16|no; stride default 16, the experiment's); "
+                            "quick: bf16:16 bf16:64")
+    whole.add_argument("--train-epochs", type=int, default=None, help="timed epochs per setting (quick 1, full 3)")
+    whole.add_argument("--affwild-frames", type=int, default=None,
+                       help="frames of the Aff-Wild2-like cache the per-1M-frames rate is measured on")
+    whole.add_argument("--cache-clips", type=int, default=None, help="clips for the EmoNet feature-caching figure")
+    whole.add_argument("--cache-frames", type=int, default=None, help="frames per clip for the caching figures")
+    whole.add_argument("--workdir", default=None, help="keep the generated video, caches and weights here")
+    whole.add_argument("--strict", action="store_true", help="stop at a failing stage (default: record its error)")
+    sub = parser.add_subparsers(dest="section", required=False)
     emonet = sub.add_parser("emonet", parents=[common],
                             help="EmoNet frames/s: fp32 eager vs bf16 channels_last (eager, compiled)")
     emonet.add_argument("--batch", type=int, default=8)
@@ -555,6 +1273,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     readme = sub.add_parser("readme", parents=[common],
                             help="rewrite the README's performance tables (between markers) from the results")
     readme.add_argument("--readme", type=Path, default=Path("README.md"))
+    readme.add_argument("--bench", type=Path, default=DEFAULT_BENCH,
+                        help="a whole run's bench.json, written first (skipped when absent)")
     zs = sub.add_parser("zeroshot", parents=[common],
                         help="avfusion evaluate of EmoNet-8 zero-shot on a generated AFEW-VA tree: speed, memory")
     zs.add_argument("--clips", type=int, default=4)
@@ -575,10 +1295,16 @@ def _variant(text: str) -> tuple[str, int, bool]:
 def run(args: argparse.Namespace) -> dict:
     """Run the section ``args`` names, save and print its results."""
     if args.section == "readme":
-        path = update_readme(args.readme, args.output)
-        print(f"rewrote the performance tables of {path} from {args.output}")
+        path = update_readme(args.readme, args.bench, args.output)
+        print(f"rewrote the performance tables of {path} from {args.bench} and {args.output} (those present)")
         return {}
     torch.set_num_threads(args.threads)
+    if args.section is None:
+        result = run_all(args)
+        if args.readme is not None:
+            update_readme(args.readme, Path(args.out) / "bench.json", args.output)
+            print(f"rewrote the performance section of {args.readme}")
+        return result
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     result = SECTIONS[args.section](args)
     # The 1-minute load average around the run tells how much other work shared the CPU.
