@@ -1,10 +1,16 @@
-"""Throughput benchmarks, one section per component.
+"""Throughput benchmarks: every stage in one run, or one section per component.
 
+    avfusion bench [--quick] [--out DIR] [--device cpu|cuda] [--readme [README.md]]
+        every stage side by side (EmoNet-8 at batch 1/8/32: fp32 eager, bf16 fast path, compiled;
+        MAE ViT-B/16, wav2vec2-base; 720p decoding; predict end to end; fusion training on cached
+        features; feature caching; CUDA) -> DIR/bench.json and DIR/bench.md (default DIR:
+        benchmarks); --quick finishes in minutes and says what it skips
     avfusion bench emonet [--batch 8 --iters 5 --warmup 2 --no-compile]
     avfusion bench data [--clips 16 --batches 10 --root DIR] [--quick]
     avfusion bench predict [--seconds 12 --variants emonet_8:1 emonet_8:4:compile tiny:1 ...]
     avfusion bench zeroshot [--clips 4 --frames 48 --size 512 --precisions fp32 auto]
-    avfusion bench readme   (rewrite the README's performance tables from the results file)
+    avfusion bench readme   (rewrite the README's performance section from benchmarks/bench.json
+                             and the sections' benchmarks/results.json, those present)
 
 (``python scripts/benchmark.py ...`` is the same command.)
 
