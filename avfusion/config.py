@@ -19,7 +19,8 @@ T = TypeVar("T")
 
 @dataclass
 class VideoEncoderConfig:
-    # "emonet" (face-alignment trunk + emotion head), "mae_vit" (timm ViT with MAE weights), "hog"
+    # "emonet" (face-alignment trunk + emotion head), "mae_vit" (timm ViT with MAE weights), "timm"
+    # (any timm image model named by `arch`, e.g. resnet50: its pooled feature per crop), "hog"
     # (weight-free HOG descriptor: the tiny demo model), or "features" (no network: the model reads
     # cached per-frame features of width `dim`).
     name: str = "emonet"
@@ -30,7 +31,8 @@ class VideoEncoderConfig:
     # EmoNet: number of stacked hourglasses (official: 2) and emotion-head blocks (official: 4).
     num_modules: int = 2
     n_blocks: int = 4
-    # timm architecture for "mae_vit" (vit_base_patch16_224, vit_large_patch16_224, ...).
+    # timm architecture for "mae_vit" (vit_base_patch16_224, vit_large_patch16_224, ...) and "timm"
+    # (resnet50, efficientnet_b0, ...).
     arch: str = "vit_base_patch16_224"
     # MAE-ViT pooling of the token sequence into one per-frame feature: "cls" or "avg" (MAE's
     # fine-tuning recipe uses global average pooling of the patch tokens).
@@ -88,6 +90,23 @@ class FusionConfig:
     # learned features of arbitrary scale) or "none" (keeps the vector's overall level, e.g. the
     # loudness that log-mel energies carry in their mean, which a LayerNorm would remove).
     input_norm: str = "layer"
+    # Architecture (avfusion.fusion): "gated" (a temporal module and a head per sense, a joint
+    # module and head, a per-frame per-dimension gate over the heads) or "joint" (one temporal
+    # module over all tokens, one head: plain early fusion).
+    design: str = "gated"
+    # Temporal module: "transformer" (pre-norm encoder), "gru" or "lstm" (recurrent, see
+    # `bidirectional`). n_layers is the depth of each sense's module (of the only module in "joint").
+    temporal: str = "transformer"
+    bidirectional: bool = True
+    # Depth of the joint (cross-modal) module of the "gated" design.
+    joint_layers: int = 1
+    # How the "gated" design weighs its heads (each sense's, the joint one) per dimension:
+    # "validation": fixed weights fitted after every epoch on the validation split's frames (stacking;
+    # the heads train on their own losses only, so none of them learns to lean on another), or
+    # "learned": a per-frame gate read from the joint features, trained with the mixed output's loss.
+    gate: str = "validation"
+    # "learned" gate: weight of the heads' own losses (mean over the heads) beside the mixed output's.
+    aux_weight: float = 1.0
 
 
 @dataclass

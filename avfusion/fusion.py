@@ -2,32 +2,119 @@
 
 Each modality becomes one token per frame (projection to ``d_model`` + modality embedding + learned
 temporal embedding), so a frame without a face or a clip without audio simply masks its tokens as
-attention keys instead of feeding zeros that look like a real observation. A pre-norm Transformer
-encoder mixes all tokens of the window; the per-frame head reads the frame's tokens and predicts
-valence and arousal through tanh (both live in [-1, 1]).
+attention keys instead of feeding zeros that look like a real observation.
+
+Two designs (``fusion.design``), each with a choice of temporal module (``fusion.temporal``:
+``transformer``, the pre-norm Transformer encoder of the MAE + audio ABAW systems; ``gru``, the
+bidirectional GRU of the two-stream Aff-Wild2 systems; ``lstm``, the recurrent layer of the
+CNN + LSTM systems over short clips):
+
+- ``joint`` (early fusion): one temporal module over the tokens of every modality together; one
+  head reads the frame's tokens.
+- ``gated`` (default): each modality first runs through its own temporal module with its own
+  valence/arousal head; a joint module then mixes the modalities and has a head of its own; a
+  per-frame, per-dimension gate weighs the heads (softmax over the sources present at that frame).
+  Training adds every head's own loss (``fusion.aux_weight``), so each single-sense head stays as
+  good as a single-sense model and the gate learns, dimension by dimension, which sense to trust
+  (the face for valence, the voice for arousal on the demo data). A missing sense removes its head
+  and the joint head from the mix, so the model falls back to the sense that is there.
+
+Every head ends in tanh: valence and arousal live in [-1, 1], and so does any convex mix of them.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .config import FusionConfig
 
 MODALITIES = ("video", "audio")
+DESIGNS = ("gated", "joint")
+TEMPORAL = ("transformer", "gru", "lstm")
+GATES = ("validation", "learned")
+
+
+class _Recurrent(nn.Module):
+    """GRU or LSTM over ``(B, T, d)`` -> ``(B, T, d)``; padding at the end of a window is packed away,
+    so the backward direction of a bidirectional layer starts at the window's last real frame."""
+
+    def __init__(self, kind: str, d: int, layers: int, dropout: float, bidirectional: bool):
+        super().__init__()
+        rnn = nn.GRU if kind == "gru" else nn.LSTM
+        hidden = d // 2 if bidirectional else d
+        self.rnn = rnn(d, hidden, num_layers=layers, batch_first=True, bidirectional=bidirectional,
+                       dropout=dropout if layers > 1 else 0.0)
+        self.out = nn.Linear(hidden * (2 if bidirectional else 1), d)
+
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        T = x.shape[1]
+        lengths = pad_mask.sum(dim=1).clamp(min=1).cpu()
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        y, _ = self.rnn(packed)
+        y, _ = pad_packed_sequence(y, batch_first=True, total_length=T)
+        return self.out(y)
+
+
+def _transformer(cfg: FusionConfig, layers: int) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.n_heads, cfg.d_model * cfg.ff_mult, cfg.dropout,
+                                       activation="gelu", batch_first=True, norm_first=True)
+    # Nested tensors only pay off for post-norm inference; pre-norm would warn and fall back.
+    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+
+class _Temporal(nn.Module):
+    """One temporal module over one or several token streams of the same frames.
+
+    Transformer: every stream's tokens attend to each other across time (keys masked where the
+    observation is missing); returns the streams separately. Recurrent: the streams of a frame are
+    concatenated and projected back to ``d`` first; returns one stream.
+    """
+
+    def __init__(self, cfg: FusionConfig, n_streams: int, layers: int):
+        super().__init__()
+        self.kind = cfg.temporal
+        d = cfg.d_model
+        if self.kind == "transformer":
+            self.net = _transformer(cfg, layers)
+        else:
+            self.merge = nn.Linear(d * n_streams, d) if n_streams > 1 else nn.Identity()
+            self.net = _Recurrent(self.kind, d, layers, cfg.dropout, cfg.bidirectional)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, streams: list[torch.Tensor], key_ok: list[torch.Tensor],
+                pad_mask: torch.Tensor) -> list[torch.Tensor]:
+        T = streams[0].shape[1]
+        if self.kind != "transformer":
+            return [self.norm(self.net(self.merge(torch.cat(streams, dim=-1)), pad_mask))]
+        keys = torch.cat(key_ok, dim=1)
+        # A row with no observable token at all (every face missing in a video-only clip) would give
+        # an all-masked softmax (NaN); let it attend to its placeholders instead.
+        empty = ~keys.any(dim=1, keepdim=True)
+        keys = keys | (empty & torch.cat([pad_mask] * len(streams), dim=1))
+        keys[:, 0] |= ~keys.any(dim=1)
+        h = self.norm(self.net(torch.cat(streams, dim=1), src_key_padding_mask=~keys))
+        return list(h.split(T, dim=1))
 
 
 class FusionTransformer(nn.Module):
-    """Transformer over per-frame tokens of the modalities present (``video_dim``/``audio_dim`` set)."""
+    """Temporal fusion over per-frame tokens of the modalities present (``video_dim``/``audio_dim``
+    set); ``cfg.design`` and ``cfg.temporal`` choose the architecture (see the module docstring)."""
 
     def __init__(self, cfg: FusionConfig, video_dim: int | None, audio_dim: int | None):
         super().__init__()
         if video_dim is None and audio_dim is None:
             raise ValueError("FusionTransformer needs at least one modality (video_dim or audio_dim)")
+        for key, value, allowed in (("input_norm", cfg.input_norm, ("layer", "none")), ("design", cfg.design, DESIGNS),
+                                    ("temporal", cfg.temporal, TEMPORAL), ("gate", cfg.gate, GATES)):
+            if value not in allowed:
+                raise ValueError(f"fusion.{key} must be one of {', '.join(allowed)}; got {value!r}")
+        if cfg.temporal != "transformer" and cfg.bidirectional and cfg.d_model % 2:
+            raise ValueError(f"fusion.d_model must be even for a bidirectional {cfg.temporal}; got {cfg.d_model}")
         self.cfg = cfg
         d = cfg.d_model
         self.dims = {"video": video_dim, "audio": audio_dim}
-        if cfg.input_norm not in ("layer", "none"):
-            raise ValueError(f"fusion.input_norm must be 'layer' or 'none', got {cfg.input_norm!r}")
         self.proj = nn.ModuleDict(
             {
                 m: nn.Sequential(
@@ -39,30 +126,40 @@ class FusionTransformer(nn.Module):
             }
         )
         self.modalities = [m for m in MODALITIES if m in self.proj]
-        self.modality_emb = nn.Parameter(torch.zeros(len(self.modalities), d))
+        M = len(self.modalities)
+        self.modality_emb = nn.Parameter(torch.zeros(M, d))
         # A learned stand-in for a missing observation (no face in the frame, no audio track), so the
         # token still carries its position and the head still has something to read.
-        self.missing = nn.Parameter(torch.zeros(len(self.modalities), d))
+        self.missing = nn.Parameter(torch.zeros(M, d))
         self.time_emb = nn.Parameter(torch.zeros(cfg.max_len, d))
         nn.init.trunc_normal_(self.modality_emb, std=0.02)
         nn.init.trunc_normal_(self.missing, std=0.02)
         nn.init.trunc_normal_(self.time_emb, std=0.02)
         self.drop = nn.Dropout(cfg.dropout)
-        layer = nn.TransformerEncoderLayer(
-            d,
-            cfg.n_heads,
-            d * cfg.ff_mult,
-            cfg.dropout,
-            activation="gelu",
-            batch_first=True,
-            norm_first=True,
-        )
-        # Nested tensors only pay off for post-norm inference; pre-norm would warn and fall back.
-        self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(d)
-        head_in = d * len(self.modalities)
-        self.head = nn.Linear(head_in, 2)
-        self.expr_head = nn.Linear(head_in, cfg.n_expression) if cfg.n_expression else None
+        self.gated = cfg.design == "gated"
+        if self.gated:
+            # One temporal module and one head per sense; with two senses a joint module, its head and
+            # the gate on top.
+            self.branches = nn.ModuleDict({m: _Temporal(cfg, 1, cfg.n_layers) for m in self.modalities})
+            self.branch_heads = nn.ModuleDict({m: nn.Linear(d, 2) for m in self.modalities})
+            self.joint = _Temporal(cfg, M, cfg.joint_layers) if M > 1 else None
+        else:
+            self.joint = _Temporal(cfg, M, cfg.n_layers)
+        joint_width = d * (M if cfg.temporal == "transformer" else 1)
+        self.head = nn.Linear(joint_width, 2) if self.joint is not None else None
+        self.gate = None
+        if self.gated and self.joint is not None:
+            # Sources: each sense's head, then the joint head.
+            if cfg.gate == "learned":
+                # Zero init: an even mix to start with.
+                self.gate = nn.Linear(joint_width, 2 * (M + 1))
+                nn.init.zeros_(self.gate.weight)
+                nn.init.zeros_(self.gate.bias)
+            # "validation": one weight per dimension and source, fitted on the validation split after
+            # every epoch (set_mix); saved with the model. An even mix until the first fit.
+            self.register_buffer("mix", torch.full((2, M + 1), 1.0 / (M + 1)))
+        expr_width = joint_width if self.joint is not None else d
+        self.expr_head = nn.Linear(expr_width, cfg.n_expression) if cfg.n_expression else None
 
     def forward(
         self,
@@ -75,7 +172,9 @@ class FusionTransformer(nn.Module):
         feats: modality -> ``(B, T, C_m)`` features (values at unavailable frames are ignored).
         available: modality -> ``(B, T)`` bool, the observation exists at that frame.
         pad_mask: ``(B, T)`` bool, True for real frames, False for padding at the end of a window.
-        Returns ``valence``/``arousal`` ``(B, T)`` in [-1, 1] and optionally ``expression`` logits.
+        Returns ``valence``/``arousal`` ``(B, T)`` in [-1, 1], optionally ``expression`` logits, and
+        in training mode ``aux``: source name -> ``((B, T, 2)`` prediction, ``(B, T)`` bool where the
+        source is present``)`` for every head that the gate mixes (their own losses).
         """
         ref = feats[self.modalities[0]]
         B, T = ref.shape[:2]
@@ -86,23 +185,104 @@ class FusionTransformer(nn.Module):
             x = self.proj[m](feats[m])
             ok = available[m] & pad_mask
             x = torch.where(ok.unsqueeze(-1), x, self.missing[i].to(x.dtype).expand_as(x))
-            tokens.append(x + self.modality_emb[i] + self.time_emb[:T])
+            tokens.append(self.drop(x + self.modality_emb[i] + self.time_emb[:T]))
             key_ok.append(ok)
-        h = self.drop(torch.cat(tokens, dim=1))  # (B, M*T, d)
-        keys = torch.cat(key_ok, dim=1)
-        # A row with no observable token at all (every face missing in a video-only clip) would give
-        # an all-masked softmax (NaN); let it attend to its placeholders instead.
-        empty = ~keys.any(dim=1, keepdim=True)
-        keys = keys | (empty & torch.cat([pad_mask] * len(self.modalities), dim=1))
-        keys[:, 0] |= ~keys.any(dim=1)
-        h = self.encoder(h, src_key_padding_mask=~keys)
-        h = self.norm(h)
-        per_frame = torch.cat(h.split(T, dim=1), dim=-1)  # (B, T, M*d)
-        va = torch.tanh(self.head(per_frame))
-        out = {"valence": va[..., 0], "arousal": va[..., 1]}
+        out: dict[str, torch.Tensor] = {}
+        if not self.gated:
+            joint = torch.cat(self.joint(tokens, key_ok, pad_mask), dim=-1)
+            va = torch.tanh(self.head(joint))
+        else:
+            streams = [self.branches[m]([x], [ok], pad_mask)[0] for m, x, ok in zip(self.modalities, tokens, key_ok)]
+            sources = [torch.tanh(self.branch_heads[m](h)) for m, h in zip(self.modalities, streams)]
+            present = list(key_ok)
+            if self.joint is None:
+                va, joint = sources[0], streams[0]
+            else:
+                joint = torch.cat(self.joint(streams, key_ok, pad_mask), dim=-1)
+                sources.append(torch.tanh(self.head(joint)))
+                # The joint head is consulted only where every sense is present.
+                present.append(torch.stack(key_ok).all(dim=0))
+                ok = torch.stack(present, dim=-1).unsqueeze(2)  # (B, T, 1, S)
+                # Padding and frames with no source at all: an even mix (their output is not used).
+                ok = ok | ~ok.any(dim=-1, keepdim=True)
+                if self.gate is not None:
+                    logits = self.gate(joint).view(B, T, 2, len(sources))
+                    weights = torch.softmax(logits.masked_fill(~ok, float("-inf")), dim=-1)
+                else:
+                    weights = self.mix.to(joint.dtype) * ok  # (B, T, 2, S): renormalised over present sources
+                    total = weights.sum(dim=-1, keepdim=True)
+                    even = ok / ok.sum(dim=-1, keepdim=True)
+                    weights = torch.where(total > 0, weights / total.clamp(min=1e-12), even)
+                heads = torch.stack(sources, dim=-1)  # (B, T, 2, S)
+                va = (weights * heads).sum(dim=-1)
+                out["gate"] = weights.detach()
+                out["heads"], out["heads_present"] = heads.detach(), torch.stack(present, dim=-1)
+            if self.training:
+                names = [*self.modalities, "joint"][: len(sources)]
+                out["aux"] = {n: (s, p) for n, s, p in zip(names, sources, present)} if len(sources) > 1 else {}
+        out["valence"], out["arousal"] = va[..., 0], va[..., 1]
         if self.expr_head is not None:
-            out["expression"] = self.expr_head(per_frame)
+            out["expression"] = self.expr_head(joint)
         return out
+
+
+    @property
+    def fitted_mix(self) -> bool:
+        """Whether the head weights are fitted on validation data (``gate: validation``, two senses)."""
+        return self.gate is None and hasattr(self, "mix")
+
+    @torch.no_grad()
+    def set_mix(self, weights: torch.Tensor) -> None:
+        """Set the per-dimension head weights ``(2, sources)`` (rows: valence, arousal; columns: each
+        sense's head, then the joint head)."""
+        w = torch.as_tensor(weights, dtype=self.mix.dtype)
+        if w.shape != self.mix.shape or bool((w < 0).any()) or not bool((w.sum(dim=1) > 0).all()):
+            raise ValueError(f"mix weights must be {tuple(self.mix.shape)}, non-negative, each row > 0; got {w}")
+        self.mix.copy_(w / w.sum(dim=1, keepdim=True))
+
+
+def fit_mix(heads: np.ndarray, present: np.ndarray, target: np.ndarray, step: float = 0.05) -> np.ndarray:
+    """Per-dimension convex weights of the heads that maximise CCC on held-out frames (stacking).
+
+    heads ``(N, 2, S)`` each head's prediction, present ``(N, S)`` bool, target ``(N, 2)``: the scored
+    frames of the validation split. Weights on a grid of ``step`` over the simplex, renormalised per
+    frame over the heads present there, as the model mixes them. Returns ``(2, S)``; ties keep the
+    earlier (smaller joint-head) grid point.
+    """
+    S = heads.shape[-1]
+    n = int(round(1 / step))
+    grid = np.array([c for c in _compositions(n, S)], dtype=np.float64) / n  # (G, S)
+    out = np.zeros((2, S))
+    p = present.astype(np.float64)
+    for d in range(2):
+        h = np.nan_to_num(heads[:, d, :].astype(np.float64))  # (N, S)
+        y = target[:, d].astype(np.float64)
+        best, best_w = -np.inf, grid[0]
+        for chunk in np.array_split(grid, max(1, len(grid) // 32)):
+            w = chunk[:, None, :] * p[None]  # (G, N, S)
+            tot = w.sum(-1)
+            even = p / np.maximum(p.sum(-1, keepdims=True), 1)
+            w = np.where(tot[..., None] > 0, w / np.maximum(tot, 1e-12)[..., None], even[None])
+            pred = (w * h[None]).sum(-1)  # (G, N)
+            mp, my = pred.mean(1), y.mean()
+            vp, vy = pred.var(1), y.var()
+            cov = ((pred - mp[:, None]) * (y - my)[None]).mean(1)
+            ccc = 2 * cov / (vp + vy + (mp - my) ** 2 + 1e-12)
+            i = int(np.argmax(ccc))
+            if ccc[i] > best + 1e-12:
+                best, best_w = float(ccc[i]), chunk[i]
+        out[d] = best_w
+    return out
+
+
+def _compositions(n: int, k: int):
+    """All k non-negative integers summing to n (grid points of the simplex)."""
+    if k == 1:
+        yield (n,)
+        return
+    for first in range(n + 1):
+        for rest in _compositions(n - first, k - 1):
+            yield (first, *rest)
 
 
 def modality_dropout(
@@ -123,4 +303,3 @@ def modality_dropout(
         hide = (drop & (which == i)).to(ref.device)
         out[m] = available[m] & ~hide.unsqueeze(1)
     return out
-

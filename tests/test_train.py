@@ -247,7 +247,7 @@ def test_weight_decay_only_on_weight_matrices() -> None:
     nn_ = {names[id(p)] for p in no_decay["params"]}
     assert all(n.endswith("weight") and "norm" not in n for n in dn)
     assert any("self_attn.in_proj_weight" in n for n in dn) and "fusion.head.weight" in dn
-    for n in ("fusion.time_emb", "fusion.modality_emb", "fusion.missing", "fusion.head.bias", "fusion.norm.weight"):
+    for n in ("fusion.time_emb", "fusion.modality_emb", "fusion.missing", "fusion.head.bias", "fusion.joint.norm.weight"):
         assert n in nn_, n
     assert len(dn) + len(nn_) == sum(1 for p in model.parameters() if p.requires_grad)
 

@@ -25,7 +25,9 @@ def describe(name: str) -> str:
     cfg = get_model_config(name)
     video = cfg.video.name if cfg.video is not None and cfg.mode != "audio" else "-"
     audio = cfg.audio.name if cfg.audio is not None and cfg.mode != "video" else "-"
-    fusion = f"{cfg.fusion.n_layers}-layer Transformer" if cfg.fusion is not None else "frame by frame"
+    f = cfg.fusion
+    fusion = (f"{f.design} fusion, {f.n_layers}-layer {'Transformer' if f.temporal == 'transformer' else f.temporal.upper()}"
+              if f is not None else "frame by frame")
     return f"{name:<24} mode {cfg.mode:<5}  video {video:<8} audio {audio:<9} {fusion}"
 
 

@@ -29,6 +29,12 @@ def _hog(cfg: VideoEncoderConfig) -> VideoEncoder:
     return HOGEncoder.from_config(cfg)
 
 
+def _timm(cfg: VideoEncoderConfig) -> VideoEncoder:
+    from .timm_cnn import TimmEncoder
+
+    return TimmEncoder.from_config(cfg)
+
+
 def _wav2vec2(cfg: AudioEncoderConfig) -> AudioEncoder:
     from .wav2vec2 import Wav2Vec2Encoder
 
@@ -44,7 +50,7 @@ def _logmel(cfg: AudioEncoderConfig) -> AudioEncoder:
 # Registries: the valid names and the error messages come from these dicts ("features": no
 # network, the model reads cached per-frame features).
 VIDEO_ENCODERS: dict[str, Callable[[VideoEncoderConfig], VideoEncoder]] = {
-    "emonet": _emonet, "mae_vit": _mae_vit, "hog": _hog}
+    "emonet": _emonet, "mae_vit": _mae_vit, "hog": _hog, "timm": _timm}
 AUDIO_ENCODERS: dict[str, Callable[[AudioEncoderConfig], AudioEncoder]] = {
     "wav2vec2": _wav2vec2, "logmel": _logmel}
 

@@ -54,6 +54,9 @@ class VideoPrediction:
     face_mask: np.ndarray
     timestamps: np.ndarray
     counts: np.ndarray
+    # A gated fusion's heads: (N, 2, S) each head's prediction and (N, S) where it was present.
+    heads: Optional[np.ndarray] = None
+    heads_present: Optional[np.ndarray] = None
 
     @property
     def n_frames(self) -> int:
@@ -83,6 +86,8 @@ def batch_rows(batch: Mapping[str, Any], out: Mapping[str, torch.Tensor]) -> lis
         "face_mask": np_(batch["face_mask"]).astype(bool),
         "timestamps": np_(batch["timestamps"]).astype(np.float64),
     }
+    if out.get("heads") is not None:
+        arrays["heads"], arrays["heads_present"] = np_(out["heads"]), np_(out["heads_present"]).astype(bool)
     return [{"video_id": str(v), **{k: a[b] for k, a in arrays.items()}} for b, v in enumerate(batch["video_id"])]
 
 
@@ -137,6 +142,10 @@ class PredictionCollector:
             label = np.zeros(n, dtype=bool)
             face = np.zeros(n, dtype=bool)
             ts = np.full(n, np.nan)
+            with_heads = all("heads" in r for r in rows)
+            if with_heads:
+                hsum = np.zeros((n, *rows[0]["heads"].shape[1:]))
+                hpresent = np.zeros((n, rows[0]["heads"].shape[-1]), dtype=bool)
             for r in rows:
                 ok = r["frame_indices"] >= 0
                 idx = r["frame_indices"][ok]
@@ -149,6 +158,9 @@ class PredictionCollector:
                 label[idx] |= m
                 face[idx] |= r["face_mask"][ok]
                 ts[idx] = r["timestamps"][ok]
+                if with_heads:
+                    np.add.at(hsum, idx, r["heads"][ok])
+                    hpresent[idx] |= r["heads_present"][ok]
             if self.overlap == "error" and (counts > 1).any():
                 f = int(np.flatnonzero(counts > 1)[0])
                 raise ValueError(
@@ -159,7 +171,10 @@ class PredictionCollector:
                 raise ValueError(f"{vid}: labelled frame {f} was never predicted")
             with np.errstate(invalid="ignore", divide="ignore"):
                 pred = np.where(counts[:, None] > 0, psum / np.maximum(counts, 1)[:, None], np.nan)
-            out[vid] = VideoPrediction(vid, pred, target, label, face, ts, counts)
+                heads = np.where(counts[:, None, None] > 0, hsum / np.maximum(counts, 1)[:, None, None],
+                                 np.nan) if with_heads else None
+            out[vid] = VideoPrediction(vid, pred, target, label, face, ts, counts, heads,
+                                       hpresent if with_heads else None)
         return out
 
 

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from ..caching import use_feature_cache
 from ..data.build import Datasets, build_datasets
 from ..evaluation import predict_loader, split_metrics
+from ..fusion import fit_mix
 from ..model import AVModel
 from .checkpoint import (STATE_FILE, TrainState, checkpoint_dirs, export_model, resolve_resume, save_checkpoint,
                          verify_checkpoint, write_csv)
@@ -135,6 +136,51 @@ def targets(batch: dict[str, Any]) -> torch.Tensor:
     return torch.stack([batch["valence"], batch["arousal"]], dim=-1).float()
 
 
+def training_loss(loss_fn: nn.Module, out: dict[str, Any], batch: dict[str, Any],
+                  weights: tuple[float, float] = (1.0, 0.0)) -> torch.Tensor:
+    """``weights[0]`` times the loss of the model's output plus ``weights[1]`` times the mean loss of
+    a gated fusion's own heads (``out["aux"]``: name -> (prediction, where present))."""
+    target, mask = targets(batch), batch["mask"]
+    final_w, aux_w = weights
+    aux = out.get("aux") or {}
+    terms = []
+    if final_w > 0 or not aux:
+        terms.append(final_w * loss_fn(predictions(out), target, mask)["loss"] if aux else
+                     loss_fn(predictions(out), target, mask)["loss"])
+    if aux and aux_w > 0:
+        extra = [loss_fn(pred, target, mask & present)["loss"] for pred, present in aux.values()]
+        terms.append(aux_w * torch.stack(extra).mean())
+    return torch.stack(terms).sum()
+
+
+def loss_weights(model: nn.Module) -> tuple[float, float]:
+    """(output, heads) loss weights of a model: heads only when their mix is fitted on validation
+    data, the output plus ``fusion.aux_weight`` times the heads for a learned gate."""
+    fusion = getattr(getattr(model, "module", model), "fusion", None)
+    if fusion is None or not getattr(fusion, "gated", False):
+        return 1.0, 0.0
+    if fusion.cfg.gate == "validation":
+        return 0.0, 1.0
+    return 1.0, float(fusion.cfg.aux_weight)
+
+
+def fit_head_mix(model: nn.Module, videos: dict[str, Any]) -> Optional[list[list[float]]]:
+    """Fit a gated fusion's per-dimension head weights on stitched validation predictions (each
+    scored frame's heads and target); None when the model has no such weights."""
+    fusion = getattr(getattr(model, "module", model), "fusion", None)
+    if fusion is None or not getattr(fusion, "fitted_mix", False):
+        return None
+    scored = [v for v in videos.values() if v.heads is not None and v.scored.any()]
+    if not scored:
+        return None
+    heads = np.concatenate([v.heads[v.scored] for v in scored])
+    present = np.concatenate([v.heads_present[v.scored] for v in scored])
+    target = np.concatenate([v.target[v.scored] for v in scored])
+    w = fit_mix(heads, present, target)
+    fusion.set_mix(torch.from_numpy(w))
+    return fusion.mix.tolist()
+
+
 def train_one_epoch(
     accelerator: Any,
     model: nn.Module,
@@ -153,6 +199,7 @@ def train_one_epoch(
     which saves checkpoints and returns True to stop the run. Returns True when stopped.
     """
     t = cfg.train
+    weights = loss_weights(model)
     model.train()
     bar = tqdm(total=state.batch_in_epoch + len(loader), initial=state.batch_in_epoch,
                desc=f"{log_prefix}epoch {state.epoch}", disable=not accelerator.is_local_main_process,
@@ -160,8 +207,7 @@ def train_one_epoch(
     for batch in loader:
         with accelerator.accumulate(model):
             out = model(**model_inputs(batch))
-            losses = loss_fn(predictions(out), targets(batch), batch["mask"])
-            loss = losses["loss"]
+            loss = training_loss(loss_fn, out, batch, weights)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"non-finite training loss {loss.item()} at step {state.global_step} "
@@ -383,6 +429,11 @@ def fit(accelerator: Any, cfg: ExperimentConfig, resume: Optional[str] = None,
                                "train_loss": float(sums[0] / max(sums[1], 1.0))}
         if eval_dl is not None:
             res = evaluate(accelerator, model, eval_dl, loss_fn, overlap, val_frames)
+            mix = fit_head_mix(model, res.videos)
+            if mix is not None:  # the heads' weights fitted on this split: its metrics with them
+                res = evaluate(accelerator, model, eval_dl, loss_fn, overlap, val_frames)
+                row.update({"mix_valence": json.dumps([round(w, 2) for w in mix[0]]),
+                            "mix_arousal": json.dumps([round(w, 2) for w in mix[1]])})
             row.update({f"val_{k}": v for k, v in res.metrics.items()})
             final_eval = res.metrics
             score = res.metrics[SELECT_METRIC]

@@ -16,7 +16,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
     Decay shrinks weight matrices towards zero, which regularises linear maps; applied to norm
     gains, biases, embeddings or learned tokens it only pulls them towards an arbitrary origin. So
-    only the weights of Linear/Conv layers and attention's input projection are decayed;
+    only the weights of Linear/Conv layers, attention's input projection and recurrent layers' matrices are decayed;
     everything else (norms, biases, embeddings, modality/time embeddings, placeholder tokens) is not.
     """
     decay_types = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -28,7 +28,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
                 continue
             seen.add(id(p))
             is_matrix = (isinstance(module, decay_types) and name == "weight") or (
-                isinstance(module, nn.MultiheadAttention) and name.endswith("proj_weight"))
+                isinstance(module, nn.MultiheadAttention) and name.endswith("proj_weight")) or (
+                isinstance(module, nn.RNNBase) and name.startswith("weight_"))
             (decay if is_matrix else no_decay).append(p)
     if not decay and not no_decay:
         raise ValueError("the model has no trainable parameter (is every part frozen?)")
