@@ -249,3 +249,24 @@ def test_real_clips_columns_nan_and_summary(tmp_path, capsys):
     assert "face found in 0 %" in line and "no mean values" in line
     combined = pd.read_csv(out / "predictions.csv")
     assert combined.columns[0] == "video" and combined["video"].nunique() == 3
+
+
+@needs_yunet
+def test_two_faces_all_with_a_temporal_model(two_faces):
+    """`--faces all` with an audio-visual model: one fusion pass per face, each face's own values."""
+    import avfusion
+    from avfusion.config import ModelConfig, from_dict
+    from avfusion.predict import Predictor
+
+    from conftest import NEURAL_AV
+
+    torch.manual_seed(0)
+    model = avfusion.create_model(from_dict(ModelConfig, NEURAL_AV)).eval()
+    p = Predictor(model, clip_len=16, device="cpu", yunet_model=YUNET, precision="fp32", faces="all")
+    with pytest.warns(RuntimeWarning, match="no audio stream"):
+        table = p.predict_video(two_faces)
+    assert len(table) == 96 and table["valid"].all() and table["track_id"].nunique() == 2
+    a, b = (rows.reset_index(drop=True) for _, rows in table.groupby("track_id"))
+    assert (a["frame"] == b["frame"]).all()
+    assert not np.allclose(a["valence"], b["valence"], atol=1e-4)
+    assert [c for c in table.columns if c.startswith("expr_")] == []  # the fusion model gives none
