@@ -5,8 +5,19 @@ a table, a summary, a plot and optionally an overlay video per input, and one co
     avfusion predict videos/ --model emonet_8 --checkpoint pretrained/emonet_8.pth --stride 4
     avfusion predict "data/**/*.mp4" --model emonet_8 --checkpoint emonet_8.pth --format parquet
     accelerate launch --multi_gpu --num_processes 2 -m avfusion.cli.predict videos/ --model ... --out out/
+    avfusion predict --live /dev/video0 --input-format v4l2 --model emonet_8 --checkpoint emonet_8.pth
+    avfusion predict --live rtsp://camera/stream --model runs/exp/best --out live/
 
 (--multi_gpu starts the processes; on a machine without a GPU they share the CPU.)
+
+--live SOURCE reads anything PyAV opens (a camera device, an RTSP/HTTP stream, or a file, read at
+its own pace unless --no-realtime) and appends each frame's row to <out>/<name>_live.csv as soon as
+it is computed (flushed per row; a row is at most about a second behind its frame: when the model
+falls behind, the oldest waiting frames are dropped and get no row), with a line per second of
+video on the terminal; Ctrl-C ends it. Live, audio is not read (audio-visual models see it masked,
+audio-only models are refused), temporal models use a sliding window of the last --clip-len frames
+(each frame's value from the window that ends with it), and --stride/--smooth do not apply. The
+live CSV grows while it is written: its name (_live) keeps it apart from the finished tables.
 
 Per video: <name>_va.<format>, one row per frame (--faces all: per face and frame) with video,
 frame, timestamp (seconds, from the container), track_id, face_found, face_x/y/w/h (pixels),
@@ -37,7 +48,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(NAME, help="per-frame valence/arousal of video files",
                               description=__doc__.split("\n\n")[0], epilog=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, folders (recursive) or glob patterns")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="video files, folders (recursive) or glob patterns")
+    p.add_argument("--live", metavar="SOURCE",
+                   help="predict frames as they arrive from a camera device, an RTSP/HTTP stream or a file (read at "
+                        "its own pace); rows are appended to <out>/<name>_live.csv as they are computed")
+    p.add_argument("--input-format", help="--live: PyAV/FFmpeg input format (v4l2, avfoundation, dshow, ...)")
+    p.add_argument("--no-realtime", action="store_true",
+                   help="--live on a file: read it as fast as it is processed, not at its own pace")
+    p.add_argument("--name", help="--live: output name (default: the source file's stem, else 'live')")
     p.add_argument("--model", required=True, help="a save_pretrained folder or a model name (e.g. emonet_8)")
     p.add_argument("--checkpoint", help="video-encoder weights for a named model (e.g. emonet_8.pth)")
     p.add_argument("--out", default=None, help="output folder (default: runs/predict)")
@@ -75,6 +93,12 @@ def run(args: argparse.Namespace) -> int:
 
     check_options(args.stride, args.smooth, args.batch_size, args.face_backend, args.precision, args.clip_len,
                   fmt=args.format, faces=args.faces, speech=args.speech)
+    if args.live is not None:
+        return run_live(args)
+    if not args.inputs:
+        raise ValueError("no input: give video files, folders or glob patterns, or --live SOURCE")
+    if args.input_format or args.no_realtime or args.name:
+        raise ValueError("--input-format, --no-realtime and --name go with --live")
     jobs = expand_inputs(args.inputs)
     state = distributed_state()
     rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
@@ -114,6 +138,68 @@ def run(args: argparse.Namespace) -> int:
         # seen to abort one process ("terminate called without an active exception").
         state.destroy_process_group()
     return 1 if result.failed else 0
+
+
+def run_live(args: argparse.Namespace) -> int:
+    """``--live SOURCE``: rows appended to ``<out>/<name>_live.csv`` as frames are computed."""
+    import csv
+    import math
+    import time
+
+    from ..predict.predictor import Predictor
+
+    if args.inputs:
+        raise ValueError(f"--live reads one source; drop the inputs ({' '.join(args.inputs)})")
+    for flag, bad in (("--stride", args.stride != 1), ("--smooth", args.smooth != 1), ("--overlay", args.overlay),
+                      ("--skip-existing", args.skip_existing), ("--faces all", args.faces != "main"),
+                      ("--format", args.format != "csv")):
+        if bad:
+            raise ValueError(f"{flag} does not apply to --live (no future frames; rows go to a CSV)")
+    source = args.live
+    name = args.name or (Path(source).stem if Path(source).is_file() else "live")
+    predictor = Predictor(args.model, checkpoint=args.checkpoint, device=args.device, clip_len=args.clip_len,
+                          precision=args.precision, compile=args.compile, flip=args.flip,
+                          batch_size=args.batch_size, face_backend=args.face_backend,
+                          yunet_model=args.yunet_model, speech="off")
+    out = Path(args.out or "runs/predict")
+    path = out / f"{name}_live.csv"
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    rows = predictor.stream(source, realtime=False if args.no_realtime else None, input_format=args.input_format,
+                            name=source)
+    first = next(rows, None)  # opens the source: a bad one fails here, before any file is written
+    if first is None:
+        raise ValueError(f"{source}: no frame could be read")
+    print(f"live: {source}, model {predictor.name} ({predictor.runner.description}) -> {path}"
+          + ("" if args.quiet else "; Ctrl-C stops"), flush=True)
+    n, shown = 0, -math.inf
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(first))
+        writer.writeheader()
+        try:
+            for row in _chain(first, rows):
+                # Empty cells for missing values, as in the finished tables.
+                writer.writerow({k: "" if v is None or (isinstance(v, float) and math.isnan(v)) else v
+                                 for k, v in row.items()})
+                f.flush()
+                n += 1
+                if not args.quiet and row["timestamp"] >= shown + 1.0:
+                    shown = row["timestamp"]
+                    values = (f"valence {row['valence']:+.2f}  arousal {row['arousal']:+.2f}" if row["valid"]
+                              else "no face")
+                    print(f"{row['timestamp']:8.1f} s  frame {row['frame']:6d}  {values}  "
+                          f"(lag {time.monotonic() - start - row['timestamp']:.2f} s)", flush=True)
+        except KeyboardInterrupt:
+            rows.close()
+            print(f"stopped: {n} rows in {path}")
+            return 0
+    print(f"{n} rows in {path}")
+    return 0
+
+
+def _chain(first: dict, rest: Any) -> Any:
+    yield first
+    yield from rest
 
 
 # parse_args(argv) -> Namespace and main(argv=None) -> exit code, as every command has them.

@@ -172,6 +172,21 @@ def predictions_frame(videos: Mapping[str, VideoPrediction], smooth_window: int 
     return pd.concat(parts, ignore_index=True)
 
 
+def plot_title(extra: Optional[Mapping[str, Any]]) -> str:
+    """The evaluation plots' title: the model (its folder's last two parts, so ``runs/exp/best``
+    reads ``exp/best``), the part of the data and what was masked, from ``extra`` (what
+    ``metrics.json`` records)."""
+    extra = dict(extra or {})
+    parts = []
+    if extra.get("model"):
+        parts.append("model " + "/".join(Path(str(extra["model"])).parts[-2:]))
+    if extra.get("part"):
+        parts.append(f"{extra['part']} part")
+    if extra.get("masked"):
+        parts.append(f"{extra['masked']} masked")
+    return ", ".join(parts)
+
+
 def write_results(
     videos: Mapping[str, VideoPrediction],
     results: Mapping[str, Any],
@@ -191,7 +206,7 @@ def write_results(
     predictions_frame(videos, results["smoothing_window"]).to_csv(files["predictions"], index=False)
     if plots:
         for p in save_plots(videos, per_clip, out / "plots", smooth_window=results["smoothing_window"],
-                            threshold=results["per_clip"]["threshold"]):
+                            threshold=results["per_clip"]["threshold"], title=plot_title(extra)):
             files[p.stem] = p
     return files
 
@@ -222,5 +237,5 @@ def evaluate(
     return results, per_clip, videos
 
 
-__all__ = ["compute_metrics", "split_metrics", "format_report", "predictions_frame", "write_results",
+__all__ = ["compute_metrics", "split_metrics", "format_report", "predictions_frame", "write_results", "plot_title",
            "evaluate"]

@@ -571,19 +571,30 @@ class Predictor:
                       overlay: bool = False, fmt: str = "csv") -> Path:
         """Write a video's plot, overlay, summary (``table.attrs["summary"]``) and table (in that
         order; each whole or not at all). Plot and overlay show the main face (:func:`main_rows`)."""
-        from ..viz import plot_prediction, write_overlay
+        from ..viz import plot_prediction
+        from .overlay import write_overlay
 
         base = Path(out_dir) / name
         shown = main_rows(table)
         if plot:
             with atomic_path(base.parent / f"{base.name}_va.png") as tmp:
-                plot_prediction(shown, tmp, title=f"{path.name} ({self.name})")
+                plot_prediction(shown, tmp, video=path.name, model=self.name)
         if overlay:
             with atomic_path(base.parent / f"{base.name}_overlay.mp4") as tmp:
                 write_overlay(path, shown, tmp)
         if "summary" in table.attrs:
             write_summary(table.attrs["summary"], base.parent / f"{base.name}_summary.json")
         return write_table(table, base.parent / f"{base.name}_va.{fmt}", fmt)
+
+    def stream(self, source: PathLike, realtime: Optional[bool] = None, input_format: Optional[str] = None,
+               options: Optional[dict] = None, name: Optional[str] = None) -> Any:
+        """Rows as frames arrive: a generator of dicts with the columns of :meth:`predict_video`'s
+        table, one per frame, from anything PyAV opens: a camera (``"/dev/video0"``,
+        ``input_format="v4l2"``), an RTSP/HTTP stream, or a file (read at its own pace unless
+        ``realtime=False``). Audio is not read live; see :mod:`avfusion.predict.live`."""
+        from .live import stream_rows
+
+        return stream_rows(self, source, realtime, input_format, options, name)
 
     def predict_frames(self, frames: np.ndarray, fps: float, audio: Optional[np.ndarray] = None,
                        timestamps: Optional[np.ndarray] = None) -> pd.DataFrame:
