@@ -473,16 +473,16 @@ INT8_MAX_VA_DEV = 0.05  # an int8 EmoNet would be reported only within this rela
 # AFEW-VA: 600 clips, 30,051 frames; Aff-Wild2 figures are given per 1M frames.
 AFEW_CLIPS, AFEW_FRAMES = 600, 30_051
 
-QUICK = {"repeats": 3, "video_seconds": 6.0, "vit_batch": 8, "audio_seconds": 5.0, "affwild_frames": 15_000,
-         "train_epochs": 1, "train_variants": ["bf16:16", "bf16:64"], "cache_clips": 2, "cache_frames": 32,
+QUICK = {"repeats": 2, "video_seconds": 6.0, "vit_batch": 8, "audio_seconds": 5.0, "affwild_frames": 10_000,
+         "train_epochs": 1, "train_variants": ["bf16:16", "bf16:64"], "cache_clips": 1, "cache_frames": 32,
          "compile": False}
 FULL = {"repeats": 5, "video_seconds": 20.0, "vit_batch": 8, "audio_seconds": 10.0, "affwild_frames": 100_000,
         "train_epochs": 3, "train_variants": ["bf16:16", "no:16", "bf16:64", "no:64", "bf16:64:32"], "cache_clips": 4,
         "cache_frames": 64, "compile": True}
 QUICK_SKIPS = ("torch.compile variants (EmoNet compiled at each batch: ~20 s of compilation per shape)",
-               "fewer repeats (3 instead of 5; 2 at batch 32) and a 6 s video instead of 20 s",
+               "fewer repeats (2 instead of 5) and a 6 s video instead of 20 s",
                "training: 1 timed epoch per setting (after 5 warm-up steps), 2 of the 5 settings, "
-               "Aff-Wild2 rate from 15k frames instead of 100k",
+               "Aff-Wild2 rate from 10k frames instead of 100k",
                "feature caching on fewer frames")
 
 
@@ -557,7 +557,6 @@ def stage_emonet(o: argparse.Namespace, shared: dict) -> dict:
     rows = []
     for batch in o.batches:
         x = face.repeat(batch, 1, 1, 1)
-        reps = o.repeats if not (o.quick and batch >= 32) else max(2, o.repeats - 1)
         variants: list[tuple[str, str, Callable]] = [("fp32_eager", "float32 eager (reference)", plain),
                                                      ("fast_eager", "bf16 + channels_last eager", fast)]
         if o.compile:
@@ -567,7 +566,7 @@ def stage_emonet(o: argparse.Namespace, shared: dict) -> dict:
         ref = None
         for key, label, fn in variants:
             _log("emonet", f"batch {batch}: {label}")
-            times, first, out = time_repeats(lambda: fn(x), reps)
+            times, first, out = time_repeats(lambda: fn(x), o.repeats)
             va = _va(out)
             fps = _rates(times, batch)
             row = {"batch": batch, "variant": key, "label": label, "frames_per_s": fps, "first_call_s": first}
@@ -1010,9 +1009,9 @@ def machine_line(m: dict) -> str:
 def bench_markdown(result: dict) -> str:
     """bench.md: the run's tables, each under the machine it ran on."""
     m = result["machine"]
-    mode = "--quick" if result.get("quick") else "full"
-    lines = [f"_`{result.get('command', 'avfusion bench')}` ({mode}), {result['date'][:16].replace('T', ' ')}: "
-             f"{machine_line(m)}; total {result.get('total_s', 0):.0f} s_", ""]
+    lines = [f"_`{result.get('command', 'avfusion bench')}`, {result['date'][:16].replace('T', ' ')}: "
+             f"{machine_line(m)}; total {result.get('total_s', 0):.0f} s"
+             + (f"; {result['note']}" if result.get("note") else "") + "_", ""]
     s = result.get("summary") or {}
     if s:
         bits = []
@@ -1028,6 +1027,11 @@ def bench_markdown(result: dict) -> str:
         lines += ["**Summary.** " + "; ".join(bits) + ".", ""]
     if result.get("quick"):
         lines += ["Quick mode skips: " + "; ".join(result.get("quick_skips", [])) + ".", ""]
+    loads = [x for r in result["stages"].values() for x in (r.get("loadavg_1min_before_after") or []) if x is not None]
+    if loads and m.get("cores") and max(loads) > 0.5 * m["cores"]:
+        lines += [f"**Busy machine:** the 1-minute load average reached {max(loads):.1f} on {m['cores']} cores during "
+                  "this run (other jobs), so its speeds are lower than an idle machine's; ratios measured in the "
+                  "same stage suffer less.", ""]
     for stage in BENCH_STAGES:
         r = result["stages"].get(stage)
         if r is None:
@@ -1163,7 +1167,9 @@ def readme_section(results: dict) -> str:
     """The README's performance tables from ``results`` (benchmarks/results.json), each with the
     machine it ran on."""
     if results.get("kind") == BENCH_KIND:
-        return bench_markdown(results).rstrip()
+        return ("Measured by one `avfusion bench` run (`--out benchmarks`); the tables below are rewritten from "
+                "its `benchmarks/bench.json` by `avfusion bench readme` (or `avfusion bench --readme` in one go).\n\n"
+                + bench_markdown(results).rstrip())
     parts = []
     for key, caption in _CAPTIONS.items():
         r = results.get(key)
@@ -1223,7 +1229,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help=f"stages to run (default all: {' '.join(BENCH_STAGES)})")
     whole.add_argument("--readme", nargs="?", type=Path, const=Path("README.md"), default=None, metavar="README",
                        help="then rewrite the README's performance section from this run (default README.md)")
-    whole.add_argument("--repeats", type=int, default=None, help="timed repeats per figure (quick 3, full 5)")
+    whole.add_argument("--repeats", type=int, default=None, help="timed repeats per figure (quick 2, full 5)")
     whole.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32], help="EmoNet batch sizes")
     whole.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     whole.add_argument("--video-seconds", type=float, default=None, help="length of the 720p video (quick 6, full 20)")
