@@ -28,7 +28,7 @@ MIN_HEIGHT = 360
 # BGR-free: frames are RGB, colours too.
 _WHITE, _GREY, _DARK = (255, 255, 255), (150, 150, 150), (20, 20, 20)
 _GREEN, _AMBER = (60, 220, 90), (255, 190, 40)
-_VALENCE, _AROUSAL = (90, 170, 255), (255, 110, 90)
+_VALENCE, _AROUSAL = (130, 200, 255), (255, 150, 130)
 
 
 def _codec() -> str:
@@ -98,14 +98,14 @@ def draw_frame(frame: np.ndarray, row: Optional[pd.Series], trail: list[tuple[fl
     if row is not None and "speech" in row and row["speech"] is not None and not pd.isna(row["speech"]):
         lines.append(("speech" if bool(row["speech"]) else "no speech", _GREY))
     width = max(cv2.getTextSize(t, font, fs, th)[0][0] for t, _ in lines) + 2 * pad
-    _blend_rect(img, 0, 0, width + pad, pad + line * len(lines) + pad // 2, _DARK, 0.55)
+    _blend_rect(img, 0, 0, width + pad, pad + line * len(lines) + pad // 2, _DARK, 0.7)
     for k, (text, colour) in enumerate(lines):
         cv2.putText(img, text, (pad, pad + line * (k + 1) - int(6 * s)), font, fs, colour, th, aa)
 
     # The circumplex, bottom right.
-    r = int(48 * s)
+    r = int(56 * s)
     cx, cy = w - r - int(14 * s), h - r - int(14 * s)
-    _blend_rect(img, cx - r - int(10 * s), cy - r - int(10 * s), w, h, _DARK, 0.55)
+    _blend_rect(img, cx - r - int(10 * s), cy - r - int(10 * s), w, h, _DARK, 0.7)
     cv2.circle(img, (cx, cy), r, _GREY, max(1, int(round(s))), aa)
     cv2.line(img, (cx - r, cy), (cx + r, cy), _GREY, 1, aa)
     cv2.line(img, (cx, cy - r), (cx, cy + r), _GREY, 1, aa)
@@ -119,8 +119,8 @@ def draw_frame(frame: np.ndarray, row: Optional[pd.Series], trail: list[tuple[fl
         colour = tuple(int(60 + 195 * fade * c / 255) for c in _AMBER)
         cv2.line(img, pts[k - 1], pts[k], colour, max(1, int(round(1.5 * s))), aa)
     if valid and pts and trail and math.isfinite(trail[-1][0]):
-        cv2.circle(img, pts[-1], max(3, int(round(5 * s))), _AMBER, -1, aa)
-        cv2.circle(img, pts[-1], max(3, int(round(5 * s))), _WHITE, 1, aa)
+        cv2.circle(img, pts[-1], max(3, int(round(6 * s))), _AMBER, -1, aa)
+        cv2.circle(img, pts[-1], max(3, int(round(6 * s))), _WHITE, 1, aa)
     return img
 
 
