@@ -29,7 +29,7 @@ import sys
 import time
 import zlib
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -804,14 +804,7 @@ def _train_epochs(experiment: str, cache: Path, overrides: list[str], epochs: in
                   out: Path) -> dict:
     """Epochs of the package's training step (train_one_epoch: Accelerate, AdamW, CCC loss, the
     experiment's fusion model) over every window of a feature cache; seconds of each timed epoch."""
-    import contextlib
-    import io
-
-    from .data.build import build_datasets
-    from .train.checkpoint import TrainState
-    from .train.experiment import build_model, load_experiment
-    from .train.loop import make_accelerator, make_loader, train_one_epoch
-    from .train.optim import build_loss_fn, build_optimizer, build_scheduler
+    from .train.experiment import load_experiment
 
     cfg = load_experiment(experiment, [f"data.features={cache}", "data.root=null", "data.folds=0",
                                        "data.val_fraction=0", "data.test_fraction=0", "data.split_file=null",
@@ -824,6 +817,23 @@ def _train_epochs(experiment: str, cache: Path, overrides: list[str], epochs: in
 
     AcceleratorState._reset_state()
     GradientState._reset_state()
+    try:
+        return _timed_epochs(cfg, epochs, warmup_steps)
+    finally:  # and leave none behind for the caller's next Accelerator (another precision)
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+
+
+def _timed_epochs(cfg: Any, epochs: int, warmup_steps: int) -> dict:
+    import contextlib
+    import io
+
+    from .data.build import build_datasets
+    from .train.checkpoint import TrainState
+    from .train.experiment import build_model
+    from .train.loop import make_accelerator, make_loader, train_one_epoch
+    from .train.optim import build_loss_fn, build_optimizer, build_scheduler
+
     accelerator = make_accelerator(cfg, log=False)
     model = build_model(cfg)
     datasets = build_datasets(cfg.data, model)
