@@ -79,7 +79,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--yunet-model", help="YuNet ONNX file (default: $AVFUSION_HOME or ./pretrained/)")
     p.add_argument("--clip-len", type=int, help="frames per window of a temporal model (default: as in training)")
     p.add_argument("--smooth", type=int, default=1, help="moving average over this many frames (odd)")
-    p.add_argument("--overlay", action="store_true", help="also write the video with the values drawn on it")
+    p.add_argument("--overlay", action="store_true", help="also write <name>_overlay.mp4: the video with the face box, values and a small circumplex "
+                        "drawn on it (same frame count and rate, the audio kept as AAC)")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -178,7 +178,7 @@ def stream_rows(predictor: Any, source: PathLike, realtime: Optional[bool] = Non
     """Yield one row (a dict with the table's columns) per frame of ``source`` as it is processed
     (see the module doc). ``live``: an already opened :class:`LiveSource` (tests read its
     counters)."""
-    from .predictor import expression_names, quadrant_names
+    from .columns import expression_names, quadrant_names
 
     p = predictor
     if not p.model.use_video:

@@ -182,6 +182,7 @@ def write_overlay(video_path: PathLike, table: pd.DataFrame, out_path: PathLike,
     video = VideoFile(video_path)
     try:
         n = len(video)
+        video.close()  # decord is done (frame times are kept); the frames come from one PyAV pass
         if n != len(table):
             raise ValueError(f"{video_path}: {n} frames but {len(table)} predictions")
         rate, audio = _input_rate(video_path, video.fps)

@@ -42,6 +42,7 @@ from ..inference.engine import DEFAULT_CHUNK, ArrayFrames, VideoOutputs, predict
 from ..inference.runner import PRECISIONS, FrameRunner, resolve_device
 from ..timing import SAMPLE_RATE
 from ..version import __version__
+from .columns import EXPRESSIONS, QUADRANTS, expression_names, quadrant_names
 from .temporal import predict_temporal
 
 PathLike = Union[str, Path]
@@ -56,11 +57,6 @@ SPEECH = ("auto", "off")
 # probabilities (EmoNet). ``track_id`` -1 and NaN box: no face in this row.
 COLUMNS = ("video", "frame", "timestamp", "track_id", "face_found", "face_x", "face_y", "face_w", "face_h",
            "face_score", "speech", "valid", "valence", "arousal", "quadrant")
-# EmoNet's expression classes in the order of its logits (AffectNet's 8, or its first 5).
-EXPRESSIONS = {8: ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt"),
-               5: ("neutral", "happy", "sad", "surprise", "fear")}
-# Quadrants of the valence/arousal circle (valence >= 0 is pleasant, arousal >= 0 activated).
-QUADRANTS = ("pleasant-activated", "unpleasant-activated", "unpleasant-deactivated", "pleasant-deactivated")
 # A second face track shorter than this (seconds) is not worth a warning (a false detection).
 MIN_TRACK_SECONDS = 0.5
 
@@ -130,20 +126,6 @@ def read_table(path: PathLike) -> pd.DataFrame:
     if fmt == "json":
         return pd.read_json(path, orient="records")
     raise ValueError(f"{path}: unknown table format {fmt!r}")
-
-
-def quadrant_names(valence: np.ndarray, arousal: np.ndarray) -> np.ndarray:
-    """The :data:`QUADRANTS` name of each (valence, arousal); None where either is NaN."""
-    v, a = np.asarray(valence, dtype=np.float64), np.asarray(arousal, dtype=np.float64)
-    k = np.where(v >= 0, np.where(a >= 0, 0, 3), np.where(a >= 0, 1, 2))
-    out = np.array(QUADRANTS, dtype=object)[k]
-    out[~(np.isfinite(v) & np.isfinite(a))] = None
-    return out
-
-
-def expression_names(k: int) -> tuple[str, ...]:
-    """Column names of ``k`` expression probabilities: ``expr_<class>`` (EmoNet), else ``expr_<i>``."""
-    return tuple(f"expr_{c}" for c in EXPRESSIONS.get(k, tuple(str(i) for i in range(k))))
 
 
 def _number(x: Any) -> Optional[float]:

@@ -2,7 +2,7 @@
 docs/predict_overlay.png (a frame of the overlay video), from a generated talking-face video.
 
     avfusion demo --clips 32 --frames 64 --epochs 6 --out /tmp/demo     # a small trained model
-    python scripts/readme_images.py --model /tmp/demo/runs/av/best --yunet pretrained/face_detection_yunet.onnx
+    python docs/readme_images.py --model /tmp/demo/runs/av/best --yunet pretrained/face_detection_yunet.onnx
 
 The video: 8 s at 640x360, 25 fps, a drawn face (avfusion.synthetic.talking: no real person),
 hidden behind a grey card from 2.0 to 3.0 s so that the plot shows a span without a face; the
