@@ -26,8 +26,16 @@ def describe(name: str) -> str:
     video = cfg.video.name if cfg.video is not None and cfg.mode != "audio" else "-"
     audio = cfg.audio.name if cfg.audio is not None and cfg.mode != "video" else "-"
     f = cfg.fusion
-    fusion = (f"{f.design} fusion, {f.n_layers}-layer {'Transformer' if f.temporal == 'transformer' else f.temporal.upper()}"
-              if f is not None else "frame by frame")
+    if f is None:
+        fusion = "frame by frame"
+    else:
+        kind = f"{f.n_layers}-layer {'Transformer' if f.temporal == 'transformer' else f.temporal.upper()}"
+        if cfg.mode != "av":
+            fusion = kind
+        elif f.design == "gated":
+            fusion = f"gated fusion: {kind} per sense + {f.joint_layers} joint"
+        else:
+            fusion = f"joint fusion: {kind}"
     return f"{name:<24} mode {cfg.mode:<5}  video {video:<8} audio {audio:<9} {fusion}"
 
 
