@@ -239,17 +239,22 @@ def test_warmup_then_cosine() -> None:
 def test_weight_decay_only_on_weight_matrices() -> None:
     from avfusion.factory import create_model
 
-    model = create_model("tiny", video={"name": "features", "dim": 8}, audio={"name": "features", "dim": 8})
-    decay, no_decay = param_groups(model, 0.05)
-    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
-    names = {id(p): n for n, p in model.named_parameters()}
-    dn = {names[id(p)] for p in decay["params"]}
-    nn_ = {names[id(p)] for p in no_decay["params"]}
-    assert all(n.endswith("weight") and "norm" not in n for n in dn)
-    assert any("self_attn.in_proj_weight" in n for n in dn) and "fusion.head.weight" in dn
-    for n in ("fusion.time_emb", "fusion.modality_emb", "fusion.missing", "fusion.head.bias", "fusion.joint.norm.weight"):
-        assert n in nn_, n
-    assert len(dn) + len(nn_) == sum(1 for p in model.parameters() if p.requires_grad)
+    for temporal, matrix in (("transformer", "self_attn.in_proj_weight"), ("gru", "rnn.weight_ih_l0")):
+        model = create_model("tiny", video={"name": "features", "dim": 8}, audio={"name": "features", "dim": 8},
+                             fusion={"temporal": temporal})
+        decay, no_decay = param_groups(model, 0.05)
+        assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+        names = {id(p): n for n, p in model.named_parameters()}
+        dn = {names[id(p)] for p in decay["params"]}
+        nn_ = {names[id(p)] for p in no_decay["params"]}
+        assert all((n.endswith("weight") or ".weight_" in n) and "norm" not in n for n in dn)
+        assert any(matrix in n for n in dn) and "fusion.head.weight" in dn
+        for n in ("fusion.time_emb", "fusion.modality_emb", "fusion.missing", "fusion.head.bias",
+                  "fusion.joint.norm.weight"):
+            assert n in nn_, n
+        if temporal == "gru":  # recurrent biases are not decayed
+            assert any(".bias_ih_l0" in n for n in nn_)
+        assert len(dn) + len(nn_) == sum(1 for p in model.parameters() if p.requires_grad)
 
 
 def test_epoch_sampler_is_a_function_of_seed_and_epoch() -> None:
