@@ -91,7 +91,7 @@ class FusionConfig:
     # loudness that log-mel energies carry in their mean, which a LayerNorm would remove).
     input_norm: str = "layer"
     # Architecture (avfusion.fusion): "gated" (a temporal module and a head per sense, a joint
-    # module and head, a per-frame per-dimension gate over the heads) or "joint" (one temporal
+    # module and head, a per-dimension mix of the heads, see `gate`) or "joint" (one temporal
     # module over all tokens, one head: plain early fusion).
     design: str = "gated"
     # Temporal module: "transformer" (pre-norm encoder), "gru" or "lstm" (recurrent, see

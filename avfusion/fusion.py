@@ -12,12 +12,15 @@ CNN + LSTM systems over short clips):
 - ``joint`` (early fusion): one temporal module over the tokens of every modality together; one
   head reads the frame's tokens.
 - ``gated`` (default): each modality first runs through its own temporal module with its own
-  valence/arousal head; a joint module then mixes the modalities and has a head of its own; a
-  per-frame, per-dimension gate weighs the heads (softmax over the sources present at that frame).
-  Training adds every head's own loss (``fusion.aux_weight``), so each single-sense head stays as
-  good as a single-sense model and the gate learns, dimension by dimension, which sense to trust
-  (the face for valence, the voice for arousal on the demo data). A missing sense removes its head
-  and the joint head from the mix, so the model falls back to the sense that is there.
+  valence/arousal head; a joint module then mixes the modalities and has a head of its own. The
+  output is, per dimension, a convex mix of the heads over the sources present at that frame.
+  With ``fusion.gate: validation`` (default) every head trains on its own loss only and the mix
+  weights (``mix``, saved with the model) are fitted on the validation split's frames after every
+  epoch (:func:`fit_mix`), so the face can be trusted for valence and the voice for arousal even
+  though every head fits the training clips; ``learned`` reads a per-frame gate from the joint
+  features instead, trained with the mixed output's loss plus ``fusion.aux_weight`` times the
+  heads'. A missing sense removes its head and the joint head from the mix, so the model falls
+  back to the sense that is there.
 
 Every head ends in tanh: valence and arousal live in [-1, 1], and so does any convex mix of them.
 """
