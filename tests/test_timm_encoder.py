@@ -60,3 +60,14 @@ def test_timm_encoder_in_an_av_model_uses_its_pretrained_cfg(tmp_path):
     model.train()
     assert not model.video_encoder.net.training
     assert not any(p.requires_grad for p in model.video_encoder.parameters())
+
+
+def test_nested_classifier_keys_are_dropped(tmp_path):
+    """ConvNeXt's classifier is `head.fc` (beside `head.norm`, which the encoder keeps)."""
+    enc = TimmEncoder("convnext_atto")
+    sd = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in enc.net.state_dict().items()}
+    assert any(k.startswith("head.norm.") for k in sd)
+    sd["head.fc.weight"], sd["head.fc.bias"] = torch.randn(7, enc.num_features), torch.randn(7)
+    torch.save(sd, tmp_path / "convnext.pth")
+    assert enc.load_checkpoint(tmp_path / "convnext.pth") == {"head.fc.weight", "head.fc.bias"}
+    torch.testing.assert_close(enc.net.state_dict()["head.norm.weight"], sd["head.norm.weight"])

@@ -70,7 +70,8 @@ class TimmEncoder(VideoEncoder):
 
         def filter_fn(raw: Any, module: nn.Module, source: str) -> tuple[dict[str, torch.Tensor], set[str]]:
             sd = timm_filter_state_dict(raw, source, set(module.state_dict()))
-            dropped.update(k for k in sd if k.split(".")[0] in self._classifier)
+            # The classifier may be nested ("head.fc" in ConvNeXt): drop every key under it.
+            dropped.update(k for k in sd if any(k.startswith(c + ".") for c in self._classifier))
             return {k: v for k, v in sd.items() if k not in dropped}, set()
 
         load_strict(self.net, path, filter_fn, family=f"timm {self.arch} weight")
