@@ -158,9 +158,10 @@ class FusionTransformer(nn.Module):
                 self.gate = nn.Linear(joint_width, 2 * (M + 1))
                 nn.init.zeros_(self.gate.weight)
                 nn.init.zeros_(self.gate.bias)
-            # "validation": one weight per dimension and source, fitted on the validation split after
-            # every epoch (set_mix); saved with the model. An even mix until the first fit.
-            self.register_buffer("mix", torch.full((2, M + 1), 1.0 / (M + 1)))
+            else:
+                # "validation": one weight per dimension and source, fitted on the validation split
+                # after every epoch (set_mix); saved with the model. An even mix until the first fit.
+                self.register_buffer("mix", torch.full((2, M + 1), 1.0 / (M + 1)))
         expr_width = joint_width if self.joint is not None else d
         self.expr_head = nn.Linear(expr_width, cfg.n_expression) if cfg.n_expression else None
 
@@ -232,7 +233,7 @@ class FusionTransformer(nn.Module):
     @property
     def fitted_mix(self) -> bool:
         """Whether the head weights are fitted on validation data (``gate: validation``, two senses)."""
-        return self.gate is None and hasattr(self, "mix")
+        return hasattr(self, "mix")
 
     @torch.no_grad()
     def set_mix(self, weights: torch.Tensor) -> None:

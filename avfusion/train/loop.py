@@ -141,13 +141,12 @@ def training_loss(loss_fn: nn.Module, out: dict[str, Any], batch: dict[str, Any]
     """``weights[0]`` times the loss of the model's output plus ``weights[1]`` times the mean loss of
     a gated fusion's own heads (``out["aux"]``: name -> (prediction, where present))."""
     target, mask = targets(batch), batch["mask"]
-    final_w, aux_w = weights
     aux = out.get("aux") or {}
+    final_w, aux_w = weights if aux else (1.0, 0.0)
     terms = []
-    if final_w > 0 or not aux:
-        terms.append(final_w * loss_fn(predictions(out), target, mask)["loss"] if aux else
-                     loss_fn(predictions(out), target, mask)["loss"])
-    if aux and aux_w > 0:
+    if final_w > 0:
+        terms.append(final_w * loss_fn(predictions(out), target, mask)["loss"])
+    if aux_w > 0:
         extra = [loss_fn(pred, target, mask & present)["loss"] for pred, present in aux.values()]
         terms.append(aux_w * torch.stack(extra).mean())
     return torch.stack(terms).sum()
