@@ -216,8 +216,8 @@ def merge(base: dict, update: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
-# Where named configs live. The repository's top-level configs/ folder is installed with the wheel
-# as the package data `avfusion.configs` (pyproject maps it), so names resolve without a clone.
+# Where named configs live: avfusion/configs/ (package data, installed with the wheel), so names
+# resolve from any folder, the clone's root included.
 # Extra folders come first: AVFUSION_CONFIGS (experiments) and AVFUSION_MODEL_CONFIGS (models),
 # each os.pathsep-separated.
 

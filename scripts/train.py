@@ -1,4 +1,4 @@
-"""Train an experiment: ``accelerate launch scripts/train.py --config configs/tiny_synthetic.yaml ...``
+"""Train an experiment: ``accelerate launch scripts/train.py --config avfusion/configs/tiny_synthetic.yaml ...``
 is ``accelerate launch -m avfusion.cli.train ...`` (see ``avfusion train --help``)."""
 import sys
 

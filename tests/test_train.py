@@ -81,7 +81,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny_args(cache: Path, out: Path, *extra: str) -> list[str]:
-    """configs/tiny_synthetic.yaml on the test cache: encoders named "features", a 1-layer fusion."""
+    """avfusion/configs/tiny_synthetic.yaml on the test cache: encoders named "features", a 1-layer fusion."""
     return [
         "--config", str(CONFIG), "--no-tensorboard",
         f"output_dir={out}", f"data.features={cache}", "data.root=null",

@@ -1,7 +1,7 @@
 """``avfusion train``: train (and evaluate) an experiment with Accelerate.
 
     avfusion train --config tiny_synthetic data.root=data/synth
-    accelerate launch -m avfusion.cli.train --config configs/tiny_synthetic.yaml ...      # = scripts/train.py
+    accelerate launch -m avfusion.cli.train --config avfusion/configs/tiny_synthetic.yaml ...      # = scripts/train.py
     accelerate launch --multi_gpu --num_processes 2 -m avfusion.cli.train ... train.cpu=true  # 2 CPU processes
     avfusion train --config afew_emonet_video --folds 5                           # cross-validation
     avfusion train --config tiny_synthetic --resume latest                        # continue a run
