@@ -602,9 +602,13 @@ def cache_features(
     made, _ = clip_datasets(data, {"cache": list(records) + list(val_records)}, model)
     used = used_settings(data)
     info = {k: used[k] for k in ("kind", "root", "face_mode", "affwild2_frames") if k in used}
-    # Decoding, cropping and the colour space are always used when caching (from raw video).
-    prep = {"face_backend": data.face_backend, "face_margin": data.face_margin,
-            "face_smoothing": data.face_smoothing, "hsv": data.hsv}
+    # Decoding, cropping and the colour space are always used when caching (from raw video): the
+    # serving spec the crops were made with (the model's, with the data config's settings applied).
+    from .data.build import serving_for
+
+    spec = serving_for(data, model)
+    prep = {"face_backend": data.face_backend, "face_margin": spec.face_margin,
+            "face_smoothing": spec.face_smoothing, "hsv": spec.colour == "hsv"}
     result = cache_dataset(
         model, made["cache"], out_dir, dtype=DTYPES[dtype], batch_size=batch_size,
         num_workers=data.num_workers, device=accelerator.device,

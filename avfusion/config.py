@@ -41,6 +41,9 @@ class VideoEncoderConfig:
     timm_kwargs: dict = field(default_factory=dict)
     # Weight file (emonet_8.pth, mae_pretrain_vit_base.pth, ...) or None for random init.
     checkpoint: Optional[str] = None
+    # Name of the weight source (avfusion.sources: `avfusion download NAME`) a named pretrained
+    # model serves with; inference without weights is an error naming the download, never random.
+    weights: Optional[str] = None
     # Frozen encoders get no gradients and stay in eval() (BatchNorm statistics, dropout).
     frozen: bool = True
     # EmoNet's official evaluation averages predictions with those of the mirrored face.
@@ -61,6 +64,8 @@ class AudioEncoderConfig:
     path: Optional[str] = None
     # Wav2Vec2Config overrides when building from a config.
     hf_config: dict = field(default_factory=dict)
+    # Weight source name (avfusion.sources), as for the video encoder.
+    weights: Optional[str] = None
     # Which hidden state to use: an index into hidden_states (0 = CNN features after projection),
     # -1 for the last layer, or "weighted" for a learned softmax-weighted sum of all layers.
     layer: Any = -1
@@ -110,6 +115,63 @@ class FusionConfig:
 
 
 @dataclass
+class ServingSpec:
+    """What the model needs at serving time, saved with it (``config.json``) and read by predict,
+    evaluate, cache, live and Predictor: a model is served the inputs it was trained on."""
+
+    # Frames per window of a temporal model (training's data.clip_len: longer windows would use
+    # temporal positions the model never saw).
+    clip_len: int = 32
+    # Frames between window starts in prediction; None: clip_len // 2 (a frame near one window's
+    # edge is in the middle of the next; overlapping windows are averaged).
+    hop: Optional[int] = None
+    # Audio rate the audio encoder reads (wav2vec2: 16 kHz).
+    sample_rate: int = 16000
+    # Face crop: side in pixels (None: the video encoder's input size), margin (fraction of the face
+    # size added on each side; the face expert was trained on tight boxes: 0) and box smoothing
+    # (frames, centred in files, past-only live).
+    crop_size: Optional[int] = None
+    face_margin: float = 0.25
+    face_smoothing: int = 5
+    # Colour space of the crops before normalisation: "rgb" or "hsv" (the HSV EmoNet fine-tuning
+    # of AFEW-VA work); mean/std per channel (None: the video encoder's pretrained_cfg).
+    colour: str = "rgb"
+    mean: Optional[list] = None
+    std: Optional[list] = None
+    # Precision of the per-frame network that the model's reference figures were computed in.
+    precision: str = "fp32"
+
+
+COLOURS = ("rgb", "hsv")
+
+
+def check_serving(s: ServingSpec) -> list[str]:
+    """Problems of a serving spec, as phrases naming the field."""
+    problems = []
+    if not isinstance(s.clip_len, int) or s.clip_len < 1:
+        problems.append(f"serving.clip_len must be a positive integer, got {s.clip_len!r}")
+    if s.hop is not None and (not isinstance(s.hop, int) or not 1 <= s.hop <= max(1, int(s.clip_len or 1))):
+        problems.append(f"serving.hop must be between 1 and clip_len ({s.clip_len}), got {s.hop!r}")
+    if s.colour not in COLOURS:
+        problems.append(f"serving.colour must be one of {COLOURS}, got {s.colour!r}")
+    if not isinstance(s.face_margin, (int, float)) or s.face_margin < 0:
+        problems.append(f"serving.face_margin must be >= 0, got {s.face_margin!r}")
+    if not isinstance(s.face_smoothing, int) or s.face_smoothing < 0:
+        problems.append(f"serving.face_smoothing must be an integer >= 0, got {s.face_smoothing!r}")
+    if s.crop_size is not None and (not isinstance(s.crop_size, int) or s.crop_size < 1):
+        problems.append(f"serving.crop_size must be a positive integer, got {s.crop_size!r}")
+    for k in ("mean", "std"):
+        v = getattr(s, k)
+        if v is not None and (not isinstance(v, (list, tuple)) or len(v) != 3):
+            problems.append(f"serving.{k} must be 3 numbers, got {v!r}")
+    if s.precision not in ("fp32", "bf16"):
+        problems.append(f"serving.precision must be fp32 or bf16, got {s.precision!r}")
+    if not isinstance(s.sample_rate, int) or s.sample_rate <= 0:
+        problems.append(f"serving.sample_rate must be a positive integer, got {s.sample_rate!r}")
+    return problems
+
+
+@dataclass
 class ModelConfig:
     # "av" (audio-visual), "video" (video only: AFEW-VA has no audio) or "audio".
     mode: str = "av"
@@ -120,6 +182,9 @@ class ModelConfig:
     fusion: Optional[FusionConfig] = field(default_factory=FusionConfig)
     # Name of the registry entry this config came from (informational).
     name: str = ""
+    # Serving-time inputs (window, crops, colour space, ...): set by training from its data
+    # settings, saved with the model.
+    serving: ServingSpec = field(default_factory=ServingSpec)
 
 
 def _coerce(tp: Any, value: Any) -> Any:
@@ -149,6 +214,7 @@ _NESTED = {
     ("ModelConfig", "video"): VideoEncoderConfig,
     ("ModelConfig", "audio"): AudioEncoderConfig,
     ("ModelConfig", "fusion"): FusionConfig,
+    ("ModelConfig", "serving"): ServingSpec,
 }
 
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
 
-from .config import ModelConfig, find_config, from_dict, list_configs, load_yaml, merge
+from .config import ModelConfig, check_serving, find_config, from_dict, list_configs, load_yaml, merge
+from .files import atomic_path, write_text_atomic
 from .model import AVModel
 from .version import __version__
 from .weights import load_strict
@@ -41,7 +41,15 @@ def list_models() -> list[str]:
 
 
 def resolve_model(name_or_path: PathLike) -> ModelSource:
-    """Decide whether ``name_or_path`` is an exported folder, a model YAML or a model name."""
+    """Decide whether ``name_or_path`` is an exported folder, a model YAML or a model name.
+
+    A registered name always means that model: a folder of the same name in the working directory
+    is reached as ``./name``."""
+    text = str(name_or_path)
+    if "/" not in text and "\\" not in text and not text.startswith("."):
+        found = find_config(text, "models")
+        if found is not None:
+            return ModelSource("name", found, text)
     path = Path(name_or_path)
     if path.is_dir():
         if (path / CONFIG_NAME).is_file():
@@ -62,10 +70,44 @@ def _read_exported_config(folder: Path) -> dict:
     f = folder / CONFIG_NAME
     try:
         meta = json.loads(f.read_text())
-        return dict(meta["model"])
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        data = dict(meta["model"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{f}: not a readable avfusion model config ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}); re-export the model") from None
+    if "serving" not in data:
+        data["serving"] = _legacy_serving(folder)
+    return data
+
+
+_warned_legacy: set[str] = set()
+
+
+def _legacy_serving(folder: Path) -> dict:
+    """The serving spec of a folder exported before models carried one: what the training
+    experiment beside it (``experiment.yaml``) says, else the defaults; one warning per folder."""
+    import warnings
+
+    import yaml
+
+    spec: dict[str, Any] = {}
+    exp = folder / "experiment.yaml"
+    if exp.is_file():
+        try:
+            d = (yaml.safe_load(exp.read_text()) or {}).get("data") or {}
+        except (yaml.YAMLError, AttributeError, OSError):
+            d = {}
+        for key, field in (("clip_len", "clip_len"), ("face_margin", "face_margin"),
+                           ("face_smoothing", "face_smoothing")):
+            if d.get(key) is not None:
+                spec[field] = d[key]
+        if d.get("hsv"):
+            spec["colour"] = "hsv"
+    if str(folder) not in _warned_legacy:
+        _warned_legacy.add(str(folder))
+        said = f"from {exp.name}: {spec}" if spec else "the defaults (window 32 frames, RGB crops, margin 0.25)"
+        warnings.warn(f"{folder / CONFIG_NAME}: exported before models carried their serving spec; using "
+                      f"{said}. Export it again (save_pretrained) to record it", RuntimeWarning, stacklevel=3)
+    return spec
 
 
 def get_model_config(name_or_path: PathLike, **overrides: Any) -> ModelConfig:
@@ -82,9 +124,13 @@ def get_model_config(name_or_path: PathLike, **overrides: Any) -> ModelConfig:
             data.setdefault("name", src.name)
     data = merge(data, overrides)
     try:
-        return from_dict(ModelConfig, data)
+        cfg = from_dict(ModelConfig, data)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{src.path}: {e}") from None
+    problems = check_serving(cfg.serving)
+    if problems:
+        raise ValueError(f"{src.path}: {problems[0]}")
+    return cfg
 
 
 def create_model(name_or_path: Union[PathLike, ModelConfig], **overrides: Any) -> AVModel:
@@ -110,17 +156,50 @@ def load_model(name_or_path: PathLike, checkpoint: Optional[PathLike] = None, **
             raise ValueError(f"{src.path} is an exported model with its own weights: a checkpoint applies "
                              "only to a named architecture")
         return from_pretrained(src.path, **overrides)
+    cfg = get_model_config(name_or_path, **overrides)
     if checkpoint is not None:
-        overrides = dict(overrides)
-        overrides["video"] = {**dict(overrides.get("video") or {}), "checkpoint": str(checkpoint)}
-    return create_model(name_or_path, **overrides).eval()
+        if cfg.video is None or not cfg.mode in ("av", "video"):
+            raise ValueError(f"{src.name}: checkpoint applies to a video encoder, and this model has none")
+        cfg.video.checkpoint = str(checkpoint)
+    else:
+        _find_weights(cfg, src.name)
+    return AVModel(cfg).eval()
+
+
+def _find_weights(cfg: ModelConfig, name: str) -> None:
+    """Point a named pretrained model's encoders at their downloaded weights (``weights:`` in its
+    config names the source); a missing file is a one-line error naming ``avfusion download``."""
+    if cfg.mode in ("av", "video") and cfg.video is not None and cfg.video.weights and not cfg.video.checkpoint:
+        from .sources import require
+
+        cfg.video.checkpoint = str(require(cfg.video.weights, name))
+    if cfg.mode in ("av", "audio") and cfg.audio is not None and cfg.audio.weights and not cfg.audio.path:
+        from .sources import require
+
+        cfg.audio.path = str(require(cfg.audio.weights, name))
+
+
+def is_pretrained_name(name_or_path: PathLike) -> bool:
+    """Whether a model string names a shipped model that serves with downloaded weights."""
+    try:
+        src = resolve_model(name_or_path)
+    except (ValueError, FileNotFoundError):
+        return False
+    if src.kind == "exported":
+        return False
+    cfg = get_model_config(name_or_path)
+    return bool((cfg.video is not None and cfg.video.weights) or (cfg.audio is not None and cfg.audio.weights))
 
 
 def _self_contained_config(model: AVModel) -> ModelConfig:
     """The config with encoder weight sources removed: the exported weights carry them."""
     cfg = copy.deepcopy(model.cfg)
+    cfg.serving = model.serving  # every field filled: the folder needs nothing else at serving time
     if cfg.video is not None:
         cfg.video.checkpoint = None
+        cfg.video.weights = None
+    if cfg.audio is not None:
+        cfg.audio.weights = None
     if cfg.audio is not None and model.audio_encoder is not None:
         hf = getattr(model.audio_encoder, "hf_config_dict", None)
         if cfg.audio.path is not None:
@@ -139,13 +218,11 @@ def save_pretrained(model: AVModel, out_dir: PathLike, extra: dict | None = None
     out.mkdir(parents=True, exist_ok=True)
     cfg = _self_contained_config(model)
     meta = {"avfusion_version": __version__, "model": dataclasses.asdict(cfg), **(extra or {})}
-    tmp = out / (CONFIG_NAME + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    wtmp = out / (WEIGHTS_NAME + ".tmp")
-    save_file(state, str(wtmp), metadata={"format": "pt"})
-    os.replace(wtmp, out / WEIGHTS_NAME)
-    os.replace(tmp, out / CONFIG_NAME)
+    # Weights first, config last: a folder with a config.json is complete.
+    with atomic_path(out / WEIGHTS_NAME) as wtmp:
+        save_file(state, str(wtmp), metadata={"format": "pt"})
+    write_text_atomic(out / CONFIG_NAME, json.dumps(meta, indent=2))
     return out
 
 
@@ -161,8 +238,10 @@ def from_pretrained(path: PathLike, map_location: Union[str, torch.device] = "cp
         load_strict(model, w_file, family="avfusion model weight")
     except ValueError as e:
         raise ValueError(f"{e} (config: {cfg_file})") from None
+    # Its serving spec is what it was trained on: data settings do not change it at serving time.
+    model.serving_locked = True
     return model.to(map_location).eval()
 
 
-__all__ = ["ModelSource", "resolve_model", "list_models", "get_model_config", "create_model", "load_model",
+__all__ = ["ModelSource", "resolve_model", "is_pretrained_name", "list_models", "get_model_config", "create_model", "load_model",
            "save_pretrained", "from_pretrained", "CONFIG_NAME", "WEIGHTS_NAME"]

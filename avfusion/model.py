@@ -6,12 +6,13 @@ encoders' outputs would, so training on either path uses the same fusion code.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from .config import ModelConfig, ServingSpec
 from .encoders import AudioEncoder, VideoEncoder, create_audio_encoder, create_video_encoder
 from .fusion import FusionTransformer, modality_dropout
 
@@ -59,6 +60,24 @@ class AVModel(nn.Module):
     def pretrained_cfg(self) -> dict | None:
         """Preprocessing of the face crops (input size, mean, std), from the video encoder."""
         return getattr(self.video_encoder, "pretrained_cfg", None)
+
+    @property
+    def serving(self) -> ServingSpec:
+        """The serving spec with every field filled: crop size, mean and std default to the video
+        encoder's ``pretrained_cfg`` (what :func:`~avfusion.factory.save_pretrained` writes)."""
+        s = dataclasses.replace(self.cfg.serving)
+        pcfg = self.pretrained_cfg
+        if pcfg is not None:
+            if s.crop_size is None:
+                s.crop_size = int(max(pcfg["input_size"][1:]))
+            if s.mean is None:
+                s.mean = [float(v) for v in pcfg["mean"]]
+            if s.std is None:
+                s.std = [float(v) for v in pcfg["std"]]
+        sr = getattr(self.audio_encoder, "sample_rate", None)
+        if sr is not None:
+            s.sample_rate = int(sr)
+        return s
 
     # -- encoders ------------------------------------------------------------------------------
     def encode_video(self, video: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

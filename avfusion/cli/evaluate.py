@@ -43,7 +43,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="which part to score; default: 'all' without a config or split file, else "
                         "'test' (or 'val' when the split has no test part)")
     p.add_argument("--features", help="a feature cache (`avfusion cache`) to read instead of video")
-    p.add_argument("--clip-len", type=int, help="frames per window (default: the config's data.clip_len)")
+    p.add_argument("--clip-len", type=int, help="frames per window (default: the model's serving spec; a named "
+                   "architecture: the config's data.clip_len)")
     p.add_argument("--batch-size", type=int, help="windows per batch (default: the config's)")
     p.add_argument("--num-workers", type=int, help="DataLoader workers (default: the config's)")
     p.add_argument("--smooth", type=int, default=5, help="moving-average window in frames (odd; 1 = off)")
@@ -52,10 +53,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: runs/eval/<model>-<part>)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even where a GPU exists")
-    p.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16"),
-                   help="frame-by-frame models (EmoNet zero-shot): the per-frame network's precision "
-                        "(auto: bf16 where the hardware has it; default fp32, the reference numbers)")
-    p.add_argument("--compile", action="store_true", help="frame-by-frame models: torch.compile the network")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="the per-frame network's precision, as in `avfusion predict` (auto: bf16 + channels_last "
+                        "where the hardware computes bf16 natively, else fp32; fp32: the reference numbers); "
+                        "metrics.json records the one used")
+    p.add_argument("--compile", action="store_true", help="torch.compile the per-frame network")
     p.add_argument("--mask", choices=("audio", "video"),
                    help="score an audio-visual model with this sense hidden (missing-modality robustness)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="experiment-config overrides")
@@ -74,7 +76,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = load_experiment(args.config, args.overrides)
     changes: dict[str, Any] = {}
     for key, value in (("kind", args.data_kind), ("root", args.root), ("split_file", args.split_file),
-                       ("clip_len", args.clip_len), ("batch_size", args.batch_size),
+                       ("batch_size", args.batch_size),
                        ("num_workers", args.num_workers), ("features", args.features)):
         if value is not None:
             changes[key] = value
@@ -88,7 +90,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model, data, part, args.out, default_name=str(args.model), smooth_window=args.smooth,
         threshold=args.threshold, face_only=args.face_only, plots=not args.no_plots,
         cpu=args.cpu or cfg.train.cpu, extra={"model": str(args.model), "checkpoint": args.checkpoint},
-        precision=args.precision, compile=args.compile, mask=args.mask)
+        precision=args.precision, compile=args.compile, mask=args.mask, clip_len=args.clip_len)
     from accelerate import PartialState
 
     if PartialState().is_main_process:

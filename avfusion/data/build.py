@@ -6,12 +6,14 @@ Training, evaluation and caching all ask this module, so they read the same reco
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from torch.utils.data import Dataset
 
+from ..config import ServingSpec
 from .splits import PARTS
 
 DATA_KINDS = ("synthetic", "afew_va", "affwild2", "manifest")
@@ -56,8 +58,10 @@ class DataConfig:
     # or one backend for every record: "yunet", "landmarks", "precropped", "full".
     face_backend: str = "auto"
     # Fraction of the face size added on each side of the square crop; box smoothing in frames.
-    face_margin: float = 0.25
-    face_smoothing: int = 5
+    # None: the model's serving spec (an architecture's default, or what an exported model was
+    # trained with); a value here is what training records in the model it exports.
+    face_margin: Optional[float] = None
+    face_smoothing: Optional[int] = None
     # YuNet ONNX file (else AVFUSION_HOME / pretrained/ are searched).
     yunet_model: Optional[str] = None
     # The manifest loader's face mode for rows that do not name one (synthetic faces fill the frame).
@@ -65,8 +69,9 @@ class DataConfig:
     # Training augmentation (flip, small affine, colour jitter; one draw per clip) and its overrides.
     augment: bool = True
     augment_params: dict = field(default_factory=dict)
-    # Convert face crops to HSV before normalisation (one of the seed experiments does).
-    hsv: bool = False
+    # Convert face crops to HSV before normalisation (one of the seed experiments does); None:
+    # the model's serving spec, as for face_margin.
+    hsv: Optional[bool] = None
     # Folder written by `avfusion cache`: train on cached per-frame features instead of
     # decoding video (same model code: AVModel reads video_feats/audio_feats directly).
     features: Optional[str] = None
@@ -199,28 +204,50 @@ def make_split(cfg: DataConfig, records: Sequence, val_records: Sequence = ()):
                          seed=cfg.split_seed)
 
 
-def _croppers(cfg: DataConfig) -> Any:
-    """FaceCropper(s) for ClipDataset: None (per-record defaults) or one per face mode."""
-    from .faces import FaceCropper, create_detector
+def serving_for(d: DataConfig, model: Optional[Any], training: bool = False) -> ServingSpec:
+    """The serving spec data is prepared with for ``model``: an exported model's own (it is served
+    what it was trained on, whatever the data config says); for an architecture (a name or a YAML
+    file), its spec with the data config's window, crop and colour settings applied, which training
+    then records in the model it exports. With ``data.features`` the cache's own crop and colour
+    settings apply (they made the features). ``training``: the data config decides for any model
+    (a fine-tuned exported model is then served what it was fine-tuned on)."""
+    base = model.serving if model is not None else ServingSpec()
+    if getattr(model, "serving_locked", False) and not training:
+        return base
+    s = dataclasses.replace(base, clip_len=int(d.clip_len))
+    prep: dict[str, Any] = {}
+    if d.features is not None:
+        from .features import read_manifest
 
-    kw = dict(margin=cfg.face_margin, smoothing=cfg.face_smoothing)
+        prep = dict(read_manifest(d.features).get("preprocessing") or {})
+    margin = prep.get("face_margin", d.face_margin)
+    smoothing = prep.get("face_smoothing", d.face_smoothing)
+    hsv = prep.get("hsv", d.hsv)
+    if margin is not None:
+        s.face_margin = float(margin)
+    if smoothing is not None:
+        s.face_smoothing = int(smoothing)
+    if hsv is not None:
+        s.colour = "hsv" if hsv else "rgb"
+    return s
+
+
+def _croppers(cfg: DataConfig, spec: ServingSpec) -> Any:
+    """FaceCropper(s) for ClipDataset, one per face mode (``auto``) or one for every record."""
+    from .faces import build_cropper
+
+    kw = dict(margin=spec.face_margin, smoothing=spec.face_smoothing, output_size=spec.crop_size or 256)
     if cfg.face_backend == "auto":
-        out = {m: FaceCropper(m, **kw) for m in ("landmarks", "precropped", "full")}
+        out = {m: build_cropper(m, **kw) for m in ("landmarks", "precropped", "full")}
         out["detect"] = _LazyYuNet(cfg.yunet_model, kw)
         return out
-    if cfg.face_backend == "yunet":
-        return FaceCropper(create_detector("yunet", model_path=cfg.yunet_model), **kw)
-    return FaceCropper(cfg.face_backend, **kw)
+    return build_cropper(cfg.face_backend, yunet_model=cfg.yunet_model, **kw)
 
 
-def record_cropper(cfg: DataConfig, face_mode: str, crop_size: int = 256) -> Any:
+def record_cropper(cfg: DataConfig, face_mode: str, spec: ServingSpec) -> Any:
     """The :class:`~avfusion.data.faces.FaceCropper` the data config gives records of ``face_mode``
-    (what :class:`~avfusion.data.clips.ClipDataset` would use for them)."""
-    from .clips import default_cropper
-
-    croppers = _croppers(cfg)
-    if croppers is None:
-        return default_cropper(face_mode, crop_size)
+    (what :class:`~avfusion.data.clips.ClipDataset` uses for them), cropping as ``spec`` says."""
+    croppers = _croppers(cfg, spec)
     if isinstance(croppers, dict):
         if face_mode not in croppers:
             raise ValueError(f"no face cropper for face_mode {face_mode!r} with data.face_backend={cfg.face_backend!r}")
@@ -241,9 +268,9 @@ class _LazyYuNet:
 
     def get(self) -> Any:
         if self._cropper is None:
-            from .faces import FaceCropper, create_detector
+            from .faces import build_cropper
 
-            self._cropper = FaceCropper(create_detector("yunet", model_path=self.model_path), **self.kwargs)
+            self._cropper = build_cropper("yunet", yunet_model=self.model_path, **self.kwargs)
         return self._cropper
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -280,12 +307,13 @@ def clip_datasets(d: DataConfig, parts: dict[str, list], model: Optional[Any]):
     encoder asks for (``model.pretrained_cfg``); the evaluation parts get non-overlapping windows
     unless ``eval_stride`` says otherwise. Returns ``(datasets, collate_fn)``."""
     from .clips import ClipDataset, collate
-    from .transforms import build_transform
+    from .transforms import serving_transform
 
     pcfg = model.pretrained_cfg if model is not None else None
     if pcfg is None and (model is None or model.use_video):
         raise ValueError("raw clips need the model's video encoder preprocessing (pretrained_cfg); "
                          "pass the model, or train on cached features (data.features)")
+    spec = serving_for(d, model)
     with_audio = model is None or model.use_audio
     out = {}
     for part, recs in parts.items():
@@ -294,12 +322,11 @@ def clip_datasets(d: DataConfig, parts: dict[str, list], model: Optional[Any]):
         train = part == "train"
         transform = None
         if pcfg is not None:
-            transform = build_transform(pcfg, train=train and d.augment, hsv=d.hsv,
-                                        augment=d.augment_params or None)
+            transform = serving_transform(spec, train=train and d.augment, augment=d.augment_params or None)
         out[part] = ClipDataset(
             recs, d.clip_len, stride=d.stride if train else (d.eval_stride or d.clip_len),
-            cropper=_croppers(d), transform=transform, with_audio=with_audio,
-            target_fps=d.target_fps, drop_unlabelled=train and d.drop_unlabelled)
+            cropper=_croppers(d, spec), transform=transform, with_audio=with_audio,
+            target_fps=d.target_fps, drop_unlabelled=train and d.drop_unlabelled, sample_rate=spec.sample_rate)
     return out, collate
 
 
@@ -349,5 +376,5 @@ def select_records(cfg: DataConfig, part: Optional[str]) -> tuple[list, str]:
     return [by_id[i] for i in ids], part
 
 
-__all__ = ["DataConfig", "DATA_KINDS", "Datasets", "check_data_config", "load_records", "make_split",
+__all__ = ["DataConfig", "DATA_KINDS", "serving_for", "record_cropper", "Datasets", "check_data_config", "load_records", "make_split",
            "build_datasets", "clip_datasets", "feature_datasets", "dataset_records", "select_records"]

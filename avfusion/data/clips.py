@@ -1,15 +1,10 @@
-"""Windows of T frames over video records, a Dataset that decodes them, and the batch collate.
+"""A Dataset of windows of T frames over video records, and the batch collate.
 
-A window is a run of ``clip_len`` frame indices of one record, ``-1`` where it runs past the end
-(padding, masked). Windows start at ``0, stride, 2·stride, …`` until one reaches the last frame:
-
-* training: ``stride < clip_len`` (e.g. ``clip_len // 2``) gives overlapping windows;
-* evaluation: ``stride == clip_len`` covers every frame exactly once, so per-frame predictions are
-  put back in place by ``frame_indices`` (:mod:`avfusion.evaluation.collect`).
-
-With ``target_fps`` the windows run over frames picked by timestamp on a regular grid at that rate
-(the frame on screen at each grid time), so videos of 25, 29.97 and 30 fps give windows of equal
-duration; frames may then repeat (upsampling) or be skipped (downsampling).
+The windows (which frames, their times, the audio each spans) come from the one window planner,
+:mod:`avfusion.data.windows`: training uses overlapping windows (``stride < clip_len``),
+evaluation ``stride == clip_len`` (every frame exactly once, put back in place by
+``frame_indices``, :mod:`avfusion.inference.aggregate`). With ``target_fps`` the windows run over
+frames picked by timestamp on a regular grid at that rate.
 
 :class:`ClipDataset` reads a window's frames (readers opened lazily in each worker), crops the face,
 applies the transform, cuts the audio the window spans out of the track by the frames' timestamps,
@@ -28,7 +23,6 @@ from __future__ import annotations
 import os
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -38,103 +32,13 @@ from torch.utils.data import Dataset
 from ..timing import SAMPLE_RATE
 from .records import VideoRecord
 from .video import INHERITED_READERS
+from .windows import Window, make_windows, sequence_indices, window_starts, window_times  # noqa: F401 (re-exported)
 
 
 
 # Keys of a batch, in the order collate writes them.
 BATCH_KEYS = ("video", "audio", "audio_lengths", "frame_times", "audio_offsets", "valence", "arousal",
               "mask", "face_mask", "audio_valid", "video_id", "frame_indices", "timestamps")
-
-
-@dataclass(frozen=True)
-class Window:
-    """``clip_len`` frame indices of record number ``record`` (``-1`` = padding)."""
-
-    record: int
-    indices: np.ndarray
-
-    @property
-    def n_real(self) -> int:
-        return int((self.indices >= 0).sum())
-
-
-def sequence_indices(record: VideoRecord, target_fps: Optional[float] = None) -> np.ndarray:
-    """The frame indices windows run over: every frame, or one per ``1 / target_fps`` seconds.
-
-    Resampling picks, for each time ``t0 + j / target_fps`` before the end of the last frame, the
-    frame on screen then (the last frame starting at or before it), using the record's timestamps.
-    """
-    n = record.n_frames
-    if target_fps is None:
-        return np.arange(n, dtype=np.int64)
-    if not target_fps > 0:
-        raise ValueError(f"target_fps must be positive, got {target_fps}")
-    t = record.frame_times()
-    end = t[-1] + 1.0 / record.fps
-    # The small epsilon keeps a grid time that equals a frame time (in float) on that frame.
-    grid = t[0] + np.arange(int(np.ceil((end - t[0]) * target_fps - 1e-9))) / target_fps
-    idx = np.searchsorted(t, grid + 1e-9, side="right") - 1
-    return np.clip(idx, 0, n - 1).astype(np.int64)
-
-
-def window_starts(length: int, clip_len: int, stride: int) -> list[int]:
-    """Starts ``0, stride, …`` until a window reaches the end (the last one may be padded)."""
-    if clip_len < 1 or stride < 1:
-        raise ValueError(f"clip_len and stride must be >= 1, got {clip_len} and {stride}")
-    if stride > clip_len:
-        raise ValueError(f"stride {stride} > clip_len {clip_len} would skip frames")
-    starts = [0]
-    while starts[-1] + clip_len < length:
-        starts.append(starts[-1] + stride)
-    return starts
-
-
-def make_windows(records: Sequence[VideoRecord], clip_len: int, stride: Optional[int] = None,
-                 target_fps: Optional[float] = None, drop_unlabelled: bool = False) -> list[Window]:
-    """Windows over every record (see the module docstring).
-
-    Args:
-        clip_len: frames per window (T).
-        stride: frames between window starts; default ``clip_len`` (evaluation: each frame once).
-        target_fps: resample every record to this rate first (None: native frames).
-        drop_unlabelled: leave out windows without a single labelled frame (training on Aff-Wild2,
-            whose long ``-5`` stretches would otherwise give windows that teach nothing).
-    """
-    stride = clip_len if stride is None else int(stride)
-    out = []
-    for r, rec in enumerate(records):
-        seq = sequence_indices(rec, target_fps)
-        for s in window_starts(len(seq), clip_len, stride):
-            idx = np.full(clip_len, -1, dtype=np.int64)
-            part = seq[s:s + clip_len]
-            idx[:len(part)] = part
-            if drop_unlabelled and not rec.label_mask[part].any():
-                continue
-            out.append(Window(r, idx))
-    return out
-
-
-def window_times(
-    timestamps: np.ndarray, end_times: np.ndarray, indices: np.ndarray, period: float, sample_rate: int
-) -> tuple[np.ndarray, int, int]:
-    """The times of a window's frames and the audio samples it spans.
-
-    ``indices`` (T,): frame indices, ``-1`` for padding at the end; ``timestamps`` / ``end_times``:
-    every frame's start and end in seconds. Real frames keep their own times; padding continues at
-    ``period`` so times stay increasing (the audio encoder samples its features at these times).
-    Returns ``(times (T,) float64, first, end)``: the window's audio is samples ``[first, end)`` at
-    ``sample_rate``, from the first frame's start to the last real frame's end.
-    """
-    real = indices >= 0
-    ridx = indices[real]
-    T = len(indices)
-    times = np.empty(T, dtype=np.float64)
-    times[real] = timestamps[ridx]
-    last = times[len(ridx) - 1]
-    times[~real] = last + period * np.arange(1, T - len(ridx) + 1)
-    first = int(np.floor(times[0] * sample_rate + 0.5))
-    end = max(int(np.floor(end_times[ridx[-1]] * sample_rate + 0.5)), first + 1)
-    return times, first, end
 
 
 def open_reader(rec: VideoRecord) -> Any:
@@ -157,9 +61,9 @@ def default_cropper(face_mode: str, size: int) -> Any:
 
 
 def _default_croppers(size: int) -> dict[str, Any]:
-    from .faces import FaceCropper
+    from .faces import build_cropper
 
-    return {m: FaceCropper(m, output_size=size) for m in ("landmarks", "precropped", "full")}
+    return {m: build_cropper(m, output_size=size) for m in ("landmarks", "precropped", "full")}
 
 
 CropperArg = Union[None, Callable[..., tuple[np.ndarray, np.ndarray]], Mapping[str, Any]]

@@ -17,12 +17,13 @@ face are kept (masked), never dropped, so crops stay aligned with labels.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import cv2
 import numpy as np
@@ -452,6 +453,17 @@ class FaceCropper:
         """Steps 1, 2 and 4 of the policy, frame by frame: the unsmoothed square boxes ``(T, 3)``
         (NaN without a face) and face_mask ``(T,)``. A stream of chunks is smoothed afterwards
         with :meth:`smooth_boxes` (see :class:`StreamingCropper`)."""
+        raw, face_mask, _, _ = self.detections(frames, landmarks, valid)
+        return raw, face_mask
+
+    def detections(
+        self,
+        frames: np.ndarray,
+        landmarks: np.ndarray | None = None,
+        valid: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`raw_boxes` plus the chosen detection of each frame: ``(squares (T, 3), face_mask
+        (T,), boxes (T, 4) x, y, w, h, scores (T,))``, NaN without a face."""
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[3] != 3:
             raise ValueError(f"frames must be (T, H, W, 3) RGB, got {frames.shape}")
@@ -466,22 +478,36 @@ class FaceCropper:
             if landmarks.ndim != 3 or landmarks.shape[0] != T or landmarks.shape[2] != 2:
                 raise ValueError(f"landmarks must be ({T}, K, 2) for {T} frames, got {landmarks.shape}")
         raw = np.full((T, 3), np.nan)
+        det_boxes, scores = np.full((T, 4), np.nan), np.full(T, np.nan)
         idx = np.flatnonzero(valid)
         if len(idx):
             dets = self.detector.detect_batch(
                 frames[idx], None if landmarks is None else landmarks[idx]
             )
-            margin = 0.0 if self.detector.whole_frame else self.margin
             for t, frame_dets in zip(idx, dets):
-                best = self._choose(frame_dets)
+                best = self.choose(frame_dets)
                 if best is not None:
-                    cx, cy = best.center
-                    raw[t] = (cx, cy, max(best.box[2], best.box[3]) * (1.0 + 2.0 * margin))
+                    raw[t] = self.square(best)
+                    det_boxes[t], scores[t] = best.box, best.score
         face_mask = np.isfinite(raw).all(axis=1) & (raw[:, 2] > 0)
         raw[~face_mask] = np.nan
-        return raw, face_mask
+        det_boxes[~face_mask], scores[~face_mask] = np.nan, np.nan
+        return raw, face_mask, det_boxes, scores
 
-    def _choose(self, dets: list[Detection]) -> Detection | None:
+    def square(self, det: Detection) -> tuple[float, float, float]:
+        """Step 2: the square (centre x, centre y, side) a detection is cropped with."""
+        margin = 0.0 if self.detector.whole_frame else self.margin
+        cx, cy = det.center
+        return cx, cy, max(det.box[2], det.box[3]) * (1.0 + 2.0 * margin)
+
+    def with_detector(self, detector: FaceDetector) -> "FaceCropper":
+        """The same crop policy with another detector (e.g. the boxes of a face track)."""
+        out = copy.copy(self)
+        out.detector = detector
+        return out
+
+    def choose(self, dets: list[Detection]) -> Detection | None:
+        """Step 1: the detection a frame is read from (None: no face)."""
         dets = [d for d in dets if d.score >= self.min_score and d.box[2] > 0 and d.box[3] > 0]
         if not dets:
             return None
@@ -494,14 +520,15 @@ class FaceCropper:
         """Frames on each side that a frame's smoothed box depends on."""
         return self.smoothing // 2 if self.smoothing > 1 else 0
 
-    def smooth_boxes(self, raw: np.ndarray, face_mask: np.ndarray) -> np.ndarray:
-        """Step 3: the centred moving average of :meth:`raw_boxes` over ``smoothing`` frames."""
+    def smooth_boxes(self, raw: np.ndarray, face_mask: np.ndarray, causal: bool = False) -> np.ndarray:
+        """Step 3: the centred moving average of :meth:`raw_boxes` over ``smoothing`` frames, or
+        with ``causal`` (live: no future frames) over the frame and the ``smoothing // 2`` before it."""
         if self.smoothing <= 1:
             return raw
         half = self.smoothing // 2
         out = raw.copy()
         for t in np.flatnonzero(face_mask):
-            lo, hi = max(0, t - half), min(len(raw), t + half + 1)
+            lo, hi = max(0, t - half), (t + 1 if causal else min(len(raw), t + half + 1))
             window = raw[lo:hi][face_mask[lo:hi]]
             near = np.hypot(*(window[:, :2] - raw[t, :2]).T) <= self.max_jump * raw[t, 2]
             out[t] = window[near].mean(axis=0)
@@ -543,18 +570,33 @@ def crop_square(frame: np.ndarray, box: np.ndarray, size: int, pad_value: int = 
     return cv2.resize(square, (size, size), interpolation=interp)
 
 
+class FaceChunk(NamedTuple):
+    """Crops of consecutive frames from :class:`StreamingCropper`: frame ``indices`` (T,),
+    ``crops`` (T, S, S, 3) uint8, smoothed squares ``boxes`` (T, 3), ``face_mask`` (T,), and the
+    chosen detections ``detections`` (T, 4) x, y, w, h with their ``scores`` (T,) (NaN without a face)."""
+
+    indices: np.ndarray
+    crops: np.ndarray
+    boxes: np.ndarray
+    face_mask: np.ndarray
+    detections: np.ndarray
+    scores: np.ndarray
+
+
 class StreamingCropper:
-    """Face crops of a long stream of frames that arrives in chunks, with boxes smoothed exactly as
-    if the whole stream were one clip.
+    """The one face stage: detect -> choose -> smooth -> crop, over a stream of frames that
+    arrives in chunks (a file, a live source), with boxes smoothed exactly as if the whole stream
+    were one clip.
 
     :meth:`push` detects the faces of a chunk and returns the crops of the frames whose smoothed
-    box is final (``smoothing_reach`` frames after them have been seen); :meth:`finish` returns
-    the rest. Only those few pending frames are kept, so memory does not grow with the stream.
-    Every frame is detected once.
+    box is final (``smoothing_reach`` frames after them have been seen; ``causal``: at once, from
+    past frames only, for live sources); :meth:`finish` returns the rest. Only those few pending
+    frames are kept, so memory does not grow with the stream. Every frame is detected once.
     """
 
-    def __init__(self, cropper: FaceCropper) -> None:
+    def __init__(self, cropper: FaceCropper, causal: bool = False) -> None:
         self.cropper = cropper
+        self.causal = bool(causal)
         self.reach = cropper.smoothing_reach
         self._hist_raw = np.zeros((0, 3))
         self._hist_mask = np.zeros(0, dtype=bool)
@@ -562,6 +604,8 @@ class StreamingCropper:
         self._frames: np.ndarray | None = None
         self._raw = np.zeros((0, 3))
         self._mask = np.zeros(0, dtype=bool)
+        self._det = np.zeros((0, 4))
+        self._score = np.zeros(0)
 
     def push(
         self,
@@ -572,29 +616,54 @@ class StreamingCropper:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
         """Add a chunk: frame ``indices`` (T,), ``frames`` (T, H, W, 3) RGB uint8, optional
         landmarks (T, K, 2) and decoded-frame mask (T,). Returns ``(indices, crops, boxes,
-        face_mask)`` of the frames now final, or None."""
-        raw, mask = self.cropper.raw_boxes(frames, landmarks, valid)
+        face_mask, detections, scores)`` of the frames now final (a :class:`FaceChunk`), or None."""
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[3] != 3:
+            raise ValueError(f"frames must be (T, H, W, 3) RGB, got {frames.shape}")
+        valid = np.ones(len(frames), dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+        raw, mask, det, score = self.cropper.detections(frames, landmarks, valid)
         self._idx = np.concatenate([self._idx, np.asarray(indices, dtype=np.int64)])
         self._frames = frames if self._frames is None or not len(self._frames) else np.concatenate([self._frames, frames])
         self._raw = np.concatenate([self._raw, raw])
         self._mask = np.concatenate([self._mask, mask])
-        return self._emit(len(self._idx) - self.reach)
+        self._det = np.concatenate([self._det, det])
+        self._score = np.concatenate([self._score, score])
+        return self._emit(len(self._idx) if self.causal else len(self._idx) - self.reach)
 
-    def finish(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    def finish(self) -> FaceChunk | None:
         """The crops of every frame still pending (the stream has ended)."""
         return self._emit(len(self._idx))
 
-    def _emit(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    def _emit(self, k: int) -> FaceChunk | None:
         if k <= 0 or self._frames is None:
             return None
         h = len(self._hist_raw)
         raw = np.concatenate([self._hist_raw, self._raw])
         mask = np.concatenate([self._hist_mask, self._mask])
-        boxes = self.cropper.smooth_boxes(raw, mask)[h : h + k]
+        boxes = self.cropper.smooth_boxes(raw, mask, causal=self.causal)[h : h + k]
         crops = self.cropper.crop(self._frames[:k], boxes, self._mask[:k])
-        out = (self._idx[:k], crops, boxes, self._mask[:k])
+        out = FaceChunk(self._idx[:k], crops, boxes, self._mask[:k], self._det[:k], self._score[:k])
         lo = max(0, h + k - self.reach)
         self._hist_raw, self._hist_mask = raw[lo : h + k], mask[lo : h + k]
         self._idx, self._frames = self._idx[k:], self._frames[k:]
         self._raw, self._mask = self._raw[k:], self._mask[k:]
+        self._det, self._score = self._det[k:], self._score[k:]
         return out
+
+
+def build_cropper(
+    backend: str | FaceDetector = "full",
+    *,
+    margin: float = 0.25,
+    smoothing: int = 5,
+    output_size: int = 256,
+    yunet_model: str | os.PathLike | None = None,
+) -> FaceCropper:
+    """The one way a face cropper is made (datasets, predict, live): a detector by name (``yunet``
+    with its model file, ``landmarks``, ``precropped``, ``full``) or a detector object, and the
+    crop policy of a serving spec (margin, smoothing, crop side)."""
+    if isinstance(backend, str):
+        detector = create_detector("yunet", model_path=yunet_model) if backend == "yunet" else create_detector(backend)
+    else:
+        detector = backend
+    return FaceCropper(detector, margin=margin, output_size=output_size, smoothing=smoothing)

@@ -21,7 +21,7 @@ written atomically (temporary file in the same folder, fsync, ``os.replace``): a
 complete, so an interrupted run can be resumed by skipping existing files.
 
 :class:`FeatureDataset` cuts windows of T frames exactly as :class:`~avfusion.data.clips.ClipDataset`
-does (same :func:`~avfusion.data.clips.make_windows`, padding, masks and batch keys) but yields
+does (same :func:`~avfusion.data.windows.make_windows`, padding, masks and batch keys) but yields
 ``video_feats`` / ``audio_feats`` instead of ``video`` / ``audio``; :func:`collate_features` stacks
 them. :class:`~avfusion.model.AVModel` reads those keys in place of its encoders' outputs.
 """
@@ -41,6 +41,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .records import DataKeyError, VideoRecord
+from .windows import frame_times, make_windows
 
 PathLike = Union[str, Path]
 
@@ -351,8 +352,6 @@ class FeatureDataset(Dataset):
         dtype: torch.dtype = torch.float32,
         max_open: int = 16,
     ) -> None:
-        from .clips import make_windows
-
         self.cache_dir = Path(cache_dir)
         self.manifest = read_manifest(self.cache_dir)
         files: dict[str, str] = dict(self.manifest.get("videos", {}))
@@ -437,11 +436,7 @@ class FeatureDataset(Dataset):
             full[: len(ridx)] = rows
             out[name] = full
         # Times and masks exactly as ClipDataset builds them (padding continues at the frame period).
-        period = 1.0 / (self.target_fps or rec.fps)
-        timestamps = np.empty(T, dtype=np.float64)
-        timestamps[real] = rec.frame_times()[ridx]
-        last = timestamps[len(ridx) - 1]
-        timestamps[~real] = last + period * np.arange(1, T - len(ridx) + 1)
+        timestamps = frame_times(rec.frame_times(), idx, 1.0 / (self.target_fps or rec.fps))
         labels = np.zeros((T, 2), dtype=np.float32)
         mask = np.zeros(T, dtype=bool)
         mask[real] = rec.label_mask[ridx]

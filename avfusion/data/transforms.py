@@ -154,6 +154,16 @@ def build_transform(
     return ClipTransform(size[1:], pretrained_cfg["mean"], pretrained_cfg["std"], train, hsv, augment)
 
 
+def serving_transform(spec: Any, train: bool = False, augment: dict[str, float] | None = None) -> ClipTransform:
+    """The clip transform a :class:`~avfusion.config.ServingSpec` (every field filled, as
+    ``AVModel.serving`` gives it) describes: crop side, colour space, mean and std."""
+    if spec.crop_size is None or spec.mean is None or spec.std is None:
+        raise ValueError("the serving spec lacks crop_size/mean/std (use model.serving, which fills them "
+                         "from the video encoder)")
+    size = int(spec.crop_size)
+    return ClipTransform((size, size), spec.mean, spec.std, train, spec.colour == "hsv", augment)
+
+
 def affine_matrix(
     size: tuple[int, int], angle: float, scale: float, shift: tuple[float, float], flip: bool
 ) -> np.ndarray:

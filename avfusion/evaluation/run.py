@@ -40,9 +40,10 @@ def evaluate_model(
     plots: bool = True,
     cpu: bool = False,
     extra: Optional[Mapping[str, Any]] = None,
-    precision: str = "fp32",
+    precision: str = "auto",
     compile: bool = False,
     mask: Optional[str] = None,
+    clip_len: Optional[int] = None,
 ) -> tuple[dict[str, Any], list, str, Optional[Path]]:
     """Score ``model`` on ``part`` ("train", "val", "test", "all"; None: test, else val) of the
     split a :class:`~avfusion.data.build.DataConfig` describes. Runs under ``accelerate launch``
@@ -52,10 +53,12 @@ def evaluate_model(
     model string, giving :func:`default_eval_dir`) the main process writes metrics.json,
     per_clip.csv, predictions.csv and plots there.
 
-    A frame-by-frame model (no fusion module, e.g. EmoNet zero-shot) read from video runs through
-    the inference engine (:func:`predict_records`: every frame once, bounded memory, ``precision``
-    and ``compile`` as in ``avfusion predict``); other models through windows of ``clip_len``.
-    ``mask`` ("audio" | "video") scores an audio-visual model with that sense hidden.
+    Read from video, every model runs through the inference engine that ``avfusion predict`` runs
+    (:func:`predict_records`: the model's serving spec, every frame once, bounded memory,
+    ``precision`` and ``compile`` as in ``avfusion predict``; temporal models over non-overlapping
+    windows of ``clip_len``, the evaluation protocol). Cached features and ``target_fps`` go
+    through windows of the feature / clip datasets. ``mask`` ("audio" | "video") scores an
+    audio-visual model with that sense hidden (window datasets).
     """
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
@@ -64,6 +67,16 @@ def evaluate_model(
 
     if smooth_window < 1 or smooth_window % 2 == 0:
         raise ValueError(f"smoothing window must be a positive odd number of frames, got {smooth_window}")
+    from ..data.build import serving_for
+
+    # An exported model's window is its own (its serving spec), unless clip_len asks otherwise.
+    spec_len = serving_for(data, model).clip_len if getattr(model, "fusion", None) is not None else data.clip_len
+    if clip_len is not None and clip_len != spec_len:
+        import warnings
+
+        warnings.warn(f"clip_len {clip_len}: the model's serving spec says {spec_len} (the window it was "
+                      "trained with)", RuntimeWarning, stacklevel=2)
+    data = dataclasses.replace(data, clip_len=int(clip_len or spec_len))
     # The protocol: non-overlapping windows, every frame scored exactly once.
     data = dataclasses.replace(data, eval_stride=None, stride=data.clip_len)
     records, part = select_records(data, part)
@@ -77,12 +90,13 @@ def evaluate_model(
         if getattr(getattr(model, "cfg", None), "mode", None) != "av":
             raise ValueError(f"masking the {mask} needs an audio-visual model (mode av)")
         info["masked"] = mask
-    if getattr(model, "fusion", None) is None and not data.features and data.target_fps is None:
+    frame_by_frame = getattr(model, "fusion", None) is None
+    if not data.features and data.target_fps is None and (frame_by_frame or mask is None):
         from .report import compute_metrics, write_results
 
-        videos = predict_records(model, data, records, accelerator, precision, compile)
+        videos, used = predict_records(model, data, records, accelerator, precision, compile)
         results, per_clip = compute_metrics(videos, smooth_window, threshold, face_only)
-        info["engine"] = {"precision": precision, "compile": compile}
+        info["engine"] = {"precision": used, "compile": compile}
         if out_dir is not None and accelerator.is_main_process:
             write_results(videos, results, per_clip, out_dir, plots=plots, extra=info)
         return results, records, part, out_dir
@@ -109,26 +123,39 @@ def evaluate_model(
     return results, records, part, out_dir
 
 
-def predict_records(model: nn.Module, data: Any, records: list, accelerator: Any = None, precision: str = "fp32",
-                    compile: bool = False, progress: bool = True) -> dict[str, Any]:
-    """A frame-by-frame model's predictions for every record through the inference engine.
+def predict_records(model: nn.Module, data: Any, records: list, accelerator: Any = None, precision: str = "auto",
+                    compile: bool = False, progress: bool = True) -> tuple[dict[str, Any], str]:
+    """A model's predictions for every record through the inference engine (what ``avfusion
+    predict`` runs), and the precision the per-frame network ran in.
 
     Each record's frames are read in chunks (its video file or frame folder), its faces cropped as
-    the data config says for its face mode (dataset landmarks, detection, ...), every frame run
-    once. Frames without a face get 0 (what the window path gives them), scored unless
-    ``face_only``. Under several processes each takes every n-th record and all are gathered.
+    the model's serving spec and the data config say for its face mode (dataset landmarks,
+    detection, ...), every frame through the per-frame network once; a temporal model then runs
+    over non-overlapping windows of ``data.clip_len`` (each frame scored once) with each window's
+    audio. Frames without a face get 0 from a frame-by-frame model (what the window path gives
+    them), scored unless ``face_only``. Under several processes each takes every n-th record and
+    all are gathered.
     """
-    from ..data.build import record_cropper
+    import warnings
+
+    from ..data.audio import AudioDecodeError, load_audio
+    from ..data.build import record_cropper, serving_for
     from ..data.clips import open_reader
-    from ..data.transforms import build_transform
-    from ..inference.engine import predict_frame_by_frame
+    from ..data.transforms import serving_transform
+    from ..inference.aggregate import VideoPrediction
+    from ..inference.engine import predict_frame_by_frame, predict_temporal
     from ..inference.runner import FrameRunner
-    from .collect import VideoPrediction
 
     device = accelerator.device if accelerator is not None else None
-    # 8 images per network call: float32 EmoNet activations at 256x256 are ~70 MB per tensor at 16.
-    runner = FrameRunner(model, precision, compile, device, flip=None, batch_size=data.eval_batch_size or 8)
-    transform = build_transform(model.pretrained_cfg, train=False)
+    spec = serving_for(data, model)
+    runner = transform = None
+    if model.use_video:
+        # 8 images per network call: float32 EmoNet activations at 256x256 are ~70 MB per tensor at 16.
+        runner = FrameRunner(model, precision, compile, device, flip=None, batch_size=data.eval_batch_size or 8)
+        transform = serving_transform(spec)
+    temporal = getattr(model, "fusion", None) is not None
+    if temporal:
+        model.to(device or "cpu").eval()
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     mine = records[rank::world]
     bar = None
@@ -140,16 +167,29 @@ def predict_records(model: nn.Module, data: Any, records: list, accelerator: Any
     try:
         for rec in mine:
             reader = open_reader(rec)
+            tick = bar.update if bar is not None else None
+            cropper = record_cropper(data, rec.face_mode, spec) if model.use_video else None
             try:
-                out = predict_frame_by_frame(runner, reader, record_cropper(data, rec.face_mode), transform,
-                                             landmarks=rec.landmarks, face_valid=rec.face_mask,
-                                             progress=bar.update if bar is not None else None)
+                if not temporal:
+                    out = predict_frame_by_frame(runner, reader, cropper, transform, landmarks=rec.landmarks,
+                                                 face_valid=rec.face_mask, progress=tick)
+                else:
+                    audio = None
+                    if model.use_audio and rec.audio_path is not None:
+                        try:
+                            audio = load_audio(rec.audio_path, spec.sample_rate)
+                        except AudioDecodeError as err:
+                            warnings.warn(f"{err}; audio of {rec.video_id!r} treated as missing", RuntimeWarning)
+                    out = predict_temporal(model, runner, reader, cropper, transform, data.clip_len, audio,
+                                           spec.sample_rate, landmarks=rec.landmarks, face_valid=rec.face_mask,
+                                           progress=tick, hop=data.clip_len)
             finally:
                 reader.close()
             target = np.where(rec.label_mask[:, None], rec.labels, np.nan)
+            face = out.face_mask if model.use_video else np.zeros(rec.n_frames, dtype=bool)
             videos[rec.video_id] = VideoPrediction(
                 rec.video_id, np.nan_to_num(out.va.astype(np.float64)), target, rec.label_mask.copy(),
-                out.face_mask, out.timestamps, np.ones(rec.n_frames, dtype=np.int64))
+                face, out.timestamps, np.ones(rec.n_frames, dtype=np.int64))
     finally:
         if bar is not None:
             bar.close()
@@ -160,7 +200,7 @@ def predict_records(model: nn.Module, data: Any, records: list, accelerator: Any
         for part in gather_object([videos]):
             merged.update(part)
         videos = merged
-    return dict(sorted(videos.items()))
+    return dict(sorted(videos.items())), (runner.precision if runner is not None else "fp32")
 
 
 __all__ = ["evaluate_model", "default_eval_dir", "predict_records"]

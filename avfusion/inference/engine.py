@@ -1,70 +1,46 @@
-"""The prediction engine: a video's frames -> faces -> the per-frame network -> per-frame values,
-in bounded memory, with decoding and face detection overlapped with the model.
+"""The one inference engine: a reader's frames -> the face stage -> the per-frame network -> (for
+temporal models) windows through the fusion model -> per-frame values, in bounded memory. File,
+temporal and live prediction are modes of the same loop (:func:`face_batches`):
 
-Frames are decoded in chunks of ``chunk`` frames by a worker thread, which also detects the face in
-each frame (once), smooths the boxes across chunk borders (:class:`~avfusion.data.faces.
-StreamingCropper`), crops and normalises; the main thread runs the network (:class:`.runner.
-FrameRunner`) on the previous chunk meanwhile. At most ``prefetch`` chunks wait in between, so
-memory does not depend on the video's length: only per-frame numbers (values, boxes, features)
-are kept for the whole video.
-
-- :func:`predict_frame_by_frame`: models without a temporal part (EmoNet, ``fusion: null``) run
-  each frame exactly once; with ``stride`` K only every K-th frame (and the last) is decoded and
-  run, and the frames between get values interpolated linearly in time between two frames with a
-  face.
-- :func:`run_frames` with a temporal model's runner gives its video features, once per frame
-  (:func:`avfusion.predict.temporal.predict_temporal` runs the fusion model over them).
-
-Both take any reader with ``len()``, ``fps``, ``timestamps``, ``frame_end_times`` and
-``get_batch_masked(indices)``: :class:`~avfusion.data.video.VideoFile`,
-:class:`~avfusion.data.video.FrameFolder` or :class:`ArrayFrames` (frames already in memory).
+- **file** (:func:`run_frames`, :func:`predict_frame_by_frame`): a worker thread reads chunks of
+  ``chunk`` frames (:func:`~avfusion.inference.readers.read_chunks`), runs the face stage on them
+  (:class:`~avfusion.data.faces.StreamingCropper`: detect, choose, smooth centred across chunk
+  borders, crop) and normalises; the main thread runs the network (:class:`.runner.FrameRunner`)
+  on full batches meanwhile. At most ``prefetch`` chunks wait in between, so memory does not
+  depend on the video's length. Frame-by-frame models (EmoNet, the face expert) run each frame
+  exactly once; with ``stride`` K only every K-th frame (and the last), the frames between
+  interpolated in time between two frames with a face.
+- **temporal** (:func:`predict_temporal`): video features once per frame as above, then the
+  fusion model over the windows of the one window planner (:mod:`avfusion.data.windows`: window
+  length and hop from the model's serving spec, each window's audio cut from the track exactly as
+  training cuts it), stitched back onto frames by the one aggregator
+  (:class:`~.aggregate.PredictionCollector`, overlaps averaged).
+- **live** (:func:`stream_predictions`): the same face stage with past-only smoothing and the same
+  network on whatever frames a :class:`~.readers.LiveSource` has waiting; temporal models run on
+  the window of the last ``clip_len`` frames, built by the same window planner.
 """
 from __future__ import annotations
 
 import queue
 import threading
+import warnings
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
 
-from ..data.faces import FaceCropper, StreamingCropper
+from ..data.faces import FaceChunk, FaceCropper, StreamingCropper
+from ..data.windows import plan_windows, window_inputs
+from .aggregate import PredictionCollector
+from .readers import ArrayFrames, read_chunks
 from .runner import FrameRunner
 
 # Frames decoded per step (a video file is decoded in one sequential PyAV pass: decord's random
 # access reads ahead, ~800 MB for 300 frames of 720p). The network still gets full batches: crops
 # are gathered from several steps.
 DEFAULT_CHUNK = 8
-
-
-class ArrayFrames:
-    """Frames already in memory, ``(T, H, W, 3)`` RGB uint8, as a reader the engine takes."""
-
-    def __init__(self, frames: np.ndarray, fps: float, timestamps: Optional[np.ndarray] = None) -> None:
-        frames = np.asarray(frames)
-        if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"frames must be (T, H, W, 3) uint8 RGB, got {frames.shape} {frames.dtype}")
-        if not len(frames):
-            raise ValueError("no frames")
-        if not fps > 0:
-            raise ValueError(f"fps must be positive, got {fps}")
-        self.frames, self.fps = frames, float(fps)
-        ts = np.arange(len(frames)) / self.fps if timestamps is None else np.asarray(timestamps, np.float64)
-        if ts.shape != (len(frames),) or (np.diff(ts) <= 0).any():
-            raise ValueError(f"timestamps must be {len(frames)} increasing times")
-        self.timestamps = ts
-        self.frame_end_times = np.append(ts[1:], ts[-1] + 1.0 / self.fps)
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    def get_batch_masked(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        idx = np.asarray(indices, dtype=np.int64)
-        return self.frames[idx], np.ones(len(idx), dtype=bool)
-
-    def close(self) -> None:
-        pass
 
 
 class _Stop(Exception):
@@ -131,24 +107,27 @@ class FrameResults:
     feature: Optional[np.ndarray]  # (M, C) temporal models; zeros without a face
 
 
-def _chunks(reader: Any, indices: np.ndarray, cropper: FaceCropper, transform: Callable[[np.ndarray], torch.Tensor],
-            landmarks: Optional[np.ndarray], face_valid: Optional[np.ndarray], chunk: int) -> Iterator[tuple]:
-    """Worker side: decode, detect, smooth, crop, normalise; yields ``(indices, crops, boxes, face_mask)``
-    with ``crops`` the normalised tensors of the frames that have a face."""
-    stream = StreamingCropper(cropper)
+def face_batches(
+    batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    cropper: FaceCropper,
+    transform: Callable[[np.ndarray], torch.Tensor],
+    landmarks: Optional[np.ndarray] = None,
+    face_valid: Optional[np.ndarray] = None,
+    causal: bool = False,
+) -> Iterator[tuple[FaceChunk, Optional[torch.Tensor]]]:
+    """The face stage over chunks ``(indices, frames, decoded)``: yields each :class:`FaceChunk`
+    whose boxes are final and the normalised crops ``(M, 3, H, W)`` of its frames with a face (None
+    without any). ``landmarks`` (N, K, 2) and ``face_valid`` (N,) are per frame of the whole
+    source (dataset landmarks, a face track's corners; frames known to have no usable face).
+    ``causal``: boxes smoothed over past frames only (live sources), each chunk out at once."""
+    stream = StreamingCropper(cropper, causal=causal)
 
-    def ready(out: Optional[tuple]) -> Optional[tuple]:
+    def ready(out: Optional[FaceChunk]) -> Optional[tuple[FaceChunk, Optional[torch.Tensor]]]:
         if out is None:
             return None
-        idx, crops, boxes, fm = out
-        x = transform(crops[fm]) if fm.any() else None
-        return idx, x, boxes, fm
+        fm = out.face_mask
+        return out, (transform(out.crops[fm]) if fm.any() else None)
 
-    if hasattr(reader, "iter_batches"):  # a video file: one sequential pass, one chunk in memory
-        batches = reader.iter_batches(indices, chunk)
-    else:
-        batches = ((indices[s : s + chunk], *reader.get_batch_masked(indices[s : s + chunk]))
-                   for s in range(0, len(indices), chunk))
     for idx, frames, decoded in batches:
         valid = decoded if face_valid is None else decoded & face_valid[idx]
         lms = landmarks[idx] if landmarks is not None else None
@@ -207,18 +186,18 @@ def run_frames(
             feature[where] = out["feature"]
 
     pos = 0  # chunks come back in order: positions are consecutive
-    for idx, x, bx, fm in prefetch(_chunks(reader, idx_all, cropper, transform, landmarks, face_valid,
-                                           max(1, int(chunk))), depth):
-        sl = slice(pos, pos + len(idx))
-        pos += len(idx)
-        face[sl], boxes[sl] = fm, bx
+    work = face_batches(read_chunks(reader, idx_all, chunk), cropper, transform, landmarks, face_valid)
+    for fc, x in prefetch(work, depth):
+        sl = slice(pos, pos + len(fc.indices))
+        pos += len(fc.indices)
+        face[sl], boxes[sl] = fc.face_mask, fc.boxes
         if x is not None:
-            pending.append((np.flatnonzero(fm) + sl.start, x))
+            pending.append((np.flatnonzero(fc.face_mask) + sl.start, x))
             waiting += len(x)
             if waiting >= runner.batch_size:
                 flush()
         if progress is not None:
-            progress(len(idx))
+            progress(len(fc.indices))
     if pending:
         flush()
     if pos != M:
@@ -311,5 +290,147 @@ def predict_frame_by_frame(
     return VideoOutputs(va.astype(np.float32), face, boxes, computed, times, expression)
 
 
-__all__ = ["ArrayFrames", "prefetch", "FrameResults", "VideoOutputs", "run_frames", "model_frames",
-           "predict_frame_by_frame", "DEFAULT_CHUNK"]
+def _fusion(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> np.ndarray:
+    """The fusion model on a batch of window inputs -> ``(B, T, 2)`` valence, arousal."""
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        out = model(**{k: v.to(device) for k, v in inputs.items()})
+    return torch.stack([out["valence"], out["arousal"]], dim=-1).float().cpu().numpy()
+
+
+def predict_temporal(
+    model: torch.nn.Module,
+    runner: Optional[FrameRunner],
+    reader: Any,
+    cropper: Optional[FaceCropper],
+    transform: Optional[Callable[[np.ndarray], torch.Tensor]],
+    clip_len: int,
+    audio: Optional[np.ndarray] = None,
+    sample_rate: int = 16000,
+    landmarks: Optional[np.ndarray] = None,
+    face_valid: Optional[np.ndarray] = None,
+    chunk: int = DEFAULT_CHUNK,
+    window_batch: int = 8,
+    progress: Optional[Callable[[int], None]] = None,
+    audio_frames: Optional[np.ndarray] = None,
+    hop: Optional[int] = None,
+    windows: Optional[np.ndarray] = None,
+) -> VideoOutputs:
+    """Valence/arousal of every frame from a model with a fusion module (see the module doc).
+
+    ``runner`` is None for audio-only models (no frame is decoded); ``audio`` is the whole track at
+    ``sample_rate``, or None when the video has none (the audio is then masked, as in training).
+    ``audio_frames`` (N,) bool: the frames whose audio counts (speech); a window without any such
+    frame gets its audio masked exactly like a video without a track (``audio_valid`` is per
+    window, as in training). None: the whole track counts. Windows of ``clip_len`` frames start
+    every ``hop`` frames (default ``clip_len // 2``; ``clip_len``: the evaluation protocol), or are
+    given as ``windows`` (W, T) frame indices (``-1`` padding).
+    """
+    n = len(reader)
+    times = np.asarray(reader.timestamps, dtype=np.float64)
+    ends = np.asarray(reader.frame_end_times, dtype=np.float64)
+    if runner is not None:
+        r = run_frames(runner, reader, cropper, transform, None, landmarks, face_valid, chunk, progress)
+        feats, face, boxes = r.feature, r.face_mask, r.boxes
+    else:
+        feats, face, boxes = None, np.zeros(n, dtype=bool), np.full((n, 3), np.nan)
+        if progress is not None:
+            progress(n)
+    T = int(clip_len)
+    if windows is None:
+        windows = plan_windows(n, T, int(hop) if hop else max(1, T // 2))
+    collector = PredictionCollector({"v": n}, overlap="mean")
+    period = 1.0 / float(getattr(reader, "fps", 0) or 25.0)
+    use_audio = bool(getattr(model, "use_audio", False))
+    has_audio = audio is not None
+    for b in range(0, len(windows), window_batch):
+        idx = windows[b : b + window_batch]
+        inputs = window_inputs(idx, times, ends, period, face, feats, audio, audio_frames, use_audio, has_audio,
+                               sample_rate)
+        pred = _fusion(model, inputs)
+        for k in range(len(idx)):
+            collector.add_window("v", idx[k], pred[k])
+    v = collector.result(require_labelled=False)["v"]
+    computed = np.ones(n, dtype=bool) if runner is not None else np.zeros(n, dtype=bool)
+    return VideoOutputs(np.clip(v.pred, -1, 1).astype(np.float32), face, boxes, computed, times,
+                        None, has_audio if use_audio else None)
+
+
+@dataclass
+class LiveChunk:
+    """Values of frames a live source handed out together (``n`` of them): their numbers and
+    seconds from the first frame, the face stage's :class:`FaceChunk`, ``va`` (n, 2) (NaN without
+    a value) and ``expression`` (n, K) probabilities or None."""
+
+    indices: np.ndarray
+    times: np.ndarray
+    faces: FaceChunk
+    va: np.ndarray
+    expression: Optional[np.ndarray]
+
+
+def stream_predictions(
+    model: torch.nn.Module,
+    runner: FrameRunner,
+    source: Any,
+    cropper: FaceCropper,
+    transform: Callable[[np.ndarray], torch.Tensor],
+    clip_len: int,
+    sample_rate: int = 16000,
+) -> Iterator[LiveChunk]:
+    """Live mode: values for whatever frames ``source`` (a :class:`~.readers.LiveSource`) has
+    waiting, batch after batch, until it ends. The face stage smooths over past frames only; a
+    temporal model runs on the window of the last ``clip_len`` frames after each batch (built by
+    the window planner, audio masked: live sources are read without audio), each new frame taking
+    its value from the window that ends with it."""
+    temporal = getattr(model, "fusion", None) is not None
+    T = int(clip_len)
+    max_batch = max(1, min(runner.batch_size, T // 2 if temporal else runner.batch_size))
+    stage = StreamingCropper(cropper, causal=True)
+    recent: deque = deque(maxlen=T)  # temporal models: (feature, face, time) of the last frames
+    period = 1.0 / float(getattr(source, "fps", 0) or 25.0)
+    use_audio = bool(getattr(model, "use_audio", False))
+    for items in source.batches(max_batch):
+        # Frames of one size go through the face stage together (a stream may change size).
+        groups: list[list] = []
+        for it in items:
+            if groups and groups[-1][0][2].shape == it[2].shape:
+                groups[-1].append(it)
+            else:
+                groups.append([it])
+        for group in groups:
+            idx = np.array([i for i, _, _ in group], dtype=np.int64)
+            times = np.array([t for _, t, _ in group], dtype=np.float64)
+            fc = stage.push(idx, np.stack([f for _, _, f in group]))
+            n = len(idx)
+            face = fc.face_mask
+            out = runner(transform(fc.crops[face])) if face.any() else None
+            va = np.full((n, 2), np.nan)
+            expression = None
+            if not temporal:
+                if out is not None:
+                    va[face] = out["va"]
+                    if "expression" in out:
+                        expression = np.full((n, out["expression"].shape[1]), np.nan)
+                        expression[face] = out["expression"]
+            else:
+                feats = np.zeros((n, runner.num_features), dtype=np.float32)
+                if out is not None:
+                    feats[face] = out["feature"]
+                for k in range(n):
+                    recent.append((feats[k], face[k], times[k]))
+                L = len(recent)
+                wt = np.array([w[2] for w in recent])
+                inputs = window_inputs(np.arange(L)[None], wt, np.append(wt[1:], wt[-1] + period), period,
+                                       np.array([bool(w[1]) for w in recent]), np.stack([w[0] for w in recent]),
+                                       None, None, use_audio, False, sample_rate)
+                with warnings.catch_warnings():
+                    if L < 2:  # one frame says nothing of its length; the audio is masked anyway
+                        warnings.simplefilter("ignore")
+                    pred = _fusion(model, inputs)[0]
+                va = np.clip(pred[L - n :], -1, 1).astype(np.float64)
+            yield LiveChunk(idx, times, fc, va, expression)
+
+
+__all__ = ["ArrayFrames", "prefetch", "face_batches", "FrameResults", "VideoOutputs", "LiveChunk", "run_frames",
+           "model_frames", "predict_frame_by_frame", "predict_temporal", "stream_predictions", "DEFAULT_CHUNK"]

@@ -1,7 +1,7 @@
 """``avfusion predict``'s library: :class:`Predictor` (one model, any video or frames in memory)
 and :mod:`.batch` (many inputs, outputs that never collide, bad files reported, several processes)."""
 from .batch import BatchResult, Job, combine_tables, expand_inputs, run_batch
-from .predictor import COLUMNS, FORMATS, Predictor, check_options, read_table, training_clip_len, write_table
+from .predictor import COLUMNS, FORMATS, Predictor, check_options, read_table, write_table
 
-__all__ = ["Predictor", "training_clip_len", "check_options", "read_table", "write_table", "COLUMNS", "FORMATS",
+__all__ = ["Predictor", "check_options", "read_table", "write_table", "COLUMNS", "FORMATS",
            "BatchResult", "Job", "combine_tables", "expand_inputs", "run_batch"]

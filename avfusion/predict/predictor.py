@@ -38,17 +38,14 @@ import torch
 from torch import nn
 
 from ..files import atomic_path, write_text_atomic
-from ..inference.engine import DEFAULT_CHUNK, ArrayFrames, VideoOutputs, predict_frame_by_frame, prefetch
+from ..inference.engine import DEFAULT_CHUNK, VideoOutputs, predict_frame_by_frame, predict_temporal, prefetch
+from ..inference.readers import ArrayFrames, read_chunks
 from ..inference.runner import PRECISIONS, FrameRunner, resolve_device
-from ..timing import SAMPLE_RATE
 from ..version import __version__
 from .columns import EXPRESSIONS, QUADRANTS, expression_names, quadrant_names
-from .temporal import predict_temporal
 
 PathLike = Union[str, Path]
 
-# Window length when the model folder does not say what it was trained with (DataConfig's default).
-DEFAULT_CLIP_LEN = 32
 FACE_BACKENDS = ("yunet", "full")
 FORMATS = ("csv", "parquet", "json")
 FACES = ("main", "all")
@@ -59,23 +56,6 @@ COLUMNS = ("video", "frame", "timestamp", "track_id", "face_found", "face_x", "f
            "face_score", "speech", "valid", "valence", "arousal", "quadrant")
 # A second face track shorter than this (seconds) is not worth a warning (a false detection).
 MIN_TRACK_SECONDS = 0.5
-
-
-def training_clip_len(path: PathLike) -> Optional[int]:
-    """``data.clip_len`` of the experiment an exported model was trained in (experiment.yaml
-    beside it), or None. Windows longer than in training would use temporal positions the model
-    never saw."""
-    exp = Path(path) / "experiment.yaml"
-    if not exp.is_file():
-        return None
-    import yaml
-
-    try:
-        data = yaml.safe_load(exp.read_text()) or {}
-        value = (data.get("data") or {}).get("clip_len")
-    except (yaml.YAMLError, AttributeError):
-        return None
-    return int(value) if value else None
 
 
 def check_options(stride: int = 1, smooth: int = 1, batch_size: int = 16, face_backend: str = "yunet",
@@ -198,8 +178,8 @@ class Predictor:
             name (``emonet_8`` with ``checkpoint``).
         checkpoint: video-encoder weights for a named model.
         device: default: CUDA when available, else the CPU.
-        clip_len: frames per window of a temporal model; default: the clip length it was trained
-            with (``experiment.yaml`` beside an exported model), else 32.
+        clip_len: frames per window of a temporal model; default: its serving spec's (the window
+            it was trained with; another value gives a warning).
         precision: ``auto`` (bf16 + channels_last where the hardware computes bf16 natively, else
             fp32) | ``fp32`` | ``bf16``; applies to the per-frame network.
         compile: torch.compile the per-frame network (slow first batch, faster after).
@@ -209,7 +189,8 @@ class Predictor:
         face_backend: ``yunet`` (detect the face) or ``full`` (the face fills the frame).
         yunet_model: the YuNet ONNX file (default: ``$AVFUSION_HOME`` or ``./pretrained``).
         face_margin, face_smoothing: crop margin (fraction of the face size per side) and box
-            smoothing (frames, centred).
+            smoothing (frames, centred); default: the model's serving spec (another value gives a
+            warning: the model was trained on other crops).
         smooth: centred moving average of the predictions over this many frames (odd; 1 = off).
         faces: ``main`` (one row per frame: the face seen in the most frames; a warning when
             several people appear) or ``all`` (one row per face per frame, ``track_id``; one model
@@ -233,8 +214,8 @@ class Predictor:
         batch_size: int = 16,
         face_backend: str = "yunet",
         yunet_model: Optional[PathLike] = None,
-        face_margin: float = 0.25,
-        face_smoothing: int = 5,
+        face_margin: Optional[float] = None,
+        face_smoothing: Optional[int] = None,
         smooth: int = 1,
         chunk: int = DEFAULT_CHUNK,
         faces: str = "main",
@@ -249,23 +230,20 @@ class Predictor:
         if isinstance(model_or_path, nn.Module):
             self.model = model_or_path
             self.name = getattr(getattr(model_or_path, "cfg", None), "name", "") or "model"
-            trained = None
         else:
+            from ..factory import resolve_model
+
             self.model = load_model(model_or_path, checkpoint, **overrides)
+            src = resolve_model(model_or_path)
             p = Path(model_or_path)
-            self.name = "-".join(p.resolve().parts[-2:]) if p.is_dir() else p.stem
-            trained = training_clip_len(p) if p.is_dir() else None
+            self.name = "-".join(p.resolve().parts[-2:]) if src.kind == "exported" else src.name
         self.temporal = getattr(self.model, "fusion", None) is not None
         if stride > 1 and self.temporal:
             raise ValueError(f"stride {stride}: only frame-by-frame models (no fusion module) can skip "
                              "frames; a temporal model needs every frame (use stride 1)")
         self.model.to(self.device).eval()
-        limit = self.model.fusion.cfg.max_len if self.temporal else None
-        self.clip_len = int(clip_len or trained or DEFAULT_CLIP_LEN)
-        if limit is not None and self.clip_len > limit:
-            if clip_len is not None:
-                raise ValueError(f"clip_len {clip_len} exceeds the model's temporal range (fusion.max_len {limit})")
-            self.clip_len = int(limit)
+        self.serving = _serving(self.model, self.name, clip_len, face_margin, face_smoothing, self.temporal)
+        self.clip_len = int(self.serving.clip_len)
         self.stride, self.smooth, self.chunk = int(stride), int(smooth), int(chunk)
         self.face_backend, self.faces, self.speech = face_backend, faces, speech
         self.speech_detector = None
@@ -276,18 +254,19 @@ class Predictor:
         self.runner: Optional[FrameRunner] = None
         self.cropper = self.transform = None
         if self.model.use_video:
-            from ..data.faces import FaceCropper, create_detector
-            from ..data.transforms import build_transform
+            from ..data.faces import build_cropper
+            from ..data.transforms import serving_transform
 
             self.runner = FrameRunner(self.model, precision, compile, self.device, flip, batch_size)
-            detector = (create_detector("yunet", model_path=yunet_model) if face_backend == "yunet"
-                        else create_detector(face_backend))
-            self.cropper = FaceCropper(detector, margin=face_margin, smoothing=face_smoothing)
-            self.transform = build_transform(self.model.pretrained_cfg, train=False)
+            sv = self.serving
+            self.cropper = build_cropper(face_backend, margin=sv.face_margin, smoothing=sv.face_smoothing,
+                                         output_size=int(sv.crop_size), yunet_model=yunet_model)
+            self.transform = serving_transform(sv)
         self.settings = {
             "model": self.name, "precision": self.runner.precision if self.runner else "fp32",
             "compile": bool(compile), "flip": bool(self.runner.flip) if self.runner else False,
             "stride": self.stride, "clip_len": self.clip_len if self.temporal else None,
+            "hop": self._hop if self.temporal else None, "colour": self.serving.colour if self.model.use_video else None,
             "face_backend": face_backend if self.model.use_video else None, "smooth": self.smooth,
             "faces": faces if self.model.use_video else None, "speech": speech if self.model.use_audio else None,
         }
@@ -306,14 +285,9 @@ class Predictor:
         fps = float(getattr(reader, "fps", 0) or 25.0)
         tracker = FaceTracker(max_gap=max(1, int(round(fps))), min_score=self.cropper.min_score)  # 1 s
         detector = self.cropper.detector
-        chunk = self.chunk
-        if hasattr(reader, "iter_batches"):
-            batches = reader.iter_batches(at, chunk)
-        else:
-            batches = ((at[s : s + chunk], *reader.get_batch_masked(at[s : s + chunk])) for s in range(0, len(at), chunk))
 
         def detect() -> Any:
-            for idx, frames, ok in batches:
+            for idx, frames, ok in read_chunks(reader, at, self.chunk):
                 found = detector.detect_batch(frames[ok]) if ok.any() else []
                 dets: list[list] = [[] for _ in idx]
                 for k, d in zip(np.flatnonzero(ok), found):
@@ -334,14 +308,18 @@ class Predictor:
             return predict_frame_by_frame(self.runner, reader, cropper, self.transform, self.stride, landmarks=corners,
                                           chunk=self.chunk, progress=progress)
         return predict_temporal(self.model, self.runner, reader, cropper, self.transform, self.clip_len, audio,
-                                SAMPLE_RATE, landmarks=corners, chunk=self.chunk, progress=progress,
-                                audio_frames=audio_frames)
+                                self.serving.sample_rate, landmarks=corners, chunk=self.chunk, progress=progress,
+                                audio_frames=audio_frames, hop=self._hop)
+
+    @property
+    def _hop(self) -> int:
+        return int(self.serving.hop or max(1, self.clip_len // 2))
 
     def _speech(self, audio: Optional[np.ndarray], times: np.ndarray, where: str) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
         """Frames with speech (None: not looked for) and the audio the model gets (None: masked)."""
         if self.speech_detector is None or audio is None:
             return None, audio
-        speech = _frame_speech(self.speech_detector.segments(audio, SAMPLE_RATE), times)
+        speech = _frame_speech(self.speech_detector.segments(audio, self.serving.sample_rate), times)
         if not speech.any():
             if self.model.use_video:
                 warnings.warn(f"{where}: no speech in the audio track; predicting from the face alone (audio masked)",
@@ -403,7 +381,6 @@ class Predictor:
     def _predict(self, reader: Any, audio: Optional[np.ndarray], where: str, video: str,
                  bar: Any = None) -> pd.DataFrame:
         """The table (one row per frame, or per face and frame) of any reader, its summary in ``attrs``."""
-        from ..data.faces import FaceCropper
         from ..data.tracking import TrackBoxDetector, main_track
         from ..inference.engine import model_frames
 
@@ -417,7 +394,7 @@ class Predictor:
         elif speech is not None:
             heard = speech
         else:  # speech detection off: every frame the track covers
-            heard = times < len(audio) / SAMPLE_RATE
+            heard = times < len(audio) / self.serving.sample_rate
         tick = bar.update if bar is not None else None
 
         tracks: list = []
@@ -430,9 +407,7 @@ class Predictor:
         else:
             tracks = self._track_faces(reader, model_frames(n, self.stride), tick)
             main = main_track(tracks)
-            c = self.cropper
-            cropper = FaceCropper(TrackBoxDetector(), margin=c.margin, output_size=c.output_size, smoothing=c.smoothing,
-                                  pad_value=c.pad_value, max_jump=c.max_jump)
+            cropper = self.cropper.with_detector(TrackBoxDetector())
             chosen = ([main] if main is not None else [None]) if self.faces == "main" else \
                 [main] + [t for t in tracks if t is not main] if main is not None else [None]
             for t in chosen:
@@ -501,7 +476,7 @@ class Predictor:
                           RuntimeWarning, stacklevel=3)
             return None
         try:
-            return load_audio(path, SAMPLE_RATE)
+            return load_audio(path, self.serving.sample_rate)
         except AudioDecodeError as e:
             if not self.model.use_video:
                 raise
@@ -593,6 +568,29 @@ class Predictor:
         return self._predict(reader, audio if self.model.use_audio else None, "frames", "")
 
 
+def _serving(model: nn.Module, name: str, clip_len: Optional[int], margin: Optional[float],
+             smoothing: Optional[int], temporal: bool) -> Any:
+    """The model's serving spec with what the caller asked for; a value other than the model's
+    own gives one warning (the model was trained on other inputs)."""
+    import dataclasses
+
+    spec = model.serving
+    asked = {"clip_len": clip_len if temporal else None, "face_margin": margin, "face_smoothing": smoothing}
+    changes = {k: v for k, v in asked.items() if v is not None and v != getattr(spec, k)}
+    if changes:
+        said = ", ".join(f"{k} {v} (serving spec: {getattr(spec, k)})" for k, v in changes.items())
+        warnings.warn(f"{name}: {said}: the model was trained on other inputs", RuntimeWarning, stacklevel=3)
+        spec = dataclasses.replace(spec, **changes)
+    limit = model.fusion.cfg.max_len if temporal else None
+    if limit is not None and spec.clip_len > limit:
+        if clip_len is not None:
+            raise ValueError(f"clip_len {clip_len} exceeds the model's temporal range (fusion.max_len {limit})")
+        spec = dataclasses.replace(spec, clip_len=int(limit))
+    if spec.hop is not None and spec.hop > spec.clip_len:
+        spec = dataclasses.replace(spec, hop=None)
+    return spec
+
+
 def _frame_speech(segments: np.ndarray, times: np.ndarray) -> np.ndarray:
     from ..data.speech import frame_speech
 
@@ -618,6 +616,6 @@ def _progress_bar(total: int, desc: str) -> Any:
     return tqdm(total=total, desc=desc, unit="frame", dynamic_ncols=True, leave=False, disable=None)
 
 
-__all__ = ["Predictor", "training_clip_len", "check_options", "write_table", "read_table", "summarize",
+__all__ = ["Predictor", "check_options", "write_table", "read_table", "summarize",
            "write_summary", "main_rows", "quadrant_names", "expression_names", "COLUMNS", "FORMATS", "FACE_BACKENDS",
            "FACES", "SPEECH", "QUADRANTS", "EXPRESSIONS"]

@@ -328,6 +328,11 @@ def fit(accelerator: Any, cfg: ExperimentConfig, resume: Optional[str] = None,
     model = build_model(cfg)
     if cfg.data.features is not None:
         use_feature_cache(model, cfg.data.features)
+    # What the model is trained on is what it is served: window, crops, colour space (config.json).
+    from ..data.build import serving_for
+
+    model.cfg.serving = serving_for(cfg.data, model, training=True)
+    model.serving_locked = False
     if datasets is None:
         datasets = build_datasets(cfg.data, model)
     if accelerator.is_main_process:
