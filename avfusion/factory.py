@@ -123,13 +123,14 @@ def get_model_config(name_or_path: PathLike, **overrides: Any) -> ModelConfig:
         if src.kind == "name":
             data.setdefault("name", src.name)
     data = merge(data, overrides)
+    where = src.path / CONFIG_NAME if src.kind == "exported" else src.path
     try:
         cfg = from_dict(ModelConfig, data)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{src.path}: {e}") from None
+        raise ValueError(f"{where}: {e}") from None
     problems = check_serving(cfg.serving)
     if problems:
-        raise ValueError(f"{src.path}: {problems[0]}")
+        raise ValueError(f"{where}: {problems[0]}")
     return cfg
 
 

@@ -9,6 +9,7 @@ removed on errors (a killed process may leave a ``.partial`` file, never a short
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 from typing import Iterator, Union
@@ -16,6 +17,8 @@ from typing import Iterator, Union
 PathLike = Union[str, Path]
 
 PARTIAL_MARK = ".partial"
+# errno values of a disk that cannot take the file (full, over quota, file too large).
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def partial_name(path: PathLike) -> Path:
@@ -34,10 +37,45 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         yield tmp
         if not tmp.exists():
             raise FileNotFoundError(f"{final}: the writer produced no file")
+        _fsync_file(tmp)  # the bytes reach the disk before the name does
         os.replace(tmp, final)
+    except OSError as e:
+        if e.errno in _DISK_FULL:  # name the file the user asked for, not the temporary one
+            raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(final)) from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
+    _fsync_dir(final.parent)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (POSIX: the directory entry needs its own fsync)."""
+    try:
+        fd = os.open(str(folder), os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open directories; os.replace is still atomic there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` whole or not at all."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def write_text_atomic(path: PathLike, text: str) -> Path:
@@ -47,4 +85,4 @@ def write_text_atomic(path: PathLike, text: str) -> Path:
     return Path(path)
 
 
-__all__ = ["atomic_path", "partial_name", "write_text_atomic", "PARTIAL_MARK"]
+__all__ = ["atomic_path", "partial_name", "write_text_atomic", "write_bytes_atomic", "PARTIAL_MARK"]

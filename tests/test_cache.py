@@ -153,20 +153,22 @@ def test_crash_while_writing_leaves_no_file(clean_cache, dataset_root, tmp_path,
         pytest.skip("needs /proc to name the file being written")
     cfg = write_config(tmp_path / "exp.yaml", dataset_root)
     out = tmp_path / "cache"
-    real_fsync = F._fsync
+    import avfusion.files as files
+
+    real_fsync = files._fsync_file
     victim = F.video_filename(sorted(F.read_manifest(clean_cache)["videos"])[1])
 
-    def crash_on_victim(fd: int) -> None:
-        if os.readlink(f"/proc/self/fd/{fd}").split("/")[-1].startswith(f".{victim}."):
+    def crash_on_victim(path: Path) -> None:
+        if Path(path).name.startswith(f".{Path(victim).stem}{files.PARTIAL_MARK}"):
             raise OSError("simulated crash while writing")
-        real_fsync(fd)
+        real_fsync(path)
 
-    monkeypatch.setattr(F, "_fsync", crash_on_victim)
+    monkeypatch.setattr(files, "_fsync_file", crash_on_victim)
     with pytest.raises(OSError, match="simulated crash"):
         cache_features.main(["--config", str(cfg), "--out", str(out)])
     assert not (out / victim).exists()
     assert len(video_files(out)) == 1
-    monkeypatch.setattr(F, "_fsync", real_fsync)
+    monkeypatch.setattr(files, "_fsync_file", real_fsync)
     result = cache_features.main(["--config", str(cfg), "--out", str(out)])
     assert len(result.skipped) == 1 and len(result.written) == N_CLIPS - 1
     assert_same_cache(out, clean_cache)

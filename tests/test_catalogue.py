@@ -206,7 +206,7 @@ CASES = [
          r"config file not found: .*nope\.yaml", "nope.yaml"),
     # out of space
     Case("cache-disk-full", "the disk is full when the cache is written", lambda t: _cache_argv(t), 2,
-         r"cache/\S+: No space left on device while writing", "cache", patch=lambda m: _enospc(m, "avfusion.data.features._fsync")),
+         r"cache/\S+: No space left on device while writing", "cache", patch=lambda m: _enospc(m, "avfusion.files._fsync_file")),
     Case("checkpoint-disk-full", "the disk fills while a checkpoint is saved", lambda t: _train_argv(t), 2,
          r"could not be written \(disk full\?\).*--resume latest", patch=lambda m: _torch_write_fails(m)),
     Case("predict-disk-full", "the disk fills while a table is written", lambda t: predict(str(video(t)), "--out", str(t / "o")), 1,
@@ -240,11 +240,9 @@ def _enospc(monkeypatch, target: str) -> None:
         name = next((str(a) for a in list(args) + list(kwargs.values()) if isinstance(a, (str, Path))), None)
         raise OSError(errno.ENOSPC, "No space left on device", name)
 
-    if target.endswith("_fsync"):  # the feature writer's last step: name the file it was writing
-        import os
-
-        def full_fd(fd: int) -> None:
-            raise OSError(errno.ENOSPC, "No space left on device", os.readlink(f"/proc/self/fd/{fd}"))
+    if target.endswith("_fsync_file"):  # the atomic writer's last step before the rename
+        def full_fd(path) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
         monkeypatch.setattr(target, full_fd)
     else:

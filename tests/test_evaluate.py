@@ -166,7 +166,8 @@ def test_emonet8_zero_shot_on_afew_va(synthetic_root, zero_shot_case, tmp_path, 
     out = tmp_path / "eval"
     argv = ["--model", "emonet_8", "--checkpoint", str(checkpoint), "--data-kind", "afew_va",
             "--root", str(synthetic_root / "AFEW-VA"), "--clip-len", str(CLIP_LEN), "--batch-size", "2",
-            "--smooth", str(SMOOTH), "--threshold", str(THRESHOLD), "--out", str(out), "--cpu"]
+            "--smooth", str(SMOOTH), "--threshold", str(THRESHOLD), "--out", str(out), "--cpu",
+            "--precision", "fp32"]
     for k, v in TINY_EMONET.items():
         argv += ["--set", f"video.{k}={v}"]
     results = evaluate_script.main(argv)
@@ -246,12 +247,16 @@ def test_exported_model_on_raw_clips_and_cached_features(synthetic_root, tmp_pat
     torch.manual_seed(0)
     from avfusion.train.experiment import build_model, load_experiment
 
-    model = build_model(load_experiment(cfg_path))
+    exp = load_experiment(cfg_path)
+    model = build_model(exp)
+    from avfusion.data.build import serving_for
+
+    model.cfg.serving = serving_for(exp.data, model, training=True)  # as training records it
     save_pretrained(model, tmp_path / "model")
     cache_features.main(["--config", str(cfg_path), "--out", str(tmp_path / "cache"), "--dtype", "float32"])
 
     common = ["--model", str(tmp_path / "model"), "--config", str(cfg_path), "--no-plots", "--cpu"]
-    raw = evaluate_script.main(common + ["--out", str(tmp_path / "raw")])
+    raw = evaluate_script.main(common + ["--out", str(tmp_path / "raw"), "--precision", "fp32"])
     cached = evaluate_script.main(common + ["--out", str(tmp_path / "cached"), "--features", str(tmp_path / "cache")])
     assert json.loads((tmp_path / "raw" / "metrics.json").read_text())["part"] == "test"
     assert raw["n_frames_scored"] == cached["n_frames_scored"] > 0
@@ -293,7 +298,8 @@ def test_full_size_emonet8_with_parity_weights_zero_shot(synthetic_root, tmp_pat
     out = tmp_path / "eval"
     evaluate_script.main(["--model", "emonet_8", "--checkpoint", str(weights), "--data-kind", "afew_va",
                           "--root", str(tree), "--clip-len", str(CLIP_LEN), "--smooth", str(SMOOTH),
-                          "--threshold", str(THRESHOLD), "--out", str(out), "--cpu", "--no-plots"])
+                          "--threshold", str(THRESHOLD), "--out", str(out), "--cpu", "--no-plots",
+                          "--precision", "fp32"])
     printed = capsys.readouterr().out
     saved = json.loads((out / "metrics.json").read_text())
     expected = expected_metrics(clips, SMOOTH)["raw"]

@@ -30,7 +30,7 @@ from avfusion.train.experiment import load_experiment
 from avfusion.train.optim import param_groups, warmup_cosine
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIG = REPO / "configs" / "tiny_synthetic.yaml"
+CONFIG = REPO / "avfusion" / "configs" / "tiny_synthetic.yaml"
 DIM = 8  # width of the cached test features
 
 
@@ -308,7 +308,7 @@ def test_experiment_config_types_and_errors(tmp_path: Path) -> None:
 def test_every_experiment_config_loads_and_names_a_model() -> None:
     from avfusion.factory import get_model_config
 
-    files = sorted((REPO / "configs").glob("*.yaml"))
+    files = sorted((REPO / "avfusion" / "configs").glob("*.yaml"))
     assert {f.stem for f in files} >= {"tiny_synthetic", "afew_emonet_video", "afew_mae_video",
                                        "affwild2_av_mae_wav2vec2", "affwild2_av_emonet_wav2vec2"}
     for f in files:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..files import write_text_atomic
 from ._common import entry_points
 
 NAME = "demo"
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
     print(f"   {len(table)} frames of {video.name} -> {out / 'predict'}")
 
     summary = _summary(results)
-    (out / "demo_results.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(out / "demo_results.json", json.dumps(summary, indent=2))
     print("\n" + format_table(summary))
     print(f"\noutputs in {out}:")
     for what, where in (("synthetic data", data), ("feature cache", feats),

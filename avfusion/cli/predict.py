@@ -77,7 +77,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="auto: Silero VAD marks the frames with speech and models that listen ignore audio without "
                         "speech (as if the video had no track); off: the whole track counts, no speech column")
     p.add_argument("--yunet-model", help="YuNet ONNX file (default: $AVFUSION_HOME or ./pretrained/)")
-    p.add_argument("--clip-len", type=int, help="frames per window of a temporal model (default: as in training)")
+    p.add_argument("--clip-len", type=int, help="frames per window of a temporal model (default: its serving spec, "
+                                                 "the window it was trained with)")
+    p.add_argument("--hop", type=int, help="frames between window starts of a temporal model (default: half a "
+                                            "window; the clip length: each frame in one window, as evaluate)")
     p.add_argument("--smooth", type=int, default=1, help="moving average over this many frames (odd)")
     p.add_argument("--overlay", action="store_true", help="also write <name>_overlay.mp4: the video with the face box, values and a small circumplex "
                         "drawn on it (same frame count and rate, the audio kept as AAC)")
@@ -111,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
 
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     predictor = Predictor(args.model, checkpoint=args.checkpoint, device=device, clip_len=args.clip_len,
-                          precision=args.precision, compile=args.compile, flip=args.flip, stride=args.stride,
+                          hop=args.hop, precision=args.precision, compile=args.compile, flip=args.flip, stride=args.stride,
                           batch_size=args.batch_size, face_backend=args.face_backend,
                           yunet_model=args.yunet_model, smooth=args.smooth, faces=args.faces, speech=args.speech)
     out = Path(args.out or "runs/predict")

@@ -17,7 +17,7 @@ A video file holds, for its ``N`` frames:
     audio_valid (1,)   bool         the video has an audio track
 
 and string metadata (video id, fps, actor, group, dataset, encoder hash, window). Every file is
-written atomically (temporary file in the same folder, fsync, ``os.replace``): a file that exists is
+written through the one atomic writer (:mod:`avfusion.files`: temporary name, fsync, rename): a file that exists is
 complete, so an interrupted run can be resumed by skipping existing files.
 
 :class:`FeatureDataset` cuts windows of T frames exactly as :class:`~avfusion.data.clips.ClipDataset`
@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..files import PARTIAL_MARK, write_bytes_atomic
 from .records import DataKeyError, VideoRecord
 from .windows import frame_times, make_windows
 
@@ -59,58 +60,15 @@ FEATURE_BATCH_KEYS = ("video_feats", "audio_feats", "valence", "arousal", "mask"
 # Atomic files
 
 
-def fsync_dir(folder: PathLike) -> None:
-    """Make a rename inside ``folder`` durable (POSIX: the directory entry needs its own fsync)."""
-    try:
-        fd = os.open(str(folder), os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open directories; os.replace is still atomic there
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _fsync(fd: int) -> None:
-    os.fsync(fd)
-
-
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` is either absent/old or complete, never partial.
-
-    The bytes go to a temporary file in the same folder (same file system, so the rename is
-    atomic), which is flushed and fsynced before ``os.replace`` moves it into place.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp creates the file 0600; give it the mode an ordinary open() would.
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            _fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Also on KeyboardInterrupt; a SIGKILL leaves the temporary file, which
-        # remove_stale_temporaries() deletes on the next run.
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    """Write ``data`` to ``path`` whole or not at all (:func:`avfusion.files.write_bytes_atomic`)."""
+    write_bytes_atomic(path, data)
 
 
 def remove_stale_temporaries(folder: PathLike) -> list[Path]:
     """Delete temporary files that a killed writer left in ``folder``; returns what was deleted."""
     gone = []
-    for p in Path(folder).glob(".*.tmp"):
+    for p in [*Path(folder).glob(f".*{PARTIAL_MARK}-*"), *Path(folder).glob(".*.tmp")]:
         if p.is_file():
             p.unlink(missing_ok=True)
             gone.append(p)

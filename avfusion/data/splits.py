@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..files import write_text_atomic
 from .records import DataKeyError, VideoRecord
 
 PARTS = ("train", "val", "test")
@@ -230,11 +231,7 @@ def check_split(split: Split, records: Sequence[VideoRecord], by_actor: bool = F
 
 def save_split(split: Split, path: str | Path) -> Path:
     """Write ``split`` as JSON (see the module docstring for the format)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(split.to_dict(), f, indent=1)
-    return path
+    return write_text_atomic(path, json.dumps(split.to_dict(), indent=1))
 
 
 def load_split(path: str | Path) -> Split:

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..files import atomic_path, write_text_atomic
 from ..metrics import DIMS, format_clip_summary, per_clip_summary, va_metrics
 from ..viz import save_plots
 from .collect import VideoPrediction, predict_loader, smooth_predictions
@@ -201,9 +202,12 @@ def write_results(
     files = {"metrics": out / "metrics.json", "per_clip": out / "per_clip.csv",
              "predictions": out / "predictions.csv"}
     payload = {**_jsonable(dict(extra or {})), **results}
-    files["metrics"].write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n")
-    per_clip.to_csv(files["per_clip"], index_label="clip_id")
-    predictions_frame(videos, results["smoothing_window"]).to_csv(files["predictions"], index=False)
+    # Tables first, metrics.json last: a folder with a metrics.json is complete.
+    with atomic_path(files["per_clip"]) as tmp:
+        per_clip.to_csv(tmp, index_label="clip_id")
+    with atomic_path(files["predictions"]) as tmp:
+        predictions_frame(videos, results["smoothing_window"]).to_csv(tmp, index=False)
+    write_text_atomic(files["metrics"], json.dumps(payload, indent=1, allow_nan=True) + "\n")
     if plots:
         for p in save_plots(videos, per_clip, out / "plots", smooth_window=results["smoothing_window"],
                             threshold=results["per_clip"]["threshold"], title=plot_title(extra)):

@@ -70,8 +70,9 @@ def evaluate_model(
     from ..data.build import serving_for
 
     # An exported model's window is its own (its serving spec), unless clip_len asks otherwise.
-    spec_len = serving_for(data, model).clip_len if getattr(model, "fusion", None) is not None else data.clip_len
-    if clip_len is not None and clip_len != spec_len:
+    temporal = getattr(model, "fusion", None) is not None
+    spec_len = serving_for(data, model).clip_len if temporal else data.clip_len
+    if temporal and clip_len is not None and clip_len != spec_len:
         import warnings
 
         warnings.warn(f"clip_len {clip_len}: the model's serving spec says {spec_len} (the window it was "

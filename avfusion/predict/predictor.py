@@ -180,6 +180,8 @@ class Predictor:
         device: default: CUDA when available, else the CPU.
         clip_len: frames per window of a temporal model; default: its serving spec's (the window
             it was trained with; another value gives a warning).
+        hop: frames between window starts of a temporal model; default: the serving spec's
+            (``clip_len // 2``; ``clip_len``: each frame in one window, as ``avfusion evaluate``).
         precision: ``auto`` (bf16 + channels_last where the hardware computes bf16 natively, else
             fp32) | ``fp32`` | ``bf16``; applies to the per-frame network.
         compile: torch.compile the per-frame network (slow first batch, faster after).
@@ -207,6 +209,7 @@ class Predictor:
         device: Optional[Union[str, torch.device]] = None,
         clip_len: Optional[int] = None,
         *,
+        hop: Optional[int] = None,
         precision: str = "auto",
         compile: bool = False,
         flip: bool = False,
@@ -242,7 +245,13 @@ class Predictor:
             raise ValueError(f"stride {stride}: only frame-by-frame models (no fusion module) can skip "
                              "frames; a temporal model needs every frame (use stride 1)")
         self.model.to(self.device).eval()
+        if hop is not None and hop < 1:
+            raise ValueError(f"hop must be >= 1 frame, got {hop}")
         self.serving = _serving(self.model, self.name, clip_len, face_margin, face_smoothing, self.temporal)
+        if hop is not None:
+            if hop > self.serving.clip_len:
+                raise ValueError(f"hop {hop} > clip_len {self.serving.clip_len} would skip frames")
+            self.serving.hop = int(hop)
         self.clip_len = int(self.serving.clip_len)
         self.stride, self.smooth, self.chunk = int(stride), int(smooth), int(chunk)
         self.face_backend, self.faces, self.speech = face_backend, faces, speech

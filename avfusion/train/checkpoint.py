@@ -24,6 +24,7 @@ import yaml
 from torch import nn
 
 from ..factory import save_pretrained
+from ..files import atomic_path, write_text_atomic
 from .experiment import ExperimentConfig, experiment_to_dict
 
 STATE_FILE = "trainer_state.json"
@@ -138,9 +139,7 @@ def save_checkpoint(accelerator: Any, state: TrainState, output_dir: Path, keep:
     if accelerator.is_main_process:
         saved = dataclasses.replace(state, loss_sum=float(sums[0]), loss_count=float(sums[1]),
                                     files=checkpoint_hashes(path))
-        tmp = path / (STATE_FILE + ".tmp")
-        tmp.write_text(saved.to_json())
-        tmp.replace(path / STATE_FILE)
+        write_text_atomic(path / STATE_FILE, saved.to_json())
         if keep > 0:
             for old in checkpoint_dirs(output_dir)[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -153,13 +152,11 @@ def write_csv(history: list[dict], path: Path) -> None:
     cols: list[str] = ["epoch", "step", "lr", "train_loss"]
     for row in history:
         cols.extend(k for k in row if k not in cols)
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, lineterminator="\n")
         w.writeheader()
         for row in history:
             w.writerow(row)
-    tmp.replace(path)
 
 
 def export_model(accelerator: Any, model: nn.Module, cfg: ExperimentConfig, out: Path, info: dict) -> None:
@@ -168,7 +165,7 @@ def export_model(accelerator: Any, model: nn.Module, cfg: ExperimentConfig, out:
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         save_pretrained(unwrapped, out, extra={"training": info})
-        (out / "experiment.yaml").write_text(yaml.safe_dump(experiment_to_dict(cfg), sort_keys=False))
+        write_text_atomic(out / "experiment.yaml", yaml.safe_dump(experiment_to_dict(cfg), sort_keys=False))
     accelerator.wait_for_everyone()
 
 

@@ -37,7 +37,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from ..caching import use_feature_cache
-from ..data.build import Datasets, build_datasets
+from ..data.build import Datasets, build_datasets, serving_for
+from ..files import write_text_atomic
 from ..evaluation import predict_loader, split_metrics
 from ..fusion import fit_mix
 from ..model import AVModel
@@ -329,8 +330,6 @@ def fit(accelerator: Any, cfg: ExperimentConfig, resume: Optional[str] = None,
     if cfg.data.features is not None:
         use_feature_cache(model, cfg.data.features)
     # What the model is trained on is what it is served: window, crops, colour space (config.json).
-    from ..data.build import serving_for
-
     model.cfg.serving = serving_for(cfg.data, model, training=True)
     model.serving_locked = False
     if datasets is None:
@@ -341,7 +340,7 @@ def fit(accelerator: Any, cfg: ExperimentConfig, resume: Optional[str] = None,
             from ..data.splits import save_split
 
             save_split(datasets.split, out / "split.json")
-        (out / "experiment.yaml").write_text(yaml.safe_dump(experiment_to_dict(cfg), sort_keys=False))
+        write_text_atomic(out / "experiment.yaml", yaml.safe_dump(experiment_to_dict(cfg), sort_keys=False))
     d = cfg.data
     train_dl, train_sampler = make_loader(datasets.train, d.batch_size, datasets.collate_fn, True, t.seed,
                                           d.num_workers)
@@ -486,10 +485,10 @@ def fit(accelerator: Any, cfg: ExperimentConfig, resume: Optional[str] = None,
         res = evaluate(accelerator, model, test_dl, loss_fn, overlap, _n_frames(datasets.test))
         result["test"] = res.metrics
         if accelerator.is_main_process:
-            (out / "test_metrics.json").write_text(json.dumps(res.metrics, indent=1))
+            write_text_atomic(out / "test_metrics.json", json.dumps(res.metrics, indent=1))
     if accelerator.is_main_process:
-        (out / "results.json").write_text(json.dumps({k: v for k, v in result.items() if k != "history"},
-                                                     indent=1, default=str))
+        write_text_atomic(out / "results.json", json.dumps({k: v for k, v in result.items() if k != "history"},
+                                                           indent=1, default=str))
     return result
 
 
@@ -532,7 +531,7 @@ def cross_validate(accelerator: Any, cfg: ExperimentConfig, folds: int, resume: 
            "split_by": cfg.data.split_by}
     if accelerator.is_main_process:
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(cfg.output_dir) / "cv_results.json").write_text(json.dumps(out, indent=1))
+        write_text_atomic(Path(cfg.output_dir) / "cv_results.json", json.dumps(out, indent=1))
     return out
 
 
