@@ -21,8 +21,10 @@ T = TypeVar("T")
 class VideoEncoderConfig:
     # "emonet" (face-alignment trunk + emotion head), "mae_vit" (timm ViT with MAE weights), "timm"
     # (any timm image model named by `arch`, e.g. resnet50: its pooled feature per crop), "hog"
-    # (weight-free HOG descriptor: the tiny demo model), or "features" (no network: the model reads
-    # cached per-frame features of width `dim`).
+    # (weight-free HOG descriptor: the tiny demo model), "enet_b0_va" (the published face expert
+    # enet_b0_8_va_mtl: its own per-frame valence/arousal, or its 1280-wide pooled feature;
+    # `checkpoint`: its state dict, pickled model or ONNX file), or "features" (no network: the model
+    # reads cached per-frame features of width `dim`).
     name: str = "emonet"
     # EmoNet: 8 or 5 expression classes, as the official emonet_8.pth / emonet_5.pth.
     n_expression: int = 8
@@ -56,8 +58,10 @@ class VideoEncoderConfig:
 
 @dataclass
 class AudioEncoderConfig:
-    # "wav2vec2" (transformers Wav2Vec2Model), "logmel" (weight-free log-mel energies: the tiny demo
-    # model) or "features" (cached per-frame features of width `dim`).
+    # "wav2vec2" (transformers Wav2Vec2Model), "w2v2_msp_dim" (the published voice expert: wav2vec2 +
+    # its arousal/dominance/valence head; `hf_config` overrides its published architecture), "logmel"
+    # (weight-free log-mel energies: the tiny demo model) or "features" (cached per-frame features of
+    # width `dim`).
     name: str = "wav2vec2"
     # Local folder with config.json + model.safetensors (from_pretrained), or None: build from
     # `hf_config` (random weights; tiny configs for tests and the demo).
@@ -67,7 +71,9 @@ class AudioEncoderConfig:
     # Weight source name (avfusion.sources), as for the video encoder.
     weights: Optional[str] = None
     # Which hidden state to use: an index into hidden_states (0 = CNN features after projection),
-    # -1 for the last layer, or "weighted" for a learned softmax-weighted sum of all layers.
+    # -1 for the last layer, or "weighted" for a learned softmax-weighted sum of all layers;
+    # "w2v2_msp_dim" also takes "output": last_hidden_state, after the final LayerNorm that
+    # hidden_states[-1] lacks (the sequence its head pools).
     layer: Any = -1
     frozen: bool = True
     # Width of cached features when name == "features".
@@ -140,6 +146,10 @@ class ServingSpec:
     std: Optional[list] = None
     # Precision of the per-frame network that the model's reference figures were computed in.
     precision: str = "fp32"
+    # Utterance-level voice models (w2v2_msp_dim): seconds of audio per window and between window
+    # starts; each window's value sits at its centre and frames take the interpolation between.
+    audio_window: float = 4.0
+    audio_hop: float = 2.0
 
 
 COLOURS = ("rgb", "hsv")
@@ -166,6 +176,9 @@ def check_serving(s: ServingSpec) -> list[str]:
             problems.append(f"serving.{k} must be 3 numbers, got {v!r}")
     if s.precision not in ("fp32", "bf16"):
         problems.append(f"serving.precision must be fp32 or bf16, got {s.precision!r}")
+    if not isinstance(s.audio_window, (int, float)) or not isinstance(s.audio_hop, (int, float)) \
+            or not 0 < s.audio_hop <= s.audio_window:
+        problems.append(f"serving.audio_hop must be in (0, audio_window], got {s.audio_hop!r} and {s.audio_window!r}")
     if not isinstance(s.sample_rate, int) or s.sample_rate <= 0:
         problems.append(f"serving.sample_rate must be a positive integer, got {s.sample_rate!r}")
     return problems
@@ -182,6 +195,10 @@ class ModelConfig:
     fusion: Optional[FusionConfig] = field(default_factory=FusionConfig)
     # Name of the registry entry this config came from (informational).
     name: str = ""
+    # Models without a temporal part that have a face and a voice expert (av_experts): per
+    # dimension, the weights of [face, voice] ({"valence": [wf, wv], "arousal": [wf, wv]}),
+    # renormalised per frame over the experts present there (`avfusion fit-mix` fits them).
+    mix: Optional[dict] = None
     # Serving-time inputs (window, crops, colour space, ...): set by training from its data
     # settings, saved with the model.
     serving: ServingSpec = field(default_factory=ServingSpec)

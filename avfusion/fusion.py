@@ -101,14 +101,14 @@ class _Temporal(nn.Module):
         return list(h.split(T, dim=1))
 
 
-class FusionTransformer(nn.Module):
+class FusionModel(nn.Module):
     """Temporal fusion over per-frame tokens of the modalities present (``video_dim``/``audio_dim``
     set); ``cfg.design`` and ``cfg.temporal`` choose the architecture (see the module docstring)."""
 
     def __init__(self, cfg: FusionConfig, video_dim: int | None, audio_dim: int | None):
         super().__init__()
         if video_dim is None and audio_dim is None:
-            raise ValueError("FusionTransformer needs at least one modality (video_dim or audio_dim)")
+            raise ValueError("the fusion model needs at least one modality (video_dim or audio_dim)")
         for key, value, allowed in (("input_norm", cfg.input_norm, ("layer", "none")), ("design", cfg.design, DESIGNS),
                                     ("temporal", cfg.temporal, TEMPORAL), ("gate", cfg.gate, GATES)):
             if value not in allowed:

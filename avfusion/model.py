@@ -14,7 +14,7 @@ from torch import nn
 
 from .config import ModelConfig, ServingSpec
 from .encoders import AudioEncoder, VideoEncoder, create_audio_encoder, create_video_encoder
-from .fusion import FusionTransformer, modality_dropout
+from .fusion import FusionModel, modality_dropout
 
 MODES = ("av", "video", "audio")
 # Batch keys forward() reads; labels, ids and times stay out of the call.
@@ -41,16 +41,29 @@ class AVModel(nn.Module):
         video_dim = self._width(self.video_encoder, cfg.video) if self.use_video else None
         audio_dim = self._width(self.audio_encoder, cfg.audio) if self.use_audio else None
         if cfg.fusion is None:
-            if cfg.mode != "video" or not getattr(self.video_encoder, "has_va_head", False):
+            # No temporal model: the encoders' own valence/arousal heads are the output, frame by
+            # frame for a face model (EmoNet, the face expert), over sliding windows of the track
+            # for an utterance-level voice model, mixed per dimension (``cfg.mix``) for both.
+            face_ok = not self.use_video or getattr(self.video_encoder, "has_va_head", False)
+            voice_ok = not self.use_audio or hasattr(self.audio_encoder, "utterance")
+            if not (face_ok and voice_ok):
                 raise ValueError(
-                    "fusion: null (frame-by-frame) needs mode 'video' and an encoder with its own "
-                    "valence/arousal head (EmoNet)"
-                )
+                    "fusion: null (no temporal model) needs encoders with their own valence/arousal heads "
+                    "(EmoNet or the face expert for video, the voice expert for audio)")
             self.fusion = None
         else:
-            self.fusion = FusionTransformer(cfg.fusion, video_dim, audio_dim)
+            self.fusion = FusionModel(cfg.fusion, video_dim, audio_dim)
         # Frames per encoder call: bounds activation memory for long windows of 256x256 crops.
         self.encoder_chunk = 64
+
+    @property
+    def experts_mix(self) -> "np.ndarray":
+        """``(2, 2)`` per-dimension weights (rows valence, arousal) of the face and the voice
+        expert in a model without a temporal part that has both (``cfg.mix``)."""
+        import numpy as np
+
+        mix = self.cfg.mix or {}
+        return np.array([mix.get("valence", [0.5, 0.5]), mix.get("arousal", [0.5, 0.5])], dtype=np.float64)
 
     @staticmethod
     def _width(encoder: nn.Module | None, enc_cfg: Any) -> int:

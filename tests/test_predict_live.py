@@ -160,3 +160,26 @@ def test_stream_follows_a_real_face_that_leaves():
     assert (face == table["face_found"].to_numpy()).mean() > 0.95
     both = face & table["face_found"].to_numpy()
     assert np.abs(rows.loc[both, "face_x"].to_numpy() - table.loc[both, "face_x"].to_numpy()).max() < 20
+
+
+def test_live_and_file_give_the_same_values_on_the_same_window(talking):
+    """Through the one engine: each live batch's values come from the window of the last clip_len
+    frames; the file engine run on exactly that window gives the same values."""
+    from avfusion.inference.engine import predict_temporal, stream_predictions
+    from avfusion.inference.readers import LiveSource, VideoFile
+    from avfusion.predict import Predictor
+
+    import avfusion
+
+    torch.manual_seed(0)
+    model = avfusion.create_model("tiny", mode="video").eval()  # live sources carry no audio
+    p = Predictor(model, device="cpu", face_backend="full", speech="off", clip_len=8, batch_size=4)
+    chunks = list(stream_predictions(p.model, p.runner, LiveSource(talking, realtime=False), p.cropper, p.transform,
+                                     p.clip_len, p.serving.sample_rate))
+    assert sum(len(c.indices) for c in chunks) == int(SECONDS * FPS)
+    reader = VideoFile(talking)
+    for c in chunks[::5]:
+        end = int(c.indices[-1])
+        window = np.arange(max(0, end - p.clip_len + 1), end + 1)[None]
+        out = predict_temporal(p.model, p.runner, reader, p.cropper, p.transform, p.clip_len, windows=window)
+        np.testing.assert_allclose(c.va, out.va[c.indices], atol=1e-5)

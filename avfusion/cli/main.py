@@ -7,10 +7,10 @@ import sys
 from typing import Optional, Sequence
 
 from ..version import __version__
-from . import bench, cache, demo, download, evaluate, models, predict, synth, train
+from . import bench, cache, demo, download, evaluate, fit_mix, models, predict, synth, train
 from ._common import parse, quiet_third_party, run_safely
 
-COMMANDS = (demo, predict, train, evaluate, cache, synth, models, download, bench)
+COMMANDS = (demo, predict, train, evaluate, cache, synth, models, download, fit_mix, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,6 @@
 """Cached per-frame features: one safetensors file per video, a manifest, and a Dataset over them.
 
-A cache folder (written by ``scripts/cache_features.py``, see :mod:`avfusion.caching`)::
+A cache folder (written by ``avfusion cache``, see :mod:`avfusion.caching`)::
 
     CACHE/manifest.json            encoders (config + weight hash), dataset, window, dtype, videos
     CACHE/encoders.safetensors     the encoder weights that made the features (optional)
@@ -193,7 +193,7 @@ def load_video_features(path: PathLike, arrays_only: bool = False) -> VideoFeatu
         raise FileNotFoundError(f"{path}: cached features not found") from None
     except Exception as e:  # safetensors raises SafetensorError on a damaged header
         raise ValueError(f"{path}: not a readable safetensors file ({e}); delete it and rerun "
-                         "scripts/cache_features.py to recompute it") from None
+                         "`avfusion cache` with the same settings to recompute it") from None
     if meta.get("format") != CACHE_FORMAT:
         raise ValueError(f"{path}: not an avfusion feature file (metadata format {meta.get('format')!r})")
     for k in ("timestamps", "face_mask", "audio_valid"):
@@ -238,7 +238,7 @@ def read_manifest(cache_dir: PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: {cache_dir} is not a feature cache (write one with "
-            "scripts/cache_features.py)")
+            "`avfusion cache`)")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -284,7 +284,7 @@ class FeatureDataset(Dataset):
     """Windows of T frames over a feature cache, with the windows, masks and keys of ClipDataset.
 
     Args:
-        cache_dir: a folder written by ``scripts/cache_features.py``.
+        cache_dir: a folder written by ``avfusion cache``.
         clip_len: frames per window (T).
         stride: frames between window starts (default ``clip_len``: every frame exactly once).
         video_ids: use only these videos (a split part); default every video of the manifest.
@@ -317,13 +317,13 @@ class FeatureDataset(Dataset):
         unknown = [v for v in ids if v not in files]
         if unknown:
             raise DataKeyError(f"{self.cache_dir}: video id(s) not in the cache manifest: {unknown[:10]} "
-                           f"({len(unknown)} in all); cache them with scripts/cache_features.py")
+                           f"({len(unknown)} in all); cache them with `avfusion cache`")
         self.paths = [self.cache_dir / files[v] for v in ids]
         absent = [v for v, p in zip(ids, self.paths) if not p.is_file()]
         if absent:
             raise FileNotFoundError(
                 f"{self.cache_dir}: {len(absent)} video(s) listed in the manifest have no feature file "
-                f"yet (e.g. {absent[:5]}): the caching run did not finish; rerun scripts/cache_features.py "
+                f"yet (e.g. {absent[:5]}): the caching run did not finish; rerun `avfusion cache` "
                 "with the same arguments to complete it")
         self.records: list[VideoRecord] = []
         self.audio_valid: list[bool] = []

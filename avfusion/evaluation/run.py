@@ -125,7 +125,7 @@ def evaluate_model(
 
 
 def predict_records(model: nn.Module, data: Any, records: list, accelerator: Any = None, precision: str = "auto",
-                    compile: bool = False, progress: bool = True) -> tuple[dict[str, Any], str]:
+                    compile: bool = False, progress: bool = True, speech: str = "auto") -> tuple[dict[str, Any], str]:
     """A model's predictions for every record through the inference engine (what ``avfusion
     predict`` runs), and the precision the per-frame network ran in.
 
@@ -134,8 +134,10 @@ def predict_records(model: nn.Module, data: Any, records: list, accelerator: Any
     detection, ...), every frame through the per-frame network once; a temporal model then runs
     over non-overlapping windows of ``data.clip_len`` (each frame scored once) with each window's
     audio. Frames without a face get 0 from a frame-by-frame model (what the window path gives
-    them), scored unless ``face_only``. Under several processes each takes every n-th record and
-    all are gathered.
+    them), scored unless ``face_only``. A model of experts (a face and / or a voice expert, no
+    temporal part) gets each expert's values as its heads (``heads`` (N, 2, 2): face, voice), the
+    voice heard where Silero VAD finds speech (``speech="off"``: the whole track), as in predict.
+    Under several processes each takes every n-th record and all are gathered.
     """
     import warnings
 
@@ -144,7 +146,7 @@ def predict_records(model: nn.Module, data: Any, records: list, accelerator: Any
     from ..data.clips import open_reader
     from ..data.transforms import serving_transform
     from ..inference.aggregate import VideoPrediction
-    from ..inference.engine import predict_frame_by_frame, predict_temporal
+    from ..inference.engine import combine_experts, predict_frame_by_frame, predict_temporal, predict_voice
     from ..inference.runner import FrameRunner
 
     device = accelerator.device if accelerator is not None else None
@@ -155,8 +157,14 @@ def predict_records(model: nn.Module, data: Any, records: list, accelerator: Any
         runner = FrameRunner(model, precision, compile, device, flip=None, batch_size=data.eval_batch_size or 8)
         transform = serving_transform(spec)
     temporal = getattr(model, "fusion", None) is not None
-    if temporal:
+    experts = not temporal and model.use_audio
+    if temporal or experts:
         model.to(device or "cpu").eval()
+    detector = None
+    if experts and speech == "auto":
+        from ..data.speech import SpeechDetector
+
+        detector = SpeechDetector()
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     mine = records[rank::world]
     bar = None
@@ -171,16 +179,28 @@ def predict_records(model: nn.Module, data: Any, records: list, accelerator: Any
             tick = bar.update if bar is not None else None
             cropper = record_cropper(data, rec.face_mode, spec) if model.use_video else None
             try:
+                audio = None
+                if model.use_audio and rec.audio_path is not None:
+                    try:
+                        audio = load_audio(rec.audio_path, spec.sample_rate)
+                    except AudioDecodeError as err:
+                        warnings.warn(f"{err}; audio of {rec.video_id!r} treated as missing", RuntimeWarning)
                 if not temporal:
-                    out = predict_frame_by_frame(runner, reader, cropper, transform, landmarks=rec.landmarks,
-                                                 face_valid=rec.face_mask, progress=tick)
+                    out = None
+                    if model.use_video:
+                        out = predict_frame_by_frame(runner, reader, cropper, transform, landmarks=rec.landmarks,
+                                                     face_valid=rec.face_mask, progress=tick)
+                    if experts:
+                        times = np.asarray(reader.timestamps, dtype=np.float64)
+                        voice = None
+                        if audio is not None:
+                            from ..data.speech import frame_speech
+
+                            said = frame_speech(detector.segments(audio, spec.sample_rate), times) if detector else None
+                            voice = predict_voice(model.audio_encoder, audio, times, spec.sample_rate,
+                                                  spec.audio_window, spec.audio_hop, said)
+                        out = combine_experts(out, voice, times, model.experts_mix)
                 else:
-                    audio = None
-                    if model.use_audio and rec.audio_path is not None:
-                        try:
-                            audio = load_audio(rec.audio_path, spec.sample_rate)
-                        except AudioDecodeError as err:
-                            warnings.warn(f"{err}; audio of {rec.video_id!r} treated as missing", RuntimeWarning)
                     out = predict_temporal(model, runner, reader, cropper, transform, data.clip_len, audio,
                                            spec.sample_rate, landmarks=rec.landmarks, face_valid=rec.face_mask,
                                            progress=tick, hop=data.clip_len)
@@ -188,9 +208,15 @@ def predict_records(model: nn.Module, data: Any, records: list, accelerator: Any
                 reader.close()
             target = np.where(rec.label_mask[:, None], rec.labels, np.nan)
             face = out.face_mask if model.use_video else np.zeros(rec.n_frames, dtype=bool)
+            heads = present = None
+            if experts:
+                f = np.stack([out.parts["face_valence"], out.parts["face_arousal"]], -1)
+                v = np.stack([out.parts["voice_valence"], out.parts["voice_arousal"]], -1)
+                heads = np.stack([f, v], -1)  # (N, 2, 2): dimension, [face, voice]
+                present = np.isfinite(heads).all(axis=1)
             videos[rec.video_id] = VideoPrediction(
                 rec.video_id, np.nan_to_num(out.va.astype(np.float64)), target, rec.label_mask.copy(),
-                face, out.timestamps, np.ones(rec.n_frames, dtype=np.int64))
+                face, out.timestamps, np.ones(rec.n_frames, dtype=np.int64), heads, present)
     finally:
         if bar is not None:
             bar.close()
@@ -204,4 +230,33 @@ def predict_records(model: nn.Module, data: Any, records: list, accelerator: Any
     return dict(sorted(videos.items())), (runner.precision if runner is not None else "fp32")
 
 
-__all__ = ["evaluate_model", "default_eval_dir", "predict_records"]
+def fit_experts_mix(videos: Mapping[str, Any], current: np.ndarray, step: float = 0.05) -> dict[str, Any]:
+    """Per-dimension weights of [face, voice] that maximise CCC over the labelled frames of
+    ``videos`` (from :func:`predict_records` with a model of experts), weights renormalised per
+    frame over the experts present (:func:`avfusion.fusion.fit_mix`). Returns ``mix`` (2, 2), the
+    number of ``frames`` and the CCC per dimension ``before`` (``current`` weights) and ``after``."""
+    from ..fusion import fit_mix
+    from ..metrics import ccc
+
+    rows = [v for v in videos.values() if v.heads is not None]
+    if not rows:
+        raise ValueError("no expert values: fit-mix needs a model of experts (av_experts)")
+    heads = np.concatenate([v.heads[v.label_mask] for v in rows])
+    present = np.concatenate([v.heads_present[v.label_mask] for v in rows])
+    target = np.concatenate([v.target[v.label_mask] for v in rows])
+    seen = present.any(axis=1)
+    heads, present, target = heads[seen], present[seen], target[seen]
+    if len(target) < 2:
+        raise ValueError(f"only {len(target)} labelled frame(s) where an expert has a value: nothing to fit on")
+    mix = fit_mix(heads, present, target, step)
+
+    def score(w: np.ndarray) -> dict[str, float]:
+        p = np.where(present[:, None, :], w[None], 0.0)
+        tot = np.maximum(p.sum(-1), 1e-12)
+        pred = (p * np.nan_to_num(heads)).sum(-1) / tot
+        return {dim: float(ccc(pred[:, d], target[:, d])) for d, dim in enumerate(("valence", "arousal"))}
+
+    return {"mix": mix, "frames": int(len(target)), "before": score(np.asarray(current)), "after": score(mix)}
+
+
+__all__ = ["evaluate_model", "default_eval_dir", "predict_records", "fit_experts_mix"]

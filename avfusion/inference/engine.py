@@ -254,6 +254,10 @@ class VideoOutputs:
     timestamps: np.ndarray
     expression: Optional[np.ndarray] = None
     audio_valid: Optional[bool] = None
+    # Models of experts: each expert's own per-frame values (``face_valence``, ``voice_arousal``,
+    # ...; NaN where that expert has nothing) and the frames the voice expert heard.
+    parts: Optional[dict] = None
+    heard: Optional[np.ndarray] = None
 
 
 def predict_frame_by_frame(
@@ -357,6 +361,115 @@ def predict_temporal(
 
 
 @dataclass
+class VoiceOutputs:
+    """An utterance-level voice model over a whole track, at the video's frames (``N``): ``raw``
+    (N, 3) arousal, dominance, valence as the published head gives them (NaN where no window
+    reached), ``windows`` (W, 2) each window's span in seconds, ``heard`` (N,) the frame lies in
+    a window that was run (speech, when a speech mask was given)."""
+
+    raw: np.ndarray
+    windows: np.ndarray
+    heard: np.ndarray
+
+
+def voice_windows(duration: float, window: float, hop: float) -> np.ndarray:
+    """``(W, 2)`` start and end seconds of the windows over a track of ``duration`` seconds: every
+    ``hop`` seconds, the last one ending with the track (a short track is one window)."""
+    if duration <= window:
+        return np.array([[0.0, max(duration, 0.0)]])
+    starts = list(np.arange(0.0, duration - window, hop))
+    starts.append(duration - window)
+    return np.array([[a, a + window] for a in starts])
+
+
+def predict_voice(
+    encoder: torch.nn.Module,
+    audio: np.ndarray,
+    times: np.ndarray,
+    sample_rate: int = 16000,
+    window: float = 4.0,
+    hop: float = 2.0,
+    speech: Optional[np.ndarray] = None,
+    batch: int = 4,
+    progress: Optional[Callable[[int], None]] = None,
+) -> VoiceOutputs:
+    """An utterance-level voice model (``encoder.utterance(wave (B, S)) -> {"arousal", "dominance",
+    "valence"}``, each (B,)) over sliding windows of ``window`` seconds every ``hop`` seconds of the
+    track; each window's values sit at its centre and the video's frames (start ``times`` (N,))
+    take the linear interpolation between the centres around them (held before the first and after
+    the last). ``speech`` (N,) bool: windows over frames without any speech are not run, and those
+    frames get no value."""
+    duration = len(audio) / float(sample_rate)
+    spans = voice_windows(duration, float(window), float(hop))
+    times = np.asarray(times, dtype=np.float64)
+    keep = np.ones(len(spans), dtype=bool)
+    if speech is not None:
+        keep = np.array([bool(np.asarray(speech)[(times >= a) & (times < b)].any()) for a, b in spans])
+    spans = spans[keep]
+    values = np.zeros((len(spans), 3))
+    device = next(iter(list(encoder.parameters()) + [torch.zeros(())])).device
+    for b in range(0, len(spans), batch):
+        part = spans[b : b + batch]
+        cut = [audio[int(round(a * sample_rate)) : max(int(round(e * sample_rate)), int(round(a * sample_rate)) + 1)]
+               for a, e in part]
+        n = max(len(c) for c in cut)
+        wave = torch.zeros(len(cut), n)
+        for k, c in enumerate(cut):  # windows are equal length except a short whole track
+            wave[k, : len(c)] = torch.from_numpy(np.asarray(c, dtype=np.float32))
+        with torch.inference_mode():
+            out = encoder.utterance(wave.to(device))
+        values[b : b + len(part)] = torch.stack([out["arousal"], out["dominance"], out["valence"]], -1).float().cpu().numpy()
+        if progress is not None:
+            progress(len(part))
+    raw = np.full((len(times), 3), np.nan)
+    heard = np.zeros(len(times), dtype=bool)
+    if len(spans):
+        centres = spans.mean(axis=1)
+        for d in range(3):
+            raw[:, d] = np.interp(times, centres, values[:, d])
+        heard = np.zeros(len(times), dtype=bool)
+        for a, e in spans:
+            heard |= (times >= a) & (times < e)
+        if speech is not None:
+            heard &= np.asarray(speech, dtype=bool)
+        raw[~heard] = np.nan
+    return VoiceOutputs(raw, spans, heard)
+
+
+def voice_to_va(raw: np.ndarray) -> np.ndarray:
+    """The voice expert's arousal, dominance, valence (its head's outputs, roughly 0..1 with 0.5
+    in the middle of its training range) on the circumplex's [-1, 1]: ``2 x - 1``, clipped."""
+    return np.clip(2.0 * np.asarray(raw, dtype=np.float64) - 1.0, -1.0, 1.0)
+
+
+def combine_experts(face: Optional[VideoOutputs], voice: Optional[VoiceOutputs], times: np.ndarray,
+                    mix: np.ndarray) -> VideoOutputs:
+    """Per-frame values of a face and a voice expert mixed per dimension: ``mix`` (2, 2) rows
+    valence, arousal, columns [face, voice]; at each frame the weights are renormalised over the
+    experts that have a value there (a face found; speech heard), so a frame with one sense
+    gets that sense's value, and a frame with none gets none."""
+    n = len(times)
+    f = face.va.astype(np.float64) if face is not None else np.full((n, 2), np.nan)
+    mapped = voice_to_va(voice.raw) if voice is not None else np.full((n, 3), np.nan)
+    v = mapped[:, [2, 0]]  # valence, arousal
+    heads = np.stack([f, v], axis=-1)  # (N, 2, 2): dimension, expert
+    present = np.isfinite(heads)
+    w = np.where(present, np.asarray(mix, dtype=np.float64)[None], 0.0)
+    tot = w.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        va = np.where(tot > 0, (w * np.nan_to_num(heads)).sum(-1) / tot, np.nan)
+    parts = {"face_valence": f[:, 0], "face_arousal": f[:, 1], "voice_valence": mapped[:, 2],
+             "voice_arousal": mapped[:, 0], "voice_dominance": mapped[:, 1]}
+    heard = voice.heard if voice is not None else np.zeros(n, dtype=bool)
+    if face is not None:
+        return VideoOutputs(va.astype(np.float32), face.face_mask, face.boxes, face.computed, face.timestamps,
+                            face.expression, voice is not None, parts, heard)
+    return VideoOutputs(va.astype(np.float32), np.zeros(n, dtype=bool), np.full((n, 3), np.nan),
+                        np.zeros(n, dtype=bool), np.asarray(times, dtype=np.float64), None, voice is not None,
+                        parts, heard)
+
+
+@dataclass
 class LiveChunk:
     """Values of frames a live source handed out together (``n`` of them): their numbers and
     seconds from the first frame, the face stage's :class:`FaceChunk`, ``va`` (n, 2) (NaN without
@@ -432,5 +545,6 @@ def stream_predictions(
             yield LiveChunk(idx, times, fc, va, expression)
 
 
-__all__ = ["ArrayFrames", "prefetch", "face_batches", "FrameResults", "VideoOutputs", "LiveChunk", "run_frames",
+__all__ = ["ArrayFrames", "prefetch", "face_batches", "FrameResults", "VideoOutputs", "VoiceOutputs", "LiveChunk",
+           "run_frames", "predict_voice", "voice_windows", "voice_to_va", "combine_experts",
            "model_frames", "predict_frame_by_frame", "predict_temporal", "stream_predictions", "DEFAULT_CHUNK"]

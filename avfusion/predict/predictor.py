@@ -38,7 +38,8 @@ import torch
 from torch import nn
 
 from ..files import atomic_path, write_text_atomic
-from ..inference.engine import DEFAULT_CHUNK, VideoOutputs, predict_frame_by_frame, predict_temporal, prefetch
+from ..inference.engine import (DEFAULT_CHUNK, VideoOutputs, combine_experts, predict_frame_by_frame, predict_temporal,
+                                predict_voice, prefetch)
 from ..inference.readers import ArrayFrames, read_chunks
 from ..inference.runner import PRECISIONS, FrameRunner, resolve_device
 from ..version import __version__
@@ -311,14 +312,29 @@ class Predictor:
         return tracker.tracks
 
     def _pass(self, reader: Any, audio: Optional[np.ndarray], audio_frames: Optional[np.ndarray], cropper: Any,
-              corners: Optional[np.ndarray], progress: Optional[Callable[[int], None]]) -> VideoOutputs:
-        """The model over the whole video, reading the face that ``corners`` (a track) locate."""
+              corners: Optional[np.ndarray], progress: Optional[Callable[[int], None]],
+              voice: Any = None) -> VideoOutputs:
+        """The model over the whole video, reading the face that ``corners`` (a track) locate;
+        ``voice``: the voice expert's values over the track (models of experts)."""
         if not self.temporal:
-            return predict_frame_by_frame(self.runner, reader, cropper, self.transform, self.stride, landmarks=corners,
-                                          chunk=self.chunk, progress=progress)
+            face = None
+            if self.model.use_video:
+                face = predict_frame_by_frame(self.runner, reader, cropper, self.transform, self.stride,
+                                              landmarks=corners, chunk=self.chunk, progress=progress)
+            if not self.model.use_audio:
+                return face
+            return combine_experts(face, voice, np.asarray(reader.timestamps, dtype=np.float64), self.model.experts_mix)
         return predict_temporal(self.model, self.runner, reader, cropper, self.transform, self.clip_len, audio,
                                 self.serving.sample_rate, landmarks=corners, chunk=self.chunk, progress=progress,
                                 audio_frames=audio_frames, hop=self._hop)
+
+    def _voice(self, audio: Optional[np.ndarray], speech: Optional[np.ndarray], times: np.ndarray) -> Any:
+        """The voice expert over the whole track (None without audio)."""
+        if audio is None or self.temporal or not self.model.use_audio:
+            return None
+        sv = self.serving
+        return predict_voice(self.model.audio_encoder, audio, times, sv.sample_rate, sv.audio_window, sv.audio_hop,
+                             speech)
 
     @property
     def _hop(self) -> int:
@@ -360,6 +376,8 @@ class Predictor:
         finite = np.isfinite(va).all(axis=1)
         if self.temporal:
             valid = finite & ((face & self.model.use_video) | (heard & self.model.use_audio))
+        elif out.heard is not None:  # experts: a face found, or speech the voice expert heard
+            valid = finite & (face | out.heard)
         else:
             valid = finite & face
         va[~valid] = np.nan
@@ -382,9 +400,11 @@ class Predictor:
         })
         if out.expression is not None:
             e = np.asarray(out.expression, dtype=np.float64).copy()
-            e[~valid] = np.nan
+            e[~face] = np.nan
             for k, name in enumerate(expression_names(e.shape[1])):
                 table[name] = e[:, k]
+        for name, values in (out.parts or {}).items():  # each expert's own values
+            table[name] = np.asarray(values, dtype=np.float64)
         return table
 
     def _predict(self, reader: Any, audio: Optional[np.ndarray], where: str, video: str,
@@ -424,9 +444,10 @@ class Predictor:
             if bar is not None:
                 bar.total = n * (1 + len(passes))
                 bar.refresh()
+        voice = self._voice(audio, speech, times)  # once per video, whatever the faces
         tables = []
         for t, cropper, corners in passes:
-            out = self._pass(reader, audio, speech, cropper, corners, tick)
+            out = self._pass(reader, audio, speech, cropper, corners, tick, voice)
             tables.append(self._frame_table(out, t, heard, speech, video))
         main_table = tables[0]
 
