@@ -57,7 +57,7 @@ def write_config(path: Path, root: Path, seed: int = 0) -> Path:
 
 
 def video_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("*.safetensors") if p.name != F.ENCODERS_NAME)
+    return sorted(p for p in folder.glob("*.safetensors") if p.name != F.ENCODERS_NAME and not p.name.startswith("."))
 
 
 def assert_same_cache(a: Path, b: Path) -> None:
@@ -142,7 +142,7 @@ def test_killed_run_resumes_to_identical_files(clean_cache, dataset_root, tmp_pa
     result = cache_features.main(["--config", str(cfg), "--out", str(out)])
     assert sorted(F.video_filename(v) for v in result.skipped) == done
     assert len(result.written) == N_CLIPS - len(done)
-    assert not list(out.glob(".*.tmp")), "a stale temporary file survived the rerun"
+    assert not list(out.glob(".*.tmp")) and not list(out.glob(".*.partial-*")), "a stale temporary file survived the rerun"
     assert_same_cache(out, clean_cache)
 
 

@@ -64,7 +64,9 @@ def expand_inputs(inputs: Sequence[str]) -> list[Job]:
     for text in inputs:
         p = Path(text)
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
+            # Hidden files are skipped: a writer's unfinished temporary file is one (avfusion.files).
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS
+                           and not f.name.startswith("."))
             if not files:
                 raise ValueError(f"{p}: no video files in this folder (looked for {', '.join(VIDEO_EXTENSIONS)})")
             found += [(f, p) for f in files]
