@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence
 
 from ..config import apply_overrides, from_dict, load_yaml, register_nested, resolve_experiment_file, to_dict
 from ..data.build import DataConfig, check_data_config
-from ..factory import create_model
+from ..factory import create_model, get_model_config
 from ..model import AVModel
 
 @dataclass
@@ -181,8 +181,19 @@ def with_fold(cfg: ExperimentConfig, fold: int, folds: int) -> ExperimentConfig:
 
 
 def build_model(cfg: ExperimentConfig) -> AVModel:
-    """The model the experiment names, with its overrides."""
-    return create_model(cfg.model, **cfg.model_overrides)
+    """The model the experiment names, with its overrides. Frozen encoders that name their weight
+    source (``weights:``, e.g. the published experts) get the downloaded weights, unless the run
+    reads cached features (``data.features``: the encoders never run): a frozen encoder on random
+    weights would teach the fusion model nothing."""
+    model_cfg = get_model_config(cfg.model, **cfg.model_overrides)
+    if cfg.data.features is None:
+        used = {"video": model_cfg.mode in ("av", "video"), "audio": model_cfg.mode in ("av", "audio")}
+        for enc, key, sense in ((model_cfg.video, "checkpoint", "video"), (model_cfg.audio, "path", "audio")):
+            if used[sense] and enc is not None and enc.frozen and enc.weights and not getattr(enc, key):
+                from ..sources import require
+
+                setattr(enc, key, str(require(enc.weights, str(cfg.model))))
+    return create_model(model_cfg)
 
 
 __all__ = ["DataConfig", "TrainConfig", "ExperimentConfig", "load_experiment", "check_experiment",
