@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Iterator, Union
 
@@ -78,6 +79,37 @@ def write_bytes_atomic(path: PathLike, data: bytes) -> Path:
     return Path(path)
 
 
+@contextlib.contextmanager
+def atomic_dir(path: PathLike) -> Iterator[Path]:
+    """``with atomic_dir(final) as tmp: fill(tmp)``: the folder ``final`` appears, complete, on success.
+
+    The temporary folder sits beside ``final`` (hidden, marked ``.partial``) and is removed on errors.
+    An existing ``final`` is replaced only once the new folder is complete (moved aside, then deleted).
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_name(final)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink()
+        else:
+            os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    _fsync_dir(final.parent)
+
+
 def write_text_atomic(path: PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` whole or not at all."""
     with atomic_path(path) as tmp:
@@ -85,4 +117,4 @@ def write_text_atomic(path: PathLike, text: str) -> Path:
     return Path(path)
 
 
-__all__ = ["atomic_path", "partial_name", "write_text_atomic", "write_bytes_atomic", "PARTIAL_MARK"]
+__all__ = ["atomic_path", "atomic_dir", "partial_name", "write_text_atomic", "write_bytes_atomic", "PARTIAL_MARK"]

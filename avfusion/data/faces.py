@@ -28,44 +28,22 @@ from typing import Any, Callable, NamedTuple
 import cv2
 import numpy as np
 
-# Name the resolver and the downloader give the YuNet file, whatever its upstream version.
-YUNET_FILENAME = "face_detection_yunet.onnx"
+from ..sources import SOURCES, avfusion_home
 
-# Known upstream YuNet files: {filename: (urls tried in order, sha256)}. The OpenCV model zoo
-# stores them with Git LFS: github.com/<repo>/raw/ redirects to the real file, whereas
-# raw.githubusercontent.com would return the small LFS pointer (the sha256 check catches that).
-# Sizes: 2026may 229,738 bytes, 2023mar 232,589 bytes (public records of the zoo's files).
+# Name the resolver and the downloader give the YuNet file, whatever its upstream version.
+YUNET_FILENAME = SOURCES["yunet"].target  # face_detection_yunet.onnx
+
+# Known upstream YuNet files: {filename: (urls tried in order, sha256)}, read from the one
+# registry of weight files (avfusion.sources, entry "yunet"; its first variant is the default).
 YUNET_FILES: dict[str, tuple[tuple[str, ...], str]] = {
-    "face_detection_yunet_2026may.onnx": (
-        (
-            "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/"
-            "face_detection_yunet_2026may.onnx",
-            "https://huggingface.co/opencv/face_detection_yunet/resolve/main/"
-            "face_detection_yunet_2026may.onnx",
-        ),
-        "ebafce4e3c118d6554634be5c27ab333b4c047a9a8c3faf1d7cf93101c22f0f0",
-    ),
-    "face_detection_yunet_2023mar.onnx": (
-        (
-            "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/"
-            "face_detection_yunet_2023mar.onnx",
-            "https://huggingface.co/opencv/face_detection_yunet/resolve/main/"
-            "face_detection_yunet_2023mar.onnx",
-        ),
-        "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4",
-    ),
+    f.name: (f.urls, f.digest) for v in SOURCES["yunet"].variants for f in v.files if f.digest
 }
 # The version the project is tested with (its output on skimage's astronaut is in the tests).
-DEFAULT_YUNET_FILE = "face_detection_yunet_2026may.onnx"
+DEFAULT_YUNET_FILE = SOURCES["yunet"].variants[0].files[0].name
 
 # ./pretrained (relative to the working directory): where a source checkout keeps weight files it
 # does not commit; the installed package never looks inside itself or a clone around it.
 PRETRAINED_DIR = "pretrained"
-
-
-def avfusion_home() -> Path:
-    """Where avfusion keeps downloaded files: ``$AVFUSION_HOME``, else ``~/.cache/avfusion``."""
-    return Path(os.environ.get("AVFUSION_HOME") or "~/.cache/avfusion").expanduser()
 
 
 # --- detections and detectors -------------------------------------------------------------------

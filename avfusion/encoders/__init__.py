@@ -35,10 +35,22 @@ def _timm(cfg: VideoEncoderConfig) -> VideoEncoder:
     return TimmEncoder.from_config(cfg)
 
 
+def _face_expert(cfg: VideoEncoderConfig) -> VideoEncoder:
+    from .face_expert import FaceExpertEncoder
+
+    return FaceExpertEncoder.from_config(cfg)
+
+
 def _wav2vec2(cfg: AudioEncoderConfig) -> AudioEncoder:
     from .wav2vec2 import Wav2Vec2Encoder
 
     return Wav2Vec2Encoder.from_config(cfg)
+
+
+def _voice_expert(cfg: AudioEncoderConfig) -> AudioEncoder:
+    from .voice_expert import VoiceExpertEncoder
+
+    return VoiceExpertEncoder.from_config(cfg)
 
 
 def _logmel(cfg: AudioEncoderConfig) -> AudioEncoder:
@@ -48,11 +60,12 @@ def _logmel(cfg: AudioEncoderConfig) -> AudioEncoder:
 
 
 # Registries: the valid names and the error messages come from these dicts ("features": no
-# network, the model reads cached per-frame features).
+# network, the model reads cached per-frame features). "enet_b0_va" / "w2v2_msp_dim": the published
+# face and voice valence/arousal experts (EmotiEffLib enet_b0_8_va_mtl, audEERING msp-dim).
 VIDEO_ENCODERS: dict[str, Callable[[VideoEncoderConfig], VideoEncoder]] = {
-    "emonet": _emonet, "mae_vit": _mae_vit, "hog": _hog, "timm": _timm}
+    "emonet": _emonet, "mae_vit": _mae_vit, "hog": _hog, "timm": _timm, "enet_b0_va": _face_expert}
 AUDIO_ENCODERS: dict[str, Callable[[AudioEncoderConfig], AudioEncoder]] = {
-    "wav2vec2": _wav2vec2, "logmel": _logmel}
+    "wav2vec2": _wav2vec2, "logmel": _logmel, "w2v2_msp_dim": _voice_expert}
 
 
 def create_video_encoder(cfg: VideoEncoderConfig) -> VideoEncoder | None:
