@@ -57,7 +57,7 @@ class AVModel(nn.Module):
         self.encoder_chunk = 64
 
     @property
-    def experts_mix(self) -> "np.ndarray":
+    def experts_mix(self) -> Any:
         """``(2, 2)`` per-dimension weights (rows valence, arousal) of the face and the voice
         expert in a model without a temporal part that has both (``cfg.mix``)."""
         import numpy as np

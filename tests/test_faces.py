@@ -1,23 +1,19 @@
 """Face detectors, the crop policy and the YuNet model file (download + sha256, resolution)."""
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
-import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from avfusion.data import faces
 from avfusion.data.faces import (
     Detection,
     FaceCropper,
     FaceDetector,
     create_detector,
-    download_yunet,
     resolve_yunet_model,
 )
 
@@ -157,53 +153,6 @@ def test_yunet_model_resolution_order(tmp_path: Path, monkeypatch) -> None:
 
 
 # --- the downloader's sha256 check ----------------------------------------------------------------
-
-
-def _fake_remote(tmp_path: Path, payload: bytes) -> tuple[str, str]:
-    src = tmp_path / "remote" / "yunet.onnx"
-    src.parent.mkdir(parents=True, exist_ok=True)
-    src.write_bytes(payload)
-    return src.as_uri(), hashlib.sha256(payload).hexdigest()
-
-
-def test_download_accepts_matching_sha256(tmp_path: Path, monkeypatch) -> None:
-    url, sha = _fake_remote(tmp_path, b"pretend onnx bytes")
-    dead = (tmp_path / "remote" / "missing.onnx").as_uri()  # first mirror fails, second works
-    monkeypatch.setitem(faces.YUNET_FILES, "test.onnx", ((dead, url), sha))
-    dest = tmp_path / "home"
-    path = download_yunet(dest, filename="test.onnx")
-    assert path == dest / "face_detection_yunet.onnx"
-    assert path.read_bytes() == b"pretend onnx bytes"
-    assert sorted(p.name for p in dest.iterdir()) == ["face_detection_yunet.onnx"]
-
-
-def test_download_refuses_mismatching_sha256_and_leaves_no_file(tmp_path: Path, monkeypatch) -> None:
-    url, _ = _fake_remote(tmp_path, b"tampered bytes")
-    monkeypatch.setitem(faces.YUNET_FILES, "test.onnx", ((url,), "0" * 64))
-    dest = tmp_path / "home"
-    with pytest.raises(RuntimeError, match="sha256 mismatch") as err:
-        download_yunet(dest, filename="test.onnx")
-    assert "0" * 64 in str(err.value)
-    assert not (dest / "face_detection_yunet.onnx").exists()
-    assert list(dest.iterdir()) == []
-
-
-def test_download_table_matches_the_real_yunet_file(tmp_path: Path, monkeypatch) -> None:
-    real = _yunet_path()
-    fetched = []
-
-    def fake_fetch(url: str, dest: Path) -> None:
-        fetched.append(url)
-        shutil.copyfile(real, dest)
-
-    monkeypatch.setattr(faces, "_fetch", fake_fetch)
-    path = download_yunet(tmp_path / "face_detection_yunet.onnx")
-    assert fetched == [faces.YUNET_FILES[faces.DEFAULT_YUNET_FILE][0][0]]
-    assert fetched[0].startswith("https://")
-    assert faces.sha256_file(path) == faces.sha256_file(real)
-    # A good file already in place is kept, not fetched again.
-    download_yunet(path)
-    assert len(fetched) == 1
 
 
 # --- landmarks, precropped, full ------------------------------------------------------------------

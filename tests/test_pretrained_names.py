@@ -29,7 +29,6 @@ def _names() -> list[str]:
 
 
 def test_every_pretrained_name_names_its_weight_source():
-    import avfusion
     from avfusion.factory import is_pretrained_name
 
     assert {"emonet_8", "emonet_5"} <= set(_names())

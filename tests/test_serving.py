@@ -5,7 +5,6 @@ existed fall back with one warning, and a model name means that model whatever f
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np

@@ -13,7 +13,7 @@ from .audio import (
 from .afew_va import load_afew_va
 from .affwild2 import load_affwild2
 from .clips import ClipDataset, collate
-from .faces import FaceCropper, create_detector, download_yunet
+from .faces import FaceCropper, create_detector
 from .manifest import load_manifest
 from .records import VideoRecord
 from .splits import Split, check_split, kfold_split, load_split, save_split, split_records

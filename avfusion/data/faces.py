@@ -5,7 +5,7 @@ A :class:`FaceDetector` answers one question per frame: where are the faces. Fou
 
 - ``yunet``: OpenCV's ``cv2.FaceDetectorYN`` with the YuNet ONNX model, for arbitrary video.
   OpenCV 5 has no Haar cascades any more, so this is the only detector that needs no extra
-  package; it needs the model file (:func:`resolve_yunet_model`, :func:`download_yunet`).
+  package; it needs the model file (:func:`resolve_yunet_model`; ``avfusion download yunet`` fetches it).
 - ``landmarks``: the box of per-frame dataset landmarks (AFEW-VA ships 68 points per frame).
 - ``precropped``: frames that already are aligned face crops (Aff-Wild2 ``cropped_aligned``).
 - ``full``: the whole frame is used as the face.
@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -287,57 +286,6 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _fetch(url: str, dest: Path) -> None:
-    """Copy ``url`` (https://, file://) to ``dest``; tests replace this to stay offline."""
-    with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as f:
-        for block in iter(lambda: response.read(1 << 20), b""):
-            f.write(block)
-
-
-def download_yunet(
-    dest: str | os.PathLike | None = None,
-    filename: str = DEFAULT_YUNET_FILE,
-    overwrite: bool = False,
-) -> Path:
-    """Fetch the official YuNet ONNX file and verify its sha256; returns the saved path.
-
-    ``dest`` is a file path or a folder (default ``$AVFUSION_HOME``); the file is saved as
-    ``face_detection_yunet.onnx`` there, which is where :func:`resolve_yunet_model` looks. Each
-    known mirror is tried in turn; a file whose sha256 differs from the recorded one is deleted,
-    never kept. An existing file with the right sha256 is kept unless ``overwrite``.
-    """
-    if filename not in YUNET_FILES:
-        raise ValueError(f"unknown YuNet file {filename!r}; known: {sorted(YUNET_FILES)}")
-    urls, expected = YUNET_FILES[filename]
-    target = Path(dest).expanduser() if dest is not None else avfusion_home()
-    if target.is_dir() or dest is None or target.suffix != ".onnx":
-        target = target / YUNET_FILENAME
-    if target.is_file() and not overwrite and sha256_file(target) == expected:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(target.name + ".part")
-    failures = []
-    for url in urls:
-        try:
-            _fetch(url, part)
-            got = sha256_file(part)
-        except OSError as e:
-            part.unlink(missing_ok=True)
-            failures.append(f"{url}: {e}")
-            continue
-        if got != expected:
-            part.unlink(missing_ok=True)
-            failures.append(f"{url}: sha256 mismatch (got {got}, expected {expected}); file deleted")
-            continue
-        os.replace(part, target)
-        return target
-    raise RuntimeError(
-        f"could not download {filename} to {target}:\n  " + "\n  ".join(failures)
-        + f"\nDownload it by hand from {urls[0]}, check that its sha256 is {expected}, and save it "
-        f"as {target}."
-    )
 
 
 # --- square crops of a clip ---------------------------------------------------------------------

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path

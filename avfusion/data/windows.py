@@ -12,7 +12,7 @@ prediction all take windows, times and audio spans from here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch

@@ -68,11 +68,6 @@ def read_chunks(reader: Any, indices: np.ndarray, chunk: int) -> Iterator[tuple[
         yield (idx, *reader.get_batch_masked(idx))
 
 
-def _short(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
-
-
 class LiveSourceError(ValueError):
     """A live source that cannot be opened or read (the message names it)."""
 
