@@ -241,8 +241,10 @@ def convert(src: Source, variant: Variant, work: Path, final: Path) -> Path:
             (f,) = variant.files
             _save_safetensors(convert_face_expert(work / f.name), final, src, variant)
         elif src.converter == "voice_expert":
-            from .encoders.voice_expert import convert_voice_expert
+            from .encoders.voice_expert import MSP_DIM_CONFIG, convert_voice_expert
 
+            if not (work / "config.json").is_file():  # the published architecture (see the registry)
+                (work / "config.json").write_text(json.dumps(MSP_DIM_CONFIG, indent=2))
             hf_config, sd = convert_voice_expert(work)
             with atomic_dir(final) as tmp:
                 (tmp / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")

@@ -230,11 +230,12 @@ SOURCES: dict[str, Source] = {
                         "under the same licence (commercial use: audEERING devAIce licence)",
                         non_commercial=True, url="https://creativecommons.org/licenses/by-nc-sa/4.0/"),
         variants=(
+            # Only the weights are fetched: the published config.json changed on the Hub in October
+            # 2023 and its bytes were not readable here (no digest to pin), while its architecture
+            # is fully known (FORMATS: hidden 1024, 12 layers, ...). The converter writes that
+            # architecture (avfusion.encoders.voice_expert.MSP_DIM_CONFIG) beside the weights and
+            # loads them into it strictly, so a file of another shape is refused.
             Variant("bin", (
-                # config.json: not confirmed. It changed on the Hub in October 2023 ("Update
-                # config.json"); the bytes of the current one (Hub git blob id) were not readable here.
-                RemoteFile("config.json", (_W2V2_REPO + "config.json",), None, "git-blob-sha1",
-                           provenance="not confirmed: pass its Hub git blob id (or sha256) with --hash"),
                 RemoteFile("pytorch_model.bin", (_W2V2_REPO + "pytorch_model.bin",),
                            "176d9d1ce29a8bddbab44068b9c1c194c51624c7f1812905e01355da58b18816", "sha256",
                            661_436_013,
@@ -243,8 +244,6 @@ SOURCES: dict[str, Source] = {
                                       "LFS pointers state it, with this size"),
             )),
             Variant("safetensors", (
-                RemoteFile("config.json", (_W2V2_REPO + "config.json",), None, "git-blob-sha1",
-                           provenance="not confirmed (see the bin variant)"),
                 # The Hub's model.safetensors (added by the safetensors convert bot, 661 MB): its
                 # sha256 and exact size were not readable here.
                 RemoteFile("model.safetensors", (_W2V2_REPO + "model.safetensors",), None, "sha256",
