@@ -146,6 +146,9 @@ class AVModel(nn.Module):
         mask: ``(B, T)`` True for real (non-padding) frames; face_mask ``(B, T)`` a face exists;
         audio_valid ``(B,)`` the clip has an audio track. Missing masks mean "all present".
         """
+        if self.fusion is None and self.use_audio:
+            raise ValueError("a model of experts with a voice expert (no temporal part) runs through the inference "
+                             "engine (avfusion predict, Predictor): its voice expert reads utterance windows")
         ref = next(t for t in (video_feats, video, audio_feats, frame_times) if t is not None)
         B, T = ref.shape[:2]
         dev = ref.device

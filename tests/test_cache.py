@@ -201,15 +201,17 @@ def test_failed_run_does_not_block_its_retry(clean_cache, dataset_root, tmp_path
 
     if not Path("/proc/self/fd").is_dir():
         pytest.skip("needs /proc to name the file being written")
-    real_fsync = F._fsync
+    import avfusion.files as files
 
-    def crash(fd: int) -> None:  # the first feature file fails; the manifest is written
-        name = os.readlink(f"/proc/self/fd/{fd}").split("/")[-1]
-        if "manifest" not in name and F.ENCODERS_NAME not in name:
+    real_fsync = files._fsync_file
+
+    def crash(path: Path) -> None:  # the first feature file fails; the manifest is written
+        name = Path(path).name
+        if "manifest" not in name and Path(F.ENCODERS_NAME).stem not in name:
             raise OSError("simulated full disk")
-        real_fsync(fd)
+        real_fsync(path)
 
-    monkeypatch.setattr(F, "_fsync", crash)
+    monkeypatch.setattr(files, "_fsync_file", crash)
     with pytest.raises(OSError, match="full disk"):
         cache_features.main(["--config", str(cfg), "--out", str(out), "--dtype", "float32"])
     assert F.manifest_path(out).is_file() and not video_files(out)
