@@ -17,6 +17,7 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 import pandas as pd
 
+from .files import atomic_path
 from .metrics import DIMS, ccc, moving_average, pcc, quadrant
 
 PathLike = Union[str, Path]
@@ -27,6 +28,12 @@ QUADRANT_COLOURS = ("#f4a261", "#e76f51", "#577590", "#90be6d")
 # More frames than this: a hexbin instead of a scatter (points would hide each other).
 HEXBIN_ABOVE = 3000
 
+
+
+def _save(fig: Any, path: PathLike, dpi: int = 100) -> None:
+    """Save a figure whole or not at all (the one atomic writer; the format from the suffix)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png")
 
 def pyplot() -> Any:
     """matplotlib.pyplot on the Agg backend (files only, no display needed)."""
@@ -170,7 +177,7 @@ def save_plots(
     pred, target = pred[ok], target[ok]
     fig = scatter_figure(pred, target, title)
     paths.append(out / "scatter.png")
-    fig.savefig(paths[-1], dpi=100)
+    _save(fig, paths[-1])
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -187,19 +194,19 @@ def save_plots(
         fig.suptitle(title)
     fig.tight_layout()
     paths.append(out / "per_clip_ccc_hist.png")
-    fig.savefig(paths[-1], dpi=100)
+    _save(fig, paths[-1])
     plt.close(fig)
 
     picks = clip_picks(per_clip)[: max(1, int(n_examples))]
     if picks:
         fig = clips_figure(videos, per_clip, picks, smooth_window, title)
         paths.append(out / "clips_over_time.png")
-        fig.savefig(paths[-1], dpi=100)
+        _save(fig, paths[-1])
         plt.close(fig)
 
     fig = confusion_figure(pred, target, title)
     paths.append(out / "quadrant_confusion.png")
-    fig.savefig(paths[-1], dpi=100)
+    _save(fig, paths[-1])
     plt.close(fig)
     return paths
 
@@ -230,7 +237,7 @@ def plot_prediction(table: pd.DataFrame, path: PathLike, video: str = "", model:
     """Save :func:`prediction_figure` as ``path`` (PNG)."""
     plt = pyplot()
     fig = prediction_figure(table, video, model, title)
-    fig.savefig(path, dpi=dpi)
+    _save(fig, path, dpi)
     plt.close(fig)
     return Path(path)
 

@@ -47,6 +47,8 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from ..files import atomic_path, write_text_atomic
+
 PathLike = Union[str, Path]
 
 AFEW_DIR = "AFEW-VA"
@@ -644,7 +646,7 @@ def _write_clip(
                 for i in range(cfg.frames)
             },
         }
-        (afew / f"{person.clip_id}.json").write_text(json.dumps(doc))
+        write_text_atomic(afew / f"{person.clip_id}.json", json.dumps(doc))
         # Aff-Wild2: txt labels (-5 in the gap) + 1-based 112x112 crops, none in the gap.
         name = person.affwild_name
         txt = out / AFFWILD_ANN / ann_set / f"{name}.txt"
@@ -652,7 +654,7 @@ def _write_clip(
         lines = ["valence,arousal"]
         for i in range(cfg.frames):
             lines.append("-5,-5" if in_gap[i] else f"{_fmt(vi[i] / 10)},{_fmt(ai[i] / 10)}")
-        txt.write_text("\n".join(lines) + "\n")
+        write_text_atomic(txt, "\n".join(lines) + "\n")
         crops = out / "cropped_aligned" / name
         crops.mkdir(parents=True, exist_ok=True)
         for i, img in enumerate(frames):
@@ -661,7 +663,7 @@ def _write_clip(
                 cv2.imwrite(str(crops / f"{i + 1:05d}.jpg"), crop, [cv2.IMWRITE_JPEG_QUALITY, 95])
         # Manifest: per-video label csv (empty = no label, as in the Aff-Wild2 gap).
         label_rel = Path("labels") / f"{person.clip_id}.csv"
-        with open(out / label_rel, "w", newline="") as f:
+        with atomic_path(out / label_rel) as tmp, open(tmp, "w", newline="") as f:
             w = csv.writer(f, lineterminator="\n")
             w.writerow(["frame", "valence", "arousal"])
             for i in range(cfg.frames):
@@ -767,7 +769,7 @@ def generate_dataset(out: PathLike, cfg: Optional[SyntheticConfig] = None) -> di
     else:
         results = [_job(j) for j in jobs]
     records = sorted((r for rs in results for r in rs), key=lambda r: r["id"])
-    with open(out / "manifest.csv", "w", newline="") as f:
+    with atomic_path(out / "manifest.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["video_id", "video_path", "labels_path", "actor"])
         for r in records:
@@ -785,7 +787,7 @@ def generate_dataset(out: PathLike, cfg: Optional[SyntheticConfig] = None) -> di
         "actors": sorted({r["actor"] for r in records}),
         "clips": records,
     }
-    (out / "metadata.json").write_text(json.dumps(meta, indent=1))
+    write_text_atomic(out / "metadata.json", json.dumps(meta, indent=1))
     return meta
 
 
