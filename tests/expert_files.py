@@ -133,6 +133,7 @@ def enet_reference(seed: int = 0) -> nn.Module:
             m.momentum = 0.1
             m.num_batches_tracked.fill_(1000)
         net.classifier.weight.copy_(0.05 * torch.randn(net.classifier.weight.shape, generator=g))
+        net.classifier.weight[8:] *= 0.2  # valence, arousal: mostly inside [-1, 1], where nothing clips them
         net.classifier.bias.copy_(0.1 * torch.randn(ENET_OUTPUTS, generator=g))
     return net.eval()
 
@@ -271,6 +272,7 @@ def w2v2_reference_outputs(ref: W2V2Reference, wave: torch.Tensor) -> tuple[torc
     return pooled, out
 
 
-__all__ = ["enet_reference", "enet_calibration_images", "write_enet_pickle", "write_enet_onnx", "write_enet_safetensors", "W2V2Reference",
-           "w2v2_config", "w2v2_reference", "w2v2_published_state_dict", "write_w2v2_folder",
-           "w2v2_reference_outputs", "W2V2_MSP_DIM_CONFIG", "W2V2_TINY_OVERRIDES", "W2V2_PREPROCESSOR"]
+__all__ = ["enet_reference", "enet_calibration_images", "write_enet_pickle", "write_enet_onnx",
+           "write_enet_safetensors", "W2V2Reference", "w2v2_config", "w2v2_reference", "w2v2_published_state_dict",
+           "write_w2v2_folder", "w2v2_reference_outputs", "W2V2_MSP_DIM_CONFIG", "W2V2_TINY_OVERRIDES",
+           "W2V2_PREPROCESSOR"]

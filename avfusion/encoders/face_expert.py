@@ -23,6 +23,7 @@ executing code from the file:
 """
 from __future__ import annotations
 
+import functools
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
@@ -40,7 +41,9 @@ from .timm_cnn import timm_filter_state_dict
 ARCH = "tf_efficientnet_b0"
 N_OUTPUTS = 10  # 8 expression logits, valence, arousal
 EXPRESSIONS = ("Anger", "Contempt", "Disgust", "Fear", "Happiness", "Neutral", "Sadness", "Surprise")
-# The class the published pickle's top-level object is (timm 0.9.7; the same path in timm 1.x).
+# The class of the published pickle's top-level object (saved under timm 0.9.7; the same path from
+# timm 0.4.5 to 1.x, whose EfficientNets also share the parameter names: the inner modules' classes
+# moved between timm.models.layers and timm.layers, which the stand-ins do not care about).
 PICKLED_ROOT = "timm.models.efficientnet.EfficientNet"
 _FORMATS = ("a state dict (.safetensors / .pt / .pth / .bin), the published pickled model "
             "(enet_b0_8_va_mtl.pt) or its ONNX export (.onnx)")
@@ -163,7 +166,8 @@ def convert_face_expert(src: Union[str, Path]) -> dict[str, torch.Tensor]:
         try:
             sd = _state_dict_file(path)
         except ValueError as e:
-            raise ValueError(f"{path}: not a face expert weight file ({_first_line(e)}); expected {_FORMATS}") from None
+            why = _first_line(e).removeprefix(f"{path}: ")
+            raise ValueError(f"{path}: not a face expert weight file ({why}); expected {_FORMATS}") from None
     _check_fits(sd, path)
     return sd
 
@@ -173,8 +177,14 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+@functools.lru_cache(maxsize=1)
+def _meta_net() -> nn.Module:
+    """The architecture on the meta device (shapes and layer settings; read-only), built once."""
+    return build_face_expert_net("meta")
+
+
 def _check_fits(sd: Mapping[str, torch.Tensor], path: Path) -> None:
-    expected = build_face_expert_net("meta").state_dict()
+    expected = _meta_net().state_dict()
     problems = key_problems(expected, sd)
     if problems:
         raise ValueError(f"{path}: does not fit {ARCH} with a {N_OUTPUTS}-output classifier: " + "; ".join(problems))
@@ -182,7 +192,7 @@ def _check_fits(sd: Mapping[str, torch.Tensor], path: Path) -> None:
 
 def _state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     raw = read_weights(path, "face expert weight")
-    expected = set(build_face_expert_net("meta").state_dict())
+    expected = set(_meta_net().state_dict())
     return timm_filter_state_dict(raw, str(path), expected)
 
 
@@ -226,8 +236,10 @@ def _pickled_model_state_dict(path: Path, unsafe: list[str]) -> dict[str, torch.
     except Exception as e:  # torch raises several types for damaged pickles
         raise ValueError(f"{path}: cannot read the pickled model ({type(e).__name__}: {_first_line(e)}); "
                          f"expected {_FORMATS}") from None
+    if isinstance(root, Mapping):  # a state dict saved with other objects (a training checkpoint)
+        return timm_filter_state_dict(root, str(path), set(_meta_net().state_dict()))
     name = getattr(type(root), "pickled_name", type(root).__name__)
-    if name != PICKLED_ROOT:
+    if not (name == PICKLED_ROOT or (name.startswith("timm.") and name.endswith(".EfficientNet"))):
         raise ValueError(f"{path}: the pickled object is a {name}, not a timm EfficientNet ({PICKLED_ROOT}); "
                          f"expected {_FORMATS}")
     out: dict[str, torch.Tensor] = {}
@@ -249,7 +261,7 @@ def _collect_module(obj: Any, prefix: str, out: dict[str, torch.Tensor], path: P
                 continue
             if not torch.is_tensor(tensor):
                 raise ValueError(f"{path}: pickled {prefix}{name} is not a tensor ({type(tensor).__name__})")
-            out[prefix + name] = tensor.detach()
+            out[prefix + name] = tensor.detach().contiguous()  # safetensors writes contiguous tensors only
     for name, child in state["_modules"].items():
         if child is not None:
             _collect_module(child, f"{prefix}{name}.", out, path)
@@ -292,7 +304,7 @@ def _onnx_state_dict(path: Path) -> dict[str, torch.Tensor]:
     def attrs(node: Any) -> dict[str, Any]:
         return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
-    net = build_face_expert_net("meta")
+    net = _meta_net()
     # (conv name, conv module, BatchNorm name or None, BatchNorm module or None), in forward order.
     pairs: list[list[Any]] = []
     for name, module in net.named_modules():
@@ -382,7 +394,8 @@ def _onnx_batch_norm(node: Any, at: dict[str, Any], const: Any, bname: str, bn: 
         raise ValueError(f"{where}: its BatchNormalization parameters are not constants of the graph")
     eps = float(at.get("epsilon", 1e-5))
     if abs(eps - bn.eps) > 1e-6:
-        raise ValueError(f"{where}: BatchNorm epsilon {eps:g} vs {bn.eps:g} in {ARCH} (plain efficientnet_b0 uses 1e-5)")
+        raise ValueError(f"{where}: BatchNorm epsilon {eps:g} vs {bn.eps:g} in {ARCH} "
+                         f"(plain efficientnet_b0 uses 1e-5)")
     scale, shift, mean, var = (torch.from_numpy(np.array(a, dtype=np.float32)) for a in arrays)
     if conv_bias is not None:  # BN(x + b) == BN'(x) with the mean moved by b
         mean = mean - torch.from_numpy(np.array(conv_bias, dtype=np.float32))
@@ -390,7 +403,8 @@ def _onnx_batch_norm(node: Any, at: dict[str, Any], const: Any, bname: str, bn: 
             f"{bname}.running_var": var, f"{bname}.num_batches_tracked": torch.tensor(0, dtype=torch.long)}
 
 
-def _onnx_classifier(node: Any, at: dict[str, Any], const: Any, linear: nn.Linear, path: Path) -> dict[str, torch.Tensor]:
+def _onnx_classifier(node: Any, at: dict[str, Any], const: Any, linear: nn.Linear,
+                     path: Path) -> dict[str, torch.Tensor]:
     weight = const(node.input[1])
     bias = const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
     if weight is None or bias is None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -119,7 +119,8 @@ class VoiceExpertEncoder(Wav2Vec2Encoder):
         self.layer_name = layer
         self._output_layer = output_layer
         config = model.config
-        self.classifier = RegressionHead(int(config.hidden_size), len(OUTPUTS), float(getattr(config, "final_dropout", 0.0)))
+        dropout = float(getattr(config, "final_dropout", 0.0))
+        self.classifier = RegressionHead(int(config.hidden_size), len(OUTPUTS), dropout)
         if frozen:
             self.classifier.requires_grad_(False)
             self.classifier.eval()
@@ -136,13 +137,16 @@ class VoiceExpertEncoder(Wav2Vec2Encoder):
         return cls(model, layer=cfg.layer, frozen=cfg.frozen)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, layer: int | str = OUTPUT_LAYER, frozen: bool = True) -> "VoiceExpertEncoder":
+    def from_pretrained(
+        cls, path: str | Path, layer: int | str = OUTPUT_LAYER, frozen: bool = True
+    ) -> "VoiceExpertEncoder":
         """Load the published folder strictly (see :func:`convert_voice_expert`), in float32, offline."""
         from transformers import Wav2Vec2Config, Wav2Vec2Model
 
         config, sd = convert_voice_expert(Path(path))
         folder = Path(path) if Path(path).is_dir() else Path(path).parent
-        prep = _read_json(folder / "preprocessor_config.json") if (folder / "preprocessor_config.json").is_file() else {}
+        prep_file = folder / "preprocessor_config.json"
+        prep = _read_json(prep_file) if prep_file.is_file() else {}
         # Built without initialising (seconds for 165 M weights): the strict load below overwrites
         # every tensor of its state dict, and the model has no tensors outside it.
         with torch.device("meta"):
@@ -258,7 +262,8 @@ def _read_json(path: Path) -> dict:
         with open(path) as f:
             data = json.load(f)
     except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable JSON file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ValueError(f"{path}: not a readable JSON file ({type(e).__name__}: {first})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
@@ -318,7 +323,7 @@ def _canonical_state_dict(raw: Any, config: dict, wfile: Path) -> dict[str, torc
     new_naming = f"wav2vec2.{_POS_CONV}parametrizations.weight.original0" in expected
     sd: dict[str, torch.Tensor] = {}
     for key, value in raw.items():
-        value = value.float() if value.is_floating_point() else value
+        value = (value.float() if value.is_floating_point() else value).contiguous()
         if key.startswith(f"wav2vec2.{_POS_CONV}"):
             key = _weight_norm_name(key, new_naming)
         sd[key] = value
