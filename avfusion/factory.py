@@ -134,23 +134,49 @@ def get_model_config(name_or_path: PathLike, **overrides: Any) -> ModelConfig:
     return cfg
 
 
-def create_model(name_or_path: Union[PathLike, ModelConfig], **overrides: Any) -> AVModel:
+def create_model(name_or_path: Union[PathLike, ModelConfig], checkpoint: Optional[PathLike] = None,
+                 **overrides: Any) -> AVModel:
     """Build a model by name (``"tiny"``, ``"afew_emonet_video"``...), YAML file or ModelConfig.
 
-    A folder written by :func:`save_pretrained` is loaded with its weights (:func:`from_pretrained`).
+    ``checkpoint``: the weights of its one pretrained encoder (:func:`set_checkpoint`); without it
+    the encoders start from random weights (training). A folder written by :func:`save_pretrained`
+    is loaded with its weights (:func:`from_pretrained`).
     """
     if isinstance(name_or_path, ModelConfig):
         cfg = from_dict(ModelConfig, merge(dataclasses.asdict(name_or_path), overrides))
-        return AVModel(cfg)
-    if resolve_model(name_or_path).kind == "exported":
+    elif resolve_model(name_or_path).kind == "exported":
+        if checkpoint is not None:
+            raise ValueError(f"{name_or_path} is an exported model with its own weights: a checkpoint applies "
+                             "only to a named architecture")
         return from_pretrained(name_or_path, **overrides)
-    return AVModel(get_model_config(name_or_path, **overrides))
+    else:
+        cfg = get_model_config(name_or_path, **overrides)
+    if checkpoint is not None:
+        set_checkpoint(cfg, checkpoint, str(getattr(name_or_path, "name", name_or_path)))
+    return AVModel(cfg)
+
+
+def set_checkpoint(cfg: ModelConfig, checkpoint: PathLike, name: str) -> None:
+    """Point the model's one pretrained encoder at ``checkpoint``: the video encoder's weight file
+    (``emonet_8.pth``; the face expert's ``.safetensors``, ``.pt`` or ``.onnx``), or for a voice-only
+    model its folder (``config.json`` + ``model.safetensors`` / ``pytorch_model.bin``)."""
+    if cfg.mode in ("av", "video") and cfg.video is not None:
+        if cfg.mode == "av" and cfg.audio is not None and cfg.audio.weights:
+            raise ValueError(f"{name}: two pretrained encoders, one checkpoint: set video.checkpoint and "
+                             "audio.path (--set), or download both")
+        cfg.video.checkpoint = str(checkpoint)
+    elif cfg.mode == "audio" and cfg.audio is not None:
+        cfg.audio.path = str(checkpoint)
+    else:
+        raise ValueError(f"{name}: this model has no pretrained encoder a checkpoint applies to")
 
 
 def load_model(name_or_path: PathLike, checkpoint: Optional[PathLike] = None, **overrides: Any) -> AVModel:
     """A model ready for inference (eval mode): an exported folder with its weights, or a named /
-    YAML architecture with ``checkpoint`` as its video encoder's weight file (``emonet_8`` +
-    ``emonet_8.pth``: EmoNet frame by frame, the zero-shot setting)."""
+    YAML architecture with ``checkpoint`` as its pretrained encoder's weights (``emonet_8`` +
+    ``emonet_8.pth``: EmoNet frame by frame, the zero-shot setting). A named pretrained model
+    without ``checkpoint`` finds its downloaded weights, or stops with one line naming
+    ``avfusion download``: it never runs on random weights."""
     src = resolve_model(name_or_path)
     if src.kind == "exported":
         if checkpoint is not None:
@@ -159,9 +185,7 @@ def load_model(name_or_path: PathLike, checkpoint: Optional[PathLike] = None, **
         return from_pretrained(src.path, **overrides)
     cfg = get_model_config(name_or_path, **overrides)
     if checkpoint is not None:
-        if cfg.video is None or not cfg.mode in ("av", "video"):
-            raise ValueError(f"{src.name}: checkpoint applies to a video encoder, and this model has none")
-        cfg.video.checkpoint = str(checkpoint)
+        set_checkpoint(cfg, checkpoint, src.name)
     else:
         _find_weights(cfg, src.name)
     return AVModel(cfg).eval()
@@ -244,5 +268,5 @@ def from_pretrained(path: PathLike, map_location: Union[str, torch.device] = "cp
     return model.to(map_location).eval()
 
 
-__all__ = ["ModelSource", "resolve_model", "is_pretrained_name", "list_models", "get_model_config", "create_model", "load_model",
+__all__ = ["ModelSource", "resolve_model", "is_pretrained_name", "set_checkpoint", "list_models", "get_model_config", "create_model", "load_model",
            "save_pretrained", "from_pretrained", "CONFIG_NAME", "WEIGHTS_NAME"]

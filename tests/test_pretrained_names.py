@@ -69,3 +69,29 @@ def test_create_model_still_builds_random_weights_for_training(empty_home):
 
     model = avfusion.create_model("emonet_8")
     assert model.video_encoder is not None and model.fusion is None
+
+
+def test_create_model_takes_the_converted_and_the_published_files(tmp_path):
+    """`create_model(NAME, checkpoint=PATH)`: the face expert from its safetensors, its pickled whole
+    model and its ONNX export gives one network; the voice expert from its published folder."""
+    import torch
+
+    import avfusion
+    from expert_files import (enet_calibration_images, enet_reference, write_enet_onnx, write_enet_pickle,
+                              write_enet_safetensors, write_w2v2_folder)
+
+    ref = enet_reference(0)
+    x = enet_calibration_images(1, 2)
+    outs = []
+    for f in (write_enet_safetensors(tmp_path / "a.safetensors", model=ref),
+              write_enet_pickle(tmp_path / "a.pt", model=ref), write_enet_onnx(tmp_path / "a.onnx", model=ref)):
+        with torch.no_grad():
+            outs.append(avfusion.create_model("enet_b0_8_va_mtl", checkpoint=f).eval().video_encoder(x))
+    for o in outs[1:]:
+        for k in ("valence", "arousal", "expression"):
+            torch.testing.assert_close(o[k], outs[0][k], rtol=1e-4, atol=1e-5)
+    folder = write_w2v2_folder(tmp_path / "w", 0, weight_norm="old", fmt="bin", tiny=True)
+    voice = avfusion.create_model("w2v2_msp_dim", checkpoint=folder).eval().audio_encoder
+    with torch.no_grad():
+        out = voice.utterance(torch.randn(1, 16000))
+    assert {"arousal", "dominance", "valence"} <= set(out) and out["valence"].shape == (1,)
