@@ -216,3 +216,38 @@ def test_missing_gpu_is_one_line(talking, tmp_path, capsys):
                          "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no CUDA GPU is available" in err and len(err.strip().splitlines()) == 1
+
+
+def test_one_pass_equals_the_track_pass_on_a_real_clip(monkeypatch):
+    """The one pass (detection and tracking beside the network, the largest face cropped) gives the
+    table the track's own pass gives, when the largest face is the main track on every frame; the
+    table's face boxes are the track's."""
+    import os
+    from pathlib import Path
+
+    from avfusion.predict import Predictor
+    from avfusion.predict import predictor as P
+
+    media, yunet = os.environ.get("AVFUSION_TEST_MEDIA"), os.environ.get("AVFUSION_TEST_YUNET")
+    if media is None or yunet is None:
+        pytest.skip("needs AVFUSION_TEST_MEDIA and AVFUSION_TEST_YUNET")
+    video = Path(media) / "face_noface.mov"
+    p = Predictor(make(FRAME_BY_FRAME), device="cpu", yunet_model=yunet, precision="fp32")
+    passes = []
+    real = P.Predictor._pass
+    monkeypatch.setattr(P.Predictor, "_pass", lambda self, *a, **k: passes.append(1) or real(self, *a, **k))
+    one = p.predict_video(video)
+    assert len(passes) == 1 and one["face_found"].any() and not one["face_found"].all()
+
+    real_one = P.Predictor._one_pass
+
+    def disagreeing(self, *a, **k):
+        out, tracks, _ = real_one(self, *a, **k)
+        return out, tracks, lambda track: False
+
+    monkeypatch.setattr(P.Predictor, "_one_pass", disagreeing)
+    two = p.predict_video(video)
+    assert len(passes) == 3  # the one pass, then the track's own pass
+    cols = ["face_found", "face_x", "face_y", "face_w", "face_h", "valid", "valence", "arousal"]
+    pd_testing = pytest.importorskip("pandas.testing")
+    pd_testing.assert_frame_equal(one[cols], two[cols], check_exact=False, atol=1e-6)

@@ -176,6 +176,7 @@ class YuNetDetector(FaceDetector):
         self.max_side = max_side
         self._net: Any = None
         self._size: tuple[int, int] | None = None
+        self._detector((320, 320))  # a file OpenCV cannot load is a settings error, before any frame
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -190,10 +191,10 @@ class YuNetDetector(FaceDetector):
                     self.top_k,
                 )
             except cv2.error as e:
-                raise RuntimeError(
-                    f"{self.model_path}: OpenCV could not load this YuNet model ({e}). Replace it "
-                    "with the official file (`avfusion download yunet`)."
-                ) from e
+                raise ValueError(
+                    f"{self.model_path}: OpenCV could not load this YuNet model ({_short_cv2_message(e)}); "
+                    "give the official file (`avfusion download yunet`) or another --yunet-model"
+                ) from None
             self._size = size
         elif self._size != size:
             # FaceDetectorYN runs at a fixed input size: it must match every frame.
@@ -224,6 +225,19 @@ class YuNetDetector(FaceDetector):
                 Detection((x / scale_x, y / scale_y, bw / scale_x, bh / scale_y), float(f[14]), pts)
             )
         return out
+
+
+def _short_cv2_message(e: BaseException) -> str:
+    """OpenCV's "OpenCV(4.x) /path/file.cpp:270: error: (-5:Bad argument) Can't read ONNX file: x in
+    function 'f'" without the source location: "Bad argument: Can't read ONNX file"."""
+    import re
+
+    text = " ".join(str(e).split())
+    m = re.search(r"error: \((-?\d+):([^)]*)\)\s*(.*?)(?: in function .*)?$", text)
+    if not m:
+        return re.sub(r"\S+\.(?:cpp|hpp|h|cc):\d+:?\s*", "", text).strip() or type(e).__name__
+    detail = re.sub(r":\s*\S*$", "", m.group(3)).strip() if m.group(3) else ""
+    return f"{m.group(2).strip()}: {detail}" if detail else m.group(2).strip()
 
 
 _DETECTORS: dict[str, Callable[..., FaceDetector]] = {
@@ -387,9 +401,11 @@ class FaceCropper:
         frames: np.ndarray,
         landmarks: np.ndarray | None = None,
         valid: np.ndarray | None = None,
+        found: list | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`raw_boxes` plus the chosen detection of each frame: ``(squares (T, 3), face_mask
-        (T,), boxes (T, 4) x, y, w, h, scores (T,))``, NaN without a face."""
+        (T,), boxes (T, 4) x, y, w, h, scores (T,))``, NaN without a face. ``found``: a list that
+        gets every frame's detections (a list per frame, empty where not valid), e.g. for a tracker."""
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[3] != 3:
             raise ValueError(f"frames must be (T, H, W, 3) RGB, got {frames.shape}")
@@ -406,10 +422,17 @@ class FaceCropper:
         raw = np.full((T, 3), np.nan)
         det_boxes, scores = np.full((T, 4), np.nan), np.full(T, np.nan)
         idx = np.flatnonzero(valid)
+        if not len(idx) and found is not None:
+            found.extend([] for _ in range(T))
         if len(idx):
             dets = self.detector.detect_batch(
                 frames[idx], None if landmarks is None else landmarks[idx]
             )
+            if found is not None:
+                per_frame: list = [[] for _ in range(T)]
+                for t, frame_dets in zip(idx, dets):
+                    per_frame[t] = list(frame_dets)
+                found.extend(per_frame)
             for t, frame_dets in zip(idx, dets):
                 best = self.choose(frame_dets)
                 if best is not None:
@@ -520,9 +543,13 @@ class StreamingCropper:
     frames are kept, so memory does not grow with the stream. Every frame is detected once.
     """
 
-    def __init__(self, cropper: FaceCropper, causal: bool = False) -> None:
+    def __init__(self, cropper: FaceCropper, causal: bool = False,
+                 listener: Callable[[np.ndarray, list, np.ndarray], None] | None = None) -> None:
         self.cropper = cropper
         self.causal = bool(causal)
+        # listener(indices, detections per frame, chosen boxes (T, 4)): sees every frame once, as
+        # it is detected (a face tracker running beside the crops: avfusion.predict's one pass).
+        self.listener = listener
         self.reach = cropper.smoothing_reach
         self._hist_raw = np.zeros((0, 3))
         self._hist_mask = np.zeros(0, dtype=bool)
@@ -547,7 +574,10 @@ class StreamingCropper:
         if frames.ndim != 4 or frames.shape[3] != 3:
             raise ValueError(f"frames must be (T, H, W, 3) RGB, got {frames.shape}")
         valid = np.ones(len(frames), dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
-        raw, mask, det, score = self.cropper.detections(frames, landmarks, valid)
+        found: list | None = [] if self.listener is not None else None
+        raw, mask, det, score = self.cropper.detections(frames, landmarks, valid, found)
+        if self.listener is not None:
+            self.listener(np.asarray(indices, dtype=np.int64), found, det)
         self._idx = np.concatenate([self._idx, np.asarray(indices, dtype=np.int64)])
         self._frames = frames if self._frames is None or not len(self._frames) else np.concatenate([self._frames, frames])
         self._raw = np.concatenate([self._raw, raw])

@@ -111,6 +111,55 @@ def _diagnose(path: Path, err: BaseException) -> VideoDecodeError:
     )
 
 
+def check_video_path(path: PathLike, what: str = "video file") -> Path:
+    """``path`` when it is a regular file this process can read; else the error that says what it
+    is: not found, a broken link, a link loop, a folder, a FIFO or device, or unreadable."""
+    import errno
+    import stat
+
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise FileNotFoundError(f"{path}: broken symbolic link (its target {os.readlink(path)} does "
+                                    "not exist)") from None
+        raise FileNotFoundError(f"{path}: {what} not found") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise VideoDecodeError(f"{path}: symbolic link loop (the link points back at itself); "
+                                   f"give the {what} itself") from None
+        if e.errno == errno.EACCES:
+            raise PermissionError(f"{path}: cannot be read (permission denied)") from None
+        raise VideoDecodeError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(f"{path}: is a folder, not a {what}")
+    if stat.S_ISFIFO(st.st_mode):
+        raise VideoDecodeError(f"{path}: is a FIFO (named pipe), not a {what}: decoding needs a file it can "
+                               "seek in; write the stream to a file first")
+    if not stat.S_ISREG(st.st_mode):
+        raise VideoDecodeError(f"{path}: is a device or socket, not a {what}")
+    if not os.access(path, os.R_OK):
+        raise PermissionError(f"{path}: cannot be read (permission denied)")
+    return path
+
+
+def quarter_turns(frame: Any) -> int:
+    """Counter-clockwise quarter turns (0-3) that show a decoded PyAV frame upright, as a player
+    does: the rotation of its display matrix (a phone's portrait video is stored landscape with a
+    -90 degree matrix). Flips in the matrix are not applied."""
+    try:
+        degrees = frame.rotation
+    except Exception:  # an older PyAV, or a frame without side data
+        return 0
+    return int(round(float(degrees or 0) / 90.0)) % 4
+
+
+def upright(image: np.ndarray, turns: int) -> np.ndarray:
+    """``image`` (H, W, C) turned ``turns`` quarter turns counter-clockwise (see :func:`quarter_turns`)."""
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns % 4 else image
+
+
 def _check_indices(path: Path, indices: Sequence[int], n: int) -> np.ndarray:
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     bad = idx[(idx < 0) | (idx >= n)]
@@ -162,6 +211,7 @@ class VideoFile:
         self._fps: Optional[float] = None
         self._warned = False
         self._shift: Optional[int] = None  # see _pyav_shift
+        self._turns: Optional[int] = None  # see turns
 
     # -- lifecycle ---------------------------------------------------------------------------
     def __getstate__(self) -> dict:
@@ -173,12 +223,11 @@ class VideoFile:
     def _open(self) -> Any:
         import decord
 
-        if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: video file not found")
+        check_video_path(self.path)
         if self.path.stat().st_size == 0:
             raise VideoDecodeError(f"{self.path}: empty file (0 bytes)")
         kwargs: dict = {"ctx": decord.cpu(0), "num_threads": self.num_threads}
-        if self.width is not None:
+        if self.width is not None and not self.turns:  # rotated frames come from PyAV, resized there
             kwargs.update(width=int(self.width), height=int(self.height))
         try:
             with _native_stderr_silenced():
@@ -290,6 +339,8 @@ class VideoFile:
         Raises :class:`VideoDecodeError` naming the file and the frames when decoding fails.
         """
         idx = _check_indices(self.path, indices, len(self))
+        if self.turns:
+            return self._get_batch_pyav(idx)
         try:
             frames = self.reader.get_batch(idx.tolist()).asnumpy()
         except Exception as err:
@@ -299,6 +350,35 @@ class VideoFile:
                 f"{_short_decord_message(err)}"
             ) from None
         return _as_rgb(frames)
+
+    def _get_batch_pyav(self, idx: np.ndarray) -> np.ndarray:
+        # decord turns a rotated stream's pictures its own way (and fails on 180 degrees or with a
+        # resize): PyAV decodes them and the display matrix is applied here.
+        decoded = self._decode_lenient(set(idx.tolist())) if len(idx) else {}
+        missing = [int(i) for i in idx if int(i) not in decoded]
+        if missing:
+            raise VideoDecodeError(f"{self.path}: cannot decode frames {_range_text(np.asarray(missing))} "
+                                   "(corrupt stream?)")
+        if not len(idx):
+            return np.zeros((0,) + self._frame_shape({}), dtype=np.uint8)
+        return np.stack([decoded[int(i)] for i in idx])
+
+    @property
+    def turns(self) -> int:
+        """Counter-clockwise quarter turns the container's display matrix asks for (0 for most
+        files); every frame this reader returns is already turned upright."""
+        if self._turns is None:
+            import av
+
+            self._turns = 0
+            try:
+                with av.open(str(self.path)) as c:
+                    for frame in c.decode(c.streams.video[0]):
+                        self._turns = quarter_turns(frame)
+                        break
+            except Exception:  # a damaged file: its frames fail (or are masked) on their own
+                pass
+        return self._turns
 
     def get_batch_masked(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Like :meth:`get_batch`, but frames that cannot be decoded come back black with
@@ -370,9 +450,11 @@ class VideoFile:
                     i = i if len(times) == 1 or abs(times[i] - t) < abs(times[i - 1] - t) else i - 1
                     if abs(times[i] - t) > tol or i < first:
                         continue
-                    if self.width is not None:
-                        frame = frame.reformat(width=int(self.width), height=int(self.height))
-                    yield i, _as_rgb(frame.to_ndarray(format="rgb24")[None])[0]
+                    turns = quarter_turns(frame)
+                    if self.width is not None:  # the size asked for is the upright picture's
+                        w, h = (self.height, self.width) if turns % 2 else (self.width, self.height)
+                        frame = frame.reformat(width=int(w), height=int(h))
+                    yield i, upright(_as_rgb(frame.to_ndarray(format="rgb24")[None])[0], turns)
 
     def _pyav_shift(self, stream: Any) -> int:
         """PyAV's time of frame 0 minus decord's, in stream ticks (0 for almost every file).
@@ -476,7 +558,8 @@ class VideoFile:
 
         with av.open(str(self.path)) as container:
             ctx = container.streams.video[0].codec_context
-            return (int(ctx.height), int(ctx.width), 3)
+            h, w = int(ctx.height), int(ctx.width)
+        return (w, h, 3) if self.turns % 2 else (h, w, 3)
 
     def __repr__(self) -> str:
         return f"VideoFile({str(self.path)!r})"
@@ -514,11 +597,51 @@ def list_frame_files(folder: PathLike, extensions: Sequence[str] = IMAGE_EXTENSI
     return sorted(files, key=_natural_key)
 
 
+def numbered_frame_files(folder: PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Optional[Path]]:
+    """A frame folder's images placed by the number in their names (the last run of digits):
+    entry ``i`` is frame ``i``'s image, None where the numbering skips one (those frames are
+    masked, one warning names them), so a missing ``f002.png`` never hands its label and time to
+    ``f003.png``. Frames count from 0 when an image is numbered 0, else from 1 (FFmpeg's
+    ``%06d.png`` numbering). An image without a number, two images with one number, or numbers
+    too sparse to be frame numbers are a ValueError naming the folder."""
+    folder = Path(folder)
+    files = list_frame_files(folder, extensions)
+    if not files:
+        return []
+    numbers = []
+    for f in files:
+        m = re.search(r"(\d+)\D*$", f.stem)
+        if m is None:
+            raise ValueError(f"{folder}: frame image {f.name} has no frame number in its name; name the "
+                             "frames by their number (000000.png, 000001.png, ...)")
+        numbers.append(int(m.group(1)))
+    owner: dict[int, Path] = {}
+    for f, k in zip(files, numbers):
+        if k in owner:
+            raise ValueError(f"{folder}: {owner[k].name} and {f.name} both carry frame number {k}")
+        owner[k] = f
+    base = 0 if min(numbers) == 0 else 1
+    n = max(numbers) - base + 1
+    if n > 2 * len(files) + 10:
+        raise ValueError(f"{folder}: {len(files)} frame images numbered {min(numbers)}..{max(numbers)}: the "
+                         "numbers in their names are not consecutive frame numbers; name the frames by "
+                         "their number (000000.png, 000001.png, ...)")
+    out: list[Optional[Path]] = [owner.get(k + base) for k in range(n)]
+    missing = [k + base for k, f in enumerate(out) if f is None]
+    if missing:
+        shown = ", ".join(str(k) for k in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        warnings.warn(f"{folder}: frame images are numbered {base}..{max(numbers)} but {len(missing)} number(s) "
+                      f"are missing ({shown}); those frames are masked, every other image keeps the frame, "
+                      "label and time of its number", RuntimeWarning, stacklevel=2)
+    return out
+
+
 class FrameFolder:
     """Frames stored as image files, with the :class:`VideoFile` interface.
 
     Args:
-        source: a folder (its images sorted by name, numbers compared as numbers) or an explicit
+        source: a folder (its images placed by the number in their names, gaps masked:
+            :func:`numbered_frame_files`) or an explicit
             list of files, where ``None`` marks a frame without an image (e.g. Aff-Wild2 frames
             without a face crop): masked by :meth:`get_batch_masked`, an error for :meth:`get_batch`.
         fps: frame rate; frame ``i`` is at ``i / fps`` unless ``timestamps`` are given.
@@ -539,7 +662,7 @@ class FrameFolder:
             raise ValueError(f"{source}: give both width and height to resize, or neither")
         if isinstance(source, (str, Path)):
             self.path = Path(source)
-            self.files: list[Optional[Path]] = list(list_frame_files(self.path))
+            self.files: list[Optional[Path]] = numbered_frame_files(self.path)
             if not self.files:
                 raise VideoDecodeError(f"{self.path}: no image files in this frame folder")
         else:

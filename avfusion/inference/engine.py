@@ -114,13 +114,15 @@ def face_batches(
     landmarks: Optional[np.ndarray] = None,
     face_valid: Optional[np.ndarray] = None,
     causal: bool = False,
+    listener: Optional[Callable[[np.ndarray, list, np.ndarray], None]] = None,
 ) -> Iterator[tuple[FaceChunk, Optional[torch.Tensor]]]:
     """The face stage over chunks ``(indices, frames, decoded)``: yields each :class:`FaceChunk`
     whose boxes are final and the normalised crops ``(M, 3, H, W)`` of its frames with a face (None
     without any). ``landmarks`` (N, K, 2) and ``face_valid`` (N,) are per frame of the whole
     source (dataset landmarks, a face track's corners; frames known to have no usable face).
-    ``causal``: boxes smoothed over past frames only (live sources), each chunk out at once."""
-    stream = StreamingCropper(cropper, causal=causal)
+    ``causal``: boxes smoothed over past frames only (live sources), each chunk out at once.
+    ``listener(indices, detections, chosen boxes)`` sees each chunk's detections (a tracker)."""
+    stream = StreamingCropper(cropper, causal=causal, listener=listener)
 
     def ready(out: Optional[FaceChunk]) -> Optional[tuple[FaceChunk, Optional[torch.Tensor]]]:
         if out is None:
@@ -151,6 +153,7 @@ def run_frames(
     chunk: int = DEFAULT_CHUNK,
     progress: Optional[Callable[[int], None]] = None,
     depth: int = 2,
+    listener: Optional[Callable[[np.ndarray, list, np.ndarray], None]] = None,
 ) -> FrameResults:
     """Run ``runner`` on the face of every frame in ``indices`` (default: all, sorted, unique).
 
@@ -186,7 +189,8 @@ def run_frames(
             feature[where] = out["feature"]
 
     pos = 0  # chunks come back in order: positions are consecutive
-    work = face_batches(read_chunks(reader, idx_all, chunk), cropper, transform, landmarks, face_valid)
+    work = face_batches(read_chunks(reader, idx_all, chunk), cropper, transform, landmarks, face_valid,
+                        listener=listener)
     for fc, x in prefetch(work, depth):
         sl = slice(pos, pos + len(fc.indices))
         pos += len(fc.indices)
@@ -270,8 +274,10 @@ def predict_frame_by_frame(
     face_valid: Optional[np.ndarray] = None,
     chunk: int = DEFAULT_CHUNK,
     progress: Optional[Callable[[int], None]] = None,
+    listener: Optional[Callable[[np.ndarray, list, np.ndarray], None]] = None,
 ) -> VideoOutputs:
-    """Valence/arousal of every frame from a model without a temporal part (see the module doc)."""
+    """Valence/arousal of every frame from a model without a temporal part (see the module doc);
+    ``listener`` sees every computed frame's detections (:func:`face_batches`)."""
     if not runner.frame_by_frame:
         raise ValueError("predict_frame_by_frame needs a model without a fusion module")
     n = len(reader)
@@ -282,7 +288,7 @@ def predict_frame_by_frame(
         if progress is not None:
             progress(min(k * stride, n))
 
-    r = run_frames(runner, reader, cropper, transform, at, landmarks, face_valid, chunk, tick)
+    r = run_frames(runner, reader, cropper, transform, at, landmarks, face_valid, chunk, tick, listener=listener)
     computed = np.zeros(n, dtype=bool)
     computed[at] = True
     va, face = _interpolate(r.va, at, r.face_mask, times)
@@ -319,6 +325,7 @@ def predict_temporal(
     audio_frames: Optional[np.ndarray] = None,
     hop: Optional[int] = None,
     windows: Optional[np.ndarray] = None,
+    listener: Optional[Callable[[np.ndarray, list, np.ndarray], None]] = None,
 ) -> VideoOutputs:
     """Valence/arousal of every frame from a model with a fusion module (see the module doc).
 
@@ -334,7 +341,8 @@ def predict_temporal(
     times = np.asarray(reader.timestamps, dtype=np.float64)
     ends = np.asarray(reader.frame_end_times, dtype=np.float64)
     if runner is not None:
-        r = run_frames(runner, reader, cropper, transform, None, landmarks, face_valid, chunk, progress)
+        r = run_frames(runner, reader, cropper, transform, None, landmarks, face_valid, chunk, progress,
+                       listener=listener)
         feats, face, boxes = r.feature, r.face_mask, r.boxes
     else:
         feats, face, boxes = None, np.zeros(n, dtype=bool), np.full((n, 3), np.nan)

@@ -289,11 +289,9 @@ class Predictor:
 
     # -- running ------------------------------------------------------------------------------
     def _track_faces(self, reader: Any, at: np.ndarray, progress: Optional[Callable[[int], None]]) -> list:
-        """First pass: every face of the frames ``at`` (decoded in a worker thread), linked into tracks."""
-        from ..data.tracking import FaceTracker
-
-        fps = float(getattr(reader, "fps", 0) or 25.0)
-        tracker = FaceTracker(max_gap=max(1, int(round(fps))), min_score=self.cropper.min_score)  # 1 s
+        """``faces="all"``'s first pass: every face of the frames ``at`` (decoded in a worker
+        thread), linked into tracks."""
+        tracker = self._tracker(reader)
         detector = self.cropper.detector
 
         def detect() -> Any:
@@ -311,22 +309,57 @@ class Predictor:
                 progress(len(idx) * self.stride)
         return tracker.tracks
 
+    def _tracker(self, reader: Any) -> Any:
+        from ..data.tracking import FaceTracker
+
+        fps = float(getattr(reader, "fps", 0) or 25.0)
+        return FaceTracker(max_gap=max(1, int(round(fps))), min_score=self.cropper.min_score)  # 1 s
+
+    def _one_pass(self, reader: Any, audio: Optional[np.ndarray], speech: Optional[np.ndarray],
+                  tick: Optional[Callable[[int], None]], voice: Any) -> tuple[VideoOutputs, list, Callable]:
+        """The model on the largest face of each frame with the face tracker fed the same
+        detections; returns the outputs, the tracks and ``agrees(track)``: whether the largest
+        face was that track's face on every computed frame (then the outputs are that track's)."""
+        tracker = self._tracker(reader)
+        chosen: dict[int, np.ndarray] = {}
+
+        def listen(indices: np.ndarray, found: list, boxes: np.ndarray) -> None:
+            for i, dets, box in zip(indices, found, boxes):
+                tracker.update(int(i), dets)
+                chosen[int(i)] = box
+
+        out = self._pass(reader, audio, speech, self.cropper, None, tick, voice, listener=listen)
+        n = len(reader)
+        at = np.array(sorted(chosen), dtype=np.int64)
+        got = np.stack([chosen[i] for i in at]) if len(at) else np.zeros((0, 4))
+
+        def agrees(track: Any) -> bool:
+            if track is None:
+                return not np.isfinite(got).any()
+            want = track.per_frame(n)[0][at]
+            w, g = np.isfinite(want).all(axis=1), np.isfinite(got).all(axis=1)
+            return bool((w == g).all() and np.allclose(want[w], got[g], rtol=0, atol=1e-6))
+
+        return out, tracker.tracks, agrees
+
     def _pass(self, reader: Any, audio: Optional[np.ndarray], audio_frames: Optional[np.ndarray], cropper: Any,
               corners: Optional[np.ndarray], progress: Optional[Callable[[int], None]],
-              voice: Any = None) -> VideoOutputs:
+              voice: Any = None, listener: Any = None) -> VideoOutputs:
         """The model over the whole video, reading the face that ``corners`` (a track) locate;
-        ``voice``: the voice expert's values over the track (models of experts)."""
+        ``voice``: the voice expert's values over the track (models of experts); ``listener``
+        sees every frame's detections (the face tracker of the one pass)."""
         if not self.temporal:
             face = None
             if self.model.use_video:
                 face = predict_frame_by_frame(self.runner, reader, cropper, self.transform, self.stride,
-                                              landmarks=corners, chunk=self.chunk, progress=progress)
+                                              landmarks=corners, chunk=self.chunk, progress=progress,
+                                              listener=listener)
             if not self.model.use_audio:
                 return face
             return combine_experts(face, voice, np.asarray(reader.timestamps, dtype=np.float64), self.model.experts_mix)
         return predict_temporal(self.model, self.runner, reader, cropper, self.transform, self.clip_len, audio,
                                 self.serving.sample_rate, landmarks=corners, chunk=self.chunk, progress=progress,
-                                audio_frames=audio_frames, hop=self._hop)
+                                audio_frames=audio_frames, hop=self._hop, listener=listener)
 
     def _voice(self, audio: Optional[np.ndarray], speech: Optional[np.ndarray], times: np.ndarray) -> Any:
         """The voice expert over the whole track (None without audio)."""
@@ -429,24 +462,40 @@ class Predictor:
         tracks: list = []
         passes: list[tuple[Any, Any, Optional[np.ndarray]]] = []  # (track, cropper, corners)
         main = None
+        voice = self._voice(audio, speech, times)  # once per video, whatever the faces
+        tables = []
         if not self.model.use_video:
             passes.append((None, None, None))
         elif self.face_backend == "full":
             passes.append((None, self.cropper, None))
+        elif self.faces == "main":
+            # One pass: the decoding thread detects each frame once, links the faces into tracks
+            # and crops the largest face while the network runs on the previous frames. When that
+            # face is the main track on every frame (one person in view, the usual case) the pass
+            # is the answer; otherwise the main track is read once more from its boxes (no second
+            # detection).
+            out, tracks, agrees = self._one_pass(reader, audio, speech, tick, voice)
+            main = main_track(tracks)
+            if agrees(main):
+                passes.append((main, None, None))
+                tables.append(self._frame_table(out, main, heard, speech, video))
+            else:
+                passes.append((main, self.cropper.with_detector(TrackBoxDetector()),
+                               main.corners(n) if main is not None else np.full((n, 2, 2), np.nan)))
+                if bar is not None:
+                    bar.total = 2 * n
+                    bar.refresh()
         else:
             tracks = self._track_faces(reader, model_frames(n, self.stride), tick)
             main = main_track(tracks)
             cropper = self.cropper.with_detector(TrackBoxDetector())
-            chosen = ([main] if main is not None else [None]) if self.faces == "main" else \
-                [main] + [t for t in tracks if t is not main] if main is not None else [None]
+            chosen = [main] + [t for t in tracks if t is not main] if main is not None else [None]
             for t in chosen:
                 passes.append((t, cropper, t.corners(n) if t is not None else np.full((n, 2, 2), np.nan)))
             if bar is not None:
                 bar.total = n * (1 + len(passes))
                 bar.refresh()
-        voice = self._voice(audio, speech, times)  # once per video, whatever the faces
-        tables = []
-        for t, cropper, corners in passes:
+        for t, cropper, corners in passes[len(tables):]:
             out = self._pass(reader, audio, speech, cropper, corners, tick, voice)
             tables.append(self._frame_table(out, t, heard, speech, video))
         main_table = tables[0]
@@ -532,13 +581,10 @@ class Predictor:
         and ``<name>_va.<fmt>``, each written whole or not at all, the table last (its presence
         means the video is done); ``name`` defaults to the file's stem and may contain folders.
         """
-        from ..data.video import VideoFile
+        from ..data.video import VideoFile, check_video_path
 
         check_options(fmt=fmt)
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: video file not found" if not path.is_dir() else
-                                    f"{path}: is a folder (predict_video takes one file)")
+        path = check_video_path(path)  # a folder, a FIFO, a link loop: named for what it is
         reader = VideoFile(path)
         n = len(reader)  # opens the file: a bad file fails here with a message naming it
         reader.close()  # frame times are kept; the frames come from one sequential PyAV pass
