@@ -1,22 +1,33 @@
-"""Throughput benchmarks: every stage in one run, or one section per component.
+"""Throughput of the code `avfusion predict` runs, every stage in one run.
 
-    avfusion bench [--quick] [--out DIR] [--device cpu|cuda] [--readme [README.md]]
-        every stage side by side (EmoNet-8 at batch 1/8/32: fp32 eager, bf16 fast path, compiled;
-        MAE ViT-B/16, wav2vec2-base; 720p decoding; predict end to end; fusion training on cached
-        features; feature caching; CUDA) -> DIR/bench.json and DIR/bench.md (default DIR:
-        benchmarks); --quick finishes in minutes and says what it skips
-    avfusion bench emonet [--batch 8 --iters 5 --warmup 2 --no-compile]
-    avfusion bench data [--clips 16 --batches 10 --root DIR] [--quick]
-    avfusion bench predict [--seconds 12 --variants emonet_8:1 emonet_8:4:compile tiny:1 ...]
-    avfusion bench zeroshot [--clips 4 --frames 48 --size 512 --precisions fp32 auto]
-    avfusion bench readme   (rewrite the README's performance section from benchmarks/bench.json
-                             and the sections' benchmarks/results.json, those present)
+    avfusion bench [--quick] [--out DIR] [--device cpu|cuda] [--stages STAGE ...] [--readme [README.md]]
+    avfusion bench readme [--bench benchmarks/bench.json] [--readme README.md]
 
+Stages (one run: the same machine in the same minutes, so ratios within a run hold even when the
+machine is shared):
+
+- ``frames``: the per-frame networks through :class:`avfusion.inference.runner.FrameRunner`, the
+  runner `avfusion predict` runs. EmoNet-8 at full size (synthetic weights by the parity test's
+  recipe) at batch 1 and 16 under each runtime and precision: torch float32 eager (the official
+  graph's arithmetic: the reference), torch bf16 + channels_last, torch.compile (full run only),
+  OpenVINO f32 and bf16, and (full run) int8 by NNCF calibrated on the real faces of
+  ``face_noface.mov``; tf_efficientnet_b0 and MAE ViT-B/16 (random weights) at batch 16. Variants
+  take turns call by call, so a change in the machine's load hits them alike.
+  Frames/s, and the deviation from torch float32 on the astronaut face and on a real face
+  (``AVFUSION_TEST_MEDIA``: a folder with ``single_face.mp4``, cropped by YuNet).
+- ``predict``: ``Predictor(...).predict_video`` on a generated 720p 25 fps talking-face video
+  (YuNet faces when a model file is found: ``AVFUSION_TEST_YUNET``, ``$AVFUSION_HOME`` or
+  ``./pretrained``; else ``--face-backend full``, and the table says so), under each runtime,
+  divided by the bare runner's frames/s at the same runtime, precision and batch (predict/bare).
+- ``audio``: wav2vec2-base (random weights), seconds of audio per second, torch and OpenVINO.
+- ``decode`` (720p decoding), ``train`` (fusion training epochs on cached features at AFEW-VA
+  size, Aff-Wild2 per 1M frames), ``cache`` (``avfusion cache``), ``cuda`` (with ``--device cuda``).
+
+DIR/bench.json and DIR/bench.md (default DIR: benchmarks) are rewritten after every stage; both
+start with the machine (CPU model, family/model id, flags, torch and openvino versions, threads).
+``avfusion bench readme`` puts bench.md between the README's ``<!-- bench:start -->`` and
+``<!-- bench:end -->`` markers. ``--quick`` runs in a few minutes on 2 cores and lists what it skips.
 (``python scripts/benchmark.py ...`` is the same command.)
-
-Each section times its variants, merges its results into ``benchmarks/results.json`` (other
-sections' entries are kept) and prints a markdown table. Timings on a shared machine are noisy:
-run a section once, when the machine is otherwise idle, and quote it with its date.
 """
 from __future__ import annotations
 
@@ -29,42 +40,93 @@ import sys
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 
-from .inference.hardware import cpu_flags, cpu_name
+from .inference.hardware import machine_info
+from .inference.runner import FrameRunner
 
-# Relative to the working directory: in a clone, the repository's recorded results.
-DEFAULT_OUTPUT = Path("benchmarks") / "results.json"
-# A whole run's results (`avfusion bench --out benchmarks`), which `avfusion bench readme` writes first.
-DEFAULT_BENCH = Path("benchmarks") / "bench.json"
+BENCH_KIND = "avfusion-bench"
+BENCH_VERSION = 2
+DEFAULT_OUT = Path("benchmarks")  # relative to the working directory: a clone's recorded results
+STAGES = ("frames", "predict", "audio", "decode", "train", "cache", "cuda")
+STAGE_TITLES = {
+    "frames": "Per-frame networks (FrameRunner: the runner `avfusion predict` uses)",
+    "predict": "`avfusion predict` end to end (Predictor.predict_video, 720p 25 fps talking face)",
+    "audio": "Audio network (wav2vec2-base)",
+    "decode": "Decoding 720p video",
+    "train": "Fusion training on cached features",
+    "cache": "Feature caching",
+    "cuda": "CUDA",
+}
+ENV_MEDIA, ENV_YUNET = "AVFUSION_TEST_MEDIA", "AVFUSION_TEST_YUNET"
+PREDICT_BATCH = 16  # Predictor's default batch_size: the bare figure predict is divided by
+INT8_CALIBRATION = 48  # face crops NNCF calibrates int8 EmoNet on (NNCF's default subset is 300)
+INT8_MAX_DEV = 0.05  # int8 is worth offering only within this deviation from float32
+
+# AFEW-VA: 600 clips, 30,051 frames; Aff-Wild2 figures are given per 1M frames.
+AFEW_CLIPS, AFEW_FRAMES = 600, 30_051
+
+QUICK = {"repeats": 2, "batches": [1, 16], "encoders": ["tf_efficientnet_b0"], "compile": False, "int8": False,
+         "video_seconds": 6.0, "predict_variants": ["emonet_8:1", "tiny:1"], "audio_seconds": 5.0,
+         "affwild_frames": 10_000, "train_epochs": 1, "train_variants": ["bf16:16"], "cache_clips": 1,
+         "cache_frames": 32}
+FULL = {"repeats": 5, "batches": [1, 16, 32], "encoders": ["tf_efficientnet_b0", "vit_base_patch16_224"],
+        "compile": True, "int8": True, "video_seconds": 20.0,
+        "predict_variants": ["emonet_8:1", "emonet_8:4", "tiny:1"],
+        "audio_seconds": 10.0, "affwild_frames": 100_000, "train_epochs": 3,
+        "train_variants": ["bf16:16", "no:16", "bf16:64", "no:64", "bf16:64:32"], "cache_clips": 4,
+        "cache_frames": 64}
+QUICK_SKIPS = ("torch.compile (~35 s of compilation per batch size)", "EmoNet-8 at batch 32 and MAE ViT-B/16",
+               "EmoNet-8 int8 (NNCF quantization: ~15 s)",
+               "2 repeats instead of 5; a 6 s video instead of 20 s; EmoNet-8 predicted at stride 1 only",
+               "training: 1 timed epoch of the experiment's setting (1 of 5), Aff-Wild2 rate from 10k frames",
+               "feature caching on fewer frames")
 
 
-# --- shared helpers --------------------------------------------------------------------------------
+# --- timing and tables -----------------------------------------------------------------------------
 
 
-def time_call(
-    fn: Callable[[], object], warmup: int, iters: int, sync: Callable[[], None],
-    stat: Callable[[list[float]], float] = np.median,
-) -> tuple[float, float]:
-    """Median (or ``stat``) seconds per call over ``iters`` timed calls after ``warmup`` untimed
-    ones, and the seconds of the very first call (compilation happens there)."""
+def time_repeats(fn: Callable[[], Any], repeats: int, sync: Callable[[], None] = lambda: None,
+                 warmup: int = 1) -> tuple[list[float], float, Any]:
+    """Seconds of each of ``repeats`` timed calls after ``warmup`` untimed ones (the first of which
+    is timed apart: compilation, kernel creation), that first time, and the last call's result."""
     t0 = time.perf_counter()
-    fn()
+    out = fn()
     sync()
     first = time.perf_counter() - t0
     for _ in range(max(warmup - 1, 0)):
-        fn()
+        out = fn()
     sync()
     times = []
-    for _ in range(iters):
+    for _ in range(repeats):
         t0 = time.perf_counter()
-        fn()
+        out = fn()
         sync()
         times.append(time.perf_counter() - t0)
-    return float(stat(times)), first
+    return times, first, out
+
+
+def spread(values: list[float]) -> dict:
+    """Median, min, max and count of repeated measurements."""
+    a = np.asarray(values, dtype=float)
+    return {"median": float(np.median(a)), "min": float(a.min()), "max": float(a.max()), "n": int(a.size)}
+
+
+def rates(times: list[float], units: float) -> dict:
+    """:func:`spread` of ``units`` per second over the timed calls."""
+    return spread([units / t for t in times])
+
+
+def fmt_spread(s: Optional[dict], spec: str = ".2f") -> str:
+    """``median (min–max)`` of a :func:`spread`; just the median when there was one repeat."""
+    if not s:
+        return "—"
+    if s["n"] < 2 or s["min"] == s["max"]:
+        return format(s["median"], spec)
+    return f"{s['median']:{spec}} ({s['min']:{spec}}–{s['max']:{spec}})"
 
 
 def markdown_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
@@ -79,17 +141,11 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str
     return "\n".join(lines)
 
 
-def save_section(path: Path, section: str, result: dict) -> None:
-    """Merge one section's result into the JSON file, keeping the other sections."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    data[section] = result
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+def _log(stage: str, text: str) -> None:
+    print(f"[bench {stage}] {text}", file=sys.stderr, flush=True)
 
 
-# --- emonet ----------------------------------------------------------------------------------------
+# --- inputs: weights, faces, video -----------------------------------------------------------------
 
 
 def synthetic_emonet_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -114,526 +170,71 @@ def synthetic_emonet_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return sd
 
 
-def astronaut_face() -> torch.Tensor:
-    """The parity test's face: (1, 3, 256, 256) float in [0, 1]."""
+def emonet_model() -> torch.nn.Module:
+    """EmoNet-8 frame by frame at full size (as the emonet_8 config, without its flip averaging:
+    predict's default) with the synthetic parity weights."""
+    from .config import ModelConfig, from_dict
+    from .factory import create_model
+
+    model = create_model(from_dict(ModelConfig, {"mode": "video", "video": {"name": "emonet", "n_expression": 8},
+                                                 "audio": None, "fusion": None}))
+    model.video_encoder.net.load_state_dict(synthetic_emonet_weights(model.video_encoder.net))
+    return model.eval()
+
+
+def encoder_model(arch: str) -> torch.nn.Module:
+    """A temporal model whose per-frame network is the timm CNN ``arch`` or, for a ViT name, the
+    MAE ViT (random weights): what FrameRunner runs of it is the encoder."""
+    from .config import ModelConfig, from_dict
+    from .factory import create_model
+
+    torch.manual_seed(0)
+    video = {"name": "mae_vit" if arch.startswith("vit_") else "timm", "arch": arch}
+    return create_model(from_dict(ModelConfig, {"mode": "video", "video": video, "audio": None, "fusion": {}})).eval()
+
+
+def astronaut_face() -> np.ndarray:
+    """The parity test's face: (256, 256, 3) uint8 RGB."""
     import cv2
 
     try:
         from skimage import data
     except ImportError as e:
-        raise SystemExit("the emonet benchmark needs scikit-image (pip install -e '.[dev]')") from e
-    img = cv2.resize(data.astronaut()[20:220, 140:320], (256, 256), interpolation=cv2.INTER_LINEAR)
-    return torch.from_numpy(img.astype(np.float32) / 255).permute(2, 0, 1)[None].contiguous()
+        raise SystemExit("the bench needs scikit-image for its test face (pip install -e '.[dev]')") from e
+    return cv2.resize(data.astronaut()[20:220, 140:320], (256, 256), interpolation=cv2.INTER_LINEAR)
 
 
-def bench_emonet(args: argparse.Namespace) -> dict:
-    from .encoders.emonet import EmoNet, load_emonet_checkpoint, optimize_for_inference
-
-    device = torch.device(args.device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    model = EmoNet(n_expression=8)
-    if args.checkpoint:
-        load_emonet_checkpoint(model, args.checkpoint)
-    else:
-        model.load_state_dict(synthetic_emonet_weights(model))
-    model = model.eval().to(device)
-    # Timing and deviation both use the face repeated to the batch size, so the compiled graph
-    # sees one input shape only (no recompilation between the deviation and timing calls).
-    batch = astronaut_face().repeat(args.batch, 1, 1, 1).to(device)
-
-    def plain(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        with torch.inference_mode():
-            return model(x)
-
-    variants: list[tuple[str, Callable]] = [("float32 eager", plain)]
-    variants.append(("bf16 + channels_last eager", optimize_for_inference(model, torch.bfloat16, channels_last=True)))
-    if not args.no_compile:
-        compiled = optimize_for_inference(model, torch.bfloat16, channels_last=True, compile=True)
-        freezing = " (inductor freezing)" if device.type == "cpu" else ""
-        variants.append((f"bf16 + channels_last + torch.compile{freezing}", compiled))
-
-    rows: list[dict] = []
-    reference: dict[str, torch.Tensor] | None = None
-    for name, fn in variants:
-        print(f"[emonet] {name} ...", file=sys.stderr, flush=True)
-        seconds, first = time_call(lambda: fn(batch), args.warmup, args.iters, sync)
-        out = fn(batch)
-        vec = torch.cat([out["valence"][:1], out["arousal"][:1], out["expression"][0]]).float().cpu()
-        row = {
-            "variant": name,
-            "frames_per_s": args.batch / seconds,
-            "ms_per_frame": 1000 * seconds / args.batch,
-            "first_call_s": first,
-        }
-        if reference is None:
-            reference = {"vec": vec, "argmax": out["heatmap"][:1].flatten(2).argmax(-1).cpu()}
-            row["speedup"] = 1.0
-        else:
-            row["speedup"] = row["frames_per_s"] / rows[0]["frames_per_s"]
-            # Deviation on the face, relative to the largest of valence / arousal / logits.
-            row["max_rel_dev"] = ((vec - reference["vec"]).abs().max() / reference["vec"].abs().max()).item()
-            argmax = out["heatmap"][:1].flatten(2).argmax(-1).cpu()
-            row["landmarks_agree"] = (argmax == reference["argmax"]).float().mean().item()
-        rows.append(row)
-
-    table = markdown_table(
-        rows,
-        [
-            ("variant", "variant", ""),
-            ("frames_per_s", "frames/s", ".2f"),
-            ("ms_per_frame", "ms/frame", ".1f"),
-            ("speedup", "speed-up", ".2f"),
-            ("max_rel_dev", "max rel. deviation vs fp32", ".2e"),
-            ("landmarks_agree", "heatmap argmax agree", ".0%"),
-            ("first_call_s", "first call (s)", ".1f"),
-        ],
-    )
-    return {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "model": "EmoNet-8 (width 256, 2 hourglasses), "
-        + ("weights " + str(args.checkpoint) if args.checkpoint else "synthetic weights (parity recipe)"),
-        "device": str(device) if device.type != "cpu" else cpu_name(),
-        "cpu_flags": cpu_flags(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "batch": args.batch,
-        "input": [3, 256, 256],
-        "warmup": args.warmup,
-        "iters": args.iters,
-        "timing": "median seconds per batch over the timed iterations, under torch.inference_mode",
-        "deviation": "max |out - fp32| / max |fp32| over valence, arousal and the 8 logits on the astronaut face",
-        "rows": rows,
-        "table": table,
-    }
-
-
-# --- data ------------------------------------------------------------------------------------------
-
-
-def bench_data(args: argparse.Namespace) -> dict:
-    """Batches of clips from the synthetic mp4s, built as training builds them (build_datasets of an
-    experiment on a synthetic folder: training windows, augmentation, face crops, audio)."""
-    import tempfile
-
-    from torch.utils.data import DataLoader
-
-    from .data.build import DataConfig, build_datasets
-    from .synthetic import SyntheticConfig, generate_dataset
-    from .train.experiment import ExperimentConfig, build_model
-
-    if args.quick:
-        args.clips, args.batches = 4, 2
-    tmp = None if args.root else tempfile.TemporaryDirectory(prefix="avfusion_bench_")
-    root = Path(args.root or tmp.name)
-    syn = SyntheticConfig(clips=args.clips, frames=args.frames, size=args.size, seed=0)
-    generate_s = None
-    if not (root / "manifest.csv").is_file():
-        print(f"[data] writing {syn.clips} clips x {syn.frames} frames to {root} ...", file=sys.stderr, flush=True)
-        t0 = time.perf_counter()
-        generate_dataset(root, syn)
-        generate_s = time.perf_counter() - t0
-
-    frames_per_batch = args.batch * args.clip_len
-    # (label, model overrides): the tiny model's HOG input, and EmoNet's preprocessing.
-    crops = [("64 px (tiny: HOG)", {}), ("256 px (EmoNet, mean 0 std 1)", {"video": {"name": "emonet"}})]
-    rows: list[dict] = []
-    n_windows = None
-    for crop_name, overrides in crops:
-        data = DataConfig(kind="synthetic", root=str(root), face_mode="full", clip_len=args.clip_len,
-                          val_fraction=0.0, batch_size=args.batch)
-        cfg = ExperimentConfig(model="tiny", model_overrides=overrides, data=data)
-        model = build_model(cfg)
-        datasets = build_datasets(cfg.data, model)
-        audio = model.use_audio
-        del model  # only its preprocessing (pretrained_cfg) was needed
-        dataset, n_windows = datasets.train, len(datasets.train)
-        # Shuffled windows as in training, repeated when the run needs more batches than an epoch
-        # has, so every worker count reads the same windows in the same order.
-        g = torch.Generator().manual_seed(0)
-        need = args.batch * (args.batches + 1)
-        order = [int(i) for _ in range(-(-need // n_windows)) for i in torch.randperm(n_windows, generator=g)]
-        for workers in args.workers:
-            name = f"{workers} workers, {crop_name}, audio {'on' if audio else 'off'}"
-            print(f"[data] {name} ...", file=sys.stderr, flush=True)
-            loader = DataLoader(dataset, batch_size=args.batch, sampler=order[:need], collate_fn=datasets.collate_fn,
-                                num_workers=workers, generator=torch.Generator().manual_seed(0))
-
-            def batches() -> Iterator[dict]:  # starts the workers on the first next(), inside the timing
-                yield from loader
-
-            stream = batches()
-            # Mean, not median: with workers, prefetched batches arrive in bursts.
-            seconds, first = time_call(lambda: next(stream), warmup=1, iters=args.batches,
-                                       sync=lambda: None, stat=np.mean)
-            stream.close()
-            rows.append({
-                "variant": name,
-                "workers": workers,
-                "crop": crop_name,
-                "audio": audio,
-                "frames_per_s": frames_per_batch / seconds,
-                "ms_per_batch": 1000 * seconds,
-                "first_batch_s": first,
-            })
-    if tmp is not None:
-        tmp.cleanup()
-
-    table = markdown_table(
-        rows,
-        [
-            ("variant", "variant (workers, crop size, audio)", ""),
-            ("frames_per_s", "frames/s", ".0f"),
-            ("ms_per_batch", "ms/batch", ".0f"),
-            ("first_batch_s", "first batch (s)", ".2f"),
-        ],
-    )
-    return {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "device": cpu_name(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "dataset": {"clips": syn.clips, "frames": syn.frames, "size": syn.size, "fps": syn.fps, "seed": syn.seed,
-                    "root": str(args.root) if args.root else None, "generate_s": generate_s},
-        "batch": args.batch,
-        "clip_len": args.clip_len,
-        "windows": n_windows,
-        "timed_batches": args.batches,
-        "pipeline": f"avfusion.data.build.build_datasets (train part: stride {data.stride}, augmentation, "
-        "face_mode full, 16 kHz audio) + DataLoader(collate) over shuffled windows",
-        "timing": "first batch: from creating the loader's iterator (worker start-up) to the first batch; "
-        "then mean seconds per batch over the timed batches; frames/s = batch * clip_len / that",
-        "rows": rows,
-        "table": table,
-    }
-
-
-# --- command line ----------------------------------------------------------------------------------
-
-# --- predict (end to end) ---------------------------------------------------------------------------
-
-# The child reports its peak from /proc/self/status (VmHWM: this process image since exec);
-# getrusage's ru_maxrss would include the forked parent's memory (it survives exec on Linux).
-_CHILD = (
-    "import json, resource, sys, time\n"
-    "from avfusion.cli.{command} import main\n"
-    "t = time.perf_counter(); rc = main(sys.argv[1:]); dt = time.perf_counter() - t\n"
-    "try:\n"
-    "    peak = int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) / 1024\n"
-    "except (OSError, IndexError):\n"
-    "    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
-    "print('BENCH ' + json.dumps({'rc': rc, 'seconds': dt, 'peak_rss_mb': peak}))\n"
-)
-
-
-def _run_child(argv: list[str], threads: int, command: str = "predict") -> dict:
-    """``avfusion COMMAND argv`` in a fresh process: its seconds (inside main) and peak resident memory."""
-    import subprocess
-
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    proc = subprocess.run([sys.executable, "-c", _CHILD.replace("{command}", command), *argv],
-                          capture_output=True, text=True, env=env)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")), None)
-    if proc.returncode != 0 or line is None:
-        raise RuntimeError(f"predict failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
-    return json.loads(line[len("BENCH "):])
-
-
-def _bare_emonet(weights: Path, batch: int, iters: int) -> dict:
-    """The bare network on 256x256 crops, float32 eager and the bf16 fast path, at ``batch``."""
-    from .encoders.emonet import EmoNet, load_emonet_checkpoint, optimize_for_inference
-
-    model = load_emonet_checkpoint(EmoNet(n_expression=8), weights).eval()
-    x = astronaut_face().repeat(batch, 1, 1, 1)
-
-    def plain() -> object:
-        with torch.inference_mode():
-            return model(x)
-
-    fast = optimize_for_inference(model, torch.bfloat16, channels_last=True)
-    out = {}
-    for name, fn in (("fp32_eager", plain), ("bf16_fast_path", lambda: fast(x))):
-        seconds, _ = time_call(fn, 1, iters, lambda: None)
-        out[name] = batch / seconds
-    return out
-
-
-def synthetic_emonet_file(work: Path) -> Path:
-    """EmoNet-8 with the parity recipe's weights, saved like the official file (``module.`` keys),
-    once per work folder: what the predict and zero-shot sections load through ``--checkpoint``."""
-    from .encoders.emonet import EmoNet
-
-    weights = work / "emonet_8_synthetic.pth"
-    if not weights.is_file():
-        net = EmoNet(n_expression=8)
-        torch.save({f"module.{k}": v for k, v in synthetic_emonet_weights(net).items()}, weights)
-    return weights
-
-
-def bench_predict(args: argparse.Namespace) -> dict:
-    """`avfusion predict` end to end on a generated 720p talking-face video vs the bare network."""
-    import tempfile
-
+def find_yunet() -> Optional[Path]:
+    """The YuNet file: ``$AVFUSION_TEST_YUNET``, else the package's search ($AVFUSION_HOME,
+    ./pretrained); None without one."""
     from .data.faces import resolve_yunet_model
-    from .synthetic.talking import write_talking_video
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="avfusion-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    video = work / f"talk_{args.seconds:g}s_720p.mp4"
-    if not video.is_file():
-        print(f"[predict] writing {video} ...", file=sys.stderr, flush=True)
-        write_talking_video(video, seconds=args.seconds, width=1280, height=720, fps=25)
-    n_frames = int(round(args.seconds * 25))
-    weights = synthetic_emonet_file(work)
     try:
-        face = ["--face-backend", "yunet", "--yunet-model", str(resolve_yunet_model(args.yunet_model))]
+        return resolve_yunet_model(os.environ.get(ENV_YUNET) or None)
     except FileNotFoundError:
-        face = ["--face-backend", "full"]
-    print("[predict] bare EmoNet ...", file=sys.stderr, flush=True)
-    bare = _bare_emonet(weights, args.batch, args.iters)
-    rows = []
-    for model, stride, compile in args.variants:
-        name = f"{model}, stride {stride}" + (", compiled" if compile else "")
-        print(f"[predict] {name} ...", file=sys.stderr, flush=True)
-        argv = [str(video), "--out", str(work / "out"), "--no-plot", "--quiet", "--batch-size", str(args.batch),
-                *face, "--stride", str(stride)]
-        argv += (["--model", "emonet_8", "--checkpoint", str(weights)] if model == "emonet_8" else ["--model", model])
-        if compile:
-            argv.append("--compile")
-        res = _run_child(argv, args.threads)
-        fps = n_frames / res["seconds"]
-        rows.append({"variant": name, "model": model, "stride": stride, "compile": compile,
-                     "frames_per_s": fps, "realtime_factor": fps / 25.0, "peak_rss_mb": res["peak_rss_mb"],
-                     "vs_bare_fast_path": fps / bare["bf16_fast_path"] if model == "emonet_8" else None,
-                     "vs_fp32_eager": fps / bare["fp32_eager"] if model == "emonet_8" else None})
-    table = markdown_table(rows, [
-        ("variant", "predict", ""), ("frames_per_s", "video frames/s", ".2f"),
-        ("realtime_factor", "x real time (25 fps)", ".2f"), ("vs_bare_fast_path", "/ bare bf16 fast path", ".2f"),
-        ("vs_fp32_eager", "/ bare fp32 eager", ".2f"), ("peak_rss_mb", "peak RSS (MB)", ".0f")])
-    table += (f"\n\nBare EmoNet-8 at batch {args.batch} in the same run: fp32 eager {bare['fp32_eager']:.2f} "
-              f"frames/s, bf16 + channels_last {bare['bf16_fast_path']:.2f} frames/s.")
-    return {
-        "section_key": f"predict_{args.seconds:g}s",  # runs on different video lengths are kept apart
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "device": cpu_name(), "cpu_flags": cpu_flags(), "torch": torch.__version__, "threads": args.threads,
-        "video": {"seconds": args.seconds, "frames": n_frames, "size": "1280x720", "fps": 25,
-                  "face_backend": face[1], "audio": "AAC 16 kHz"},
-        "weights": "EmoNet-8 full size, synthetic weights (parity recipe)",
-        "timing": "seconds inside `avfusion predict`'s main() in a fresh process (model load, decoding, "
-                  "face detection, network, writing the table); peak RSS of that process",
-        "bare": bare, "rows": rows, "table": table,
-    }
+        return None
 
 
-def bench_zeroshot(args: argparse.Namespace) -> dict:
-    """``avfusion evaluate`` of EmoNet-8 (full size) zero-shot on a generated AFEW-VA tree: speed and
-    peak memory of the engine path, in a fresh process per precision."""
-    import tempfile
+def media_faces(count: int = 1, name: str = "single_face.mp4") -> tuple[Optional[np.ndarray], str]:
+    """``count`` real face crops (N, 256, 256, 3) uint8 from ``$AVFUSION_TEST_MEDIA/name``, evenly
+    spaced over the clip and cropped by YuNet as predict crops them, and a line saying where they
+    come from; None and the reason when the clip or YuNet is missing."""
+    folder, yunet = os.environ.get(ENV_MEDIA), find_yunet()
+    if not folder or not (Path(folder) / name).is_file():
+        return None, f"no real face (set {ENV_MEDIA} to a folder with {name})"
+    if yunet is None:
+        return None, f"no real face (YuNet not found: set {ENV_YUNET})"
+    from .data.faces import FaceCropper, create_detector
+    from .data.video import VideoFile
 
-    from .synthetic import SyntheticConfig, generate_dataset
-
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="avfusion-bench-"))
-    root = work / f"afew_{args.clips}x{args.frames}_{args.size}px"
-    if not (root / "metadata.json").is_file():
-        print(f"[zeroshot] writing {root} ...", file=sys.stderr, flush=True)
-        generate_dataset(root, SyntheticConfig(clips=args.clips, frames=args.frames, size=args.size, pair=False))
-    weights = synthetic_emonet_file(work)
-    n_frames = args.clips * args.frames
-    rows = []
-    for precision in args.precisions:
-        print(f"[zeroshot] precision {precision} ...", file=sys.stderr, flush=True)
-        res = _run_child(["--model", "emonet_8", "--checkpoint", str(weights), "--data-kind", "afew_va",
-                          "--root", str(root / "AFEW-VA"), "--out", str(work / f"eval_{precision}"), "--no-plots",
-                          "--precision", precision, "--cpu"], args.threads, command="evaluate")
-        rows.append({"variant": f"evaluate emonet_8 zero-shot, {precision}, flip-averaged (as the config)",
-                     "frames_per_s": n_frames / res["seconds"], "seconds": res["seconds"],
-                     "peak_rss_mb": res["peak_rss_mb"]})
-    table = markdown_table(rows, [("variant", "zero-shot evaluation", ""), ("frames_per_s", "frames/s", ".2f"),
-                                  ("seconds", "seconds", ".0f"), ("peak_rss_mb", "peak RSS (MB)", ".0f")])
-    return {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "device": cpu_name(), "cpu_flags": cpu_flags(), "torch": torch.__version__, "threads": args.threads,
-        "dataset": {"layout": "AFEW-VA (frame folders + landmarks JSON)", "clips": args.clips,
-                    "frames_per_clip": args.frames, "size": args.size},
-        "timing": "seconds inside `avfusion evaluate`'s main() in a fresh process; peak RSS of that process",
-        "rows": rows, "table": table,
-    }
-
-
-# --- the whole benchmark: `avfusion bench [--quick] [--out DIR] [--device cpu|cuda]` -----------------
-#
-# One run measures every stage side by side (same machine, same minutes) and writes DIR/bench.json
-# and DIR/bench.md; `avfusion bench readme` puts bench.md's tables in the README. Every figure is a
-# median with its min-max over repeats, and the machine (CPU model, cores, ISA flags, torch,
-# threads) is written beside it.
-
-BENCH_KIND = "avfusion-bench"
-BENCH_STAGES = ("emonet", "encoders", "decode", "predict", "train", "cache", "cuda")
-INT8_MAX_VA_DEV = 0.05  # an int8 EmoNet would be reported only within this relative deviation from fp32
-
-# AFEW-VA: 600 clips, 30,051 frames; Aff-Wild2 figures are given per 1M frames.
-AFEW_CLIPS, AFEW_FRAMES = 600, 30_051
-
-QUICK = {"repeats": 2, "video_seconds": 6.0, "vit_batch": 8, "audio_seconds": 5.0, "affwild_frames": 10_000,
-         "train_epochs": 1, "train_variants": ["bf16:16", "bf16:64"], "cache_clips": 1, "cache_frames": 32,
-         "compile": False}
-FULL = {"repeats": 5, "video_seconds": 20.0, "vit_batch": 8, "audio_seconds": 10.0, "affwild_frames": 100_000,
-        "train_epochs": 3, "train_variants": ["bf16:16", "no:16", "bf16:64", "no:64", "bf16:64:32"], "cache_clips": 4,
-        "cache_frames": 64, "compile": True}
-QUICK_SKIPS = ("torch.compile variants (EmoNet compiled at each batch: ~20 s of compilation per shape)",
-               "fewer repeats (2 instead of 5) and a 6 s video instead of 20 s",
-               "training: 1 timed epoch per setting (after 5 warm-up steps), 2 of the 5 settings, "
-               "Aff-Wild2 rate from 10k frames instead of 100k",
-               "feature caching on fewer frames")
-
-
-def spread(values: list[float]) -> dict:
-    """Median, min, max and count of repeated measurements."""
-    a = np.asarray(values, dtype=float)
-    return {"median": float(np.median(a)), "min": float(a.min()), "max": float(a.max()), "n": int(a.size)}
-
-
-def fmt_spread(s: dict | None, spec: str = ".2f") -> str:
-    """``median (min-max)`` of a :func:`spread`; just the median when there was one repeat."""
-    if not s:
-        return "—"
-    if s["n"] < 2 or s["min"] == s["max"]:
-        return format(s["median"], spec)
-    return f"{s['median']:{spec}} ({s['min']:{spec}}–{s['max']:{spec}})"
-
-
-def time_repeats(fn: Callable[[], object], repeats: int, sync: Callable[[], None] = lambda: None,
-                 warmup: int = 1) -> tuple[list[float], float, object]:
-    """Seconds of each of ``repeats`` timed calls after ``warmup`` untimed ones (the first of which
-    is timed apart: compilation, kernel creation), that first time, and the last call's result."""
-    t0 = time.perf_counter()
-    out = fn()
-    sync()
-    first = time.perf_counter() - t0
-    for _ in range(max(warmup - 1, 0)):
-        out = fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return times, first, out
-
-
-def _rates(times: list[float], units: float) -> dict:
-    return spread([units / t for t in times])
-
-
-def _log(stage: str, text: str) -> None:
-    print(f"[bench {stage}] {text}", file=sys.stderr, flush=True)
-
-
-def _emonet_net(device: str = "cpu") -> torch.nn.Module:
-    from .encoders.emonet import EmoNet
-
-    model = EmoNet(n_expression=8)
-    model.load_state_dict(synthetic_emonet_weights(model))
-    return model.eval().to(device)
-
-
-def _va(out: dict) -> torch.Tensor:
-    return torch.stack([out["valence"][0], out["arousal"][0]]).float().cpu()
-
-
-def stage_emonet(o: argparse.Namespace, shared: dict) -> dict:
-    """EmoNet-8 frames/s at each batch: fp32 eager (the official graph), the bf16 + channels_last
-    fast path, compiled (inductor, freezing); int8 where it is supported well."""
-    from .encoders.emonet import optimize_for_inference
-
-    model = _emonet_net()
-    face = astronaut_face()
-    fast = optimize_for_inference(model, torch.bfloat16, channels_last=True)
-
-    def plain(x: torch.Tensor) -> dict:
-        with torch.inference_mode():
-            return model(x)
-
-    rows = []
-    for batch in o.batches:
-        x = face.repeat(batch, 1, 1, 1)
-        variants: list[tuple[str, str, Callable]] = [("fp32_eager", "float32 eager (reference)", plain),
-                                                     ("fast_eager", "bf16 + channels_last eager", fast)]
-        if o.compile:
-            torch._dynamo.reset()  # a fresh graph per batch size (no automatic dynamic shapes)
-            variants.append(("compiled", "bf16 + channels_last, torch.compile (inductor, freezing)",
-                             optimize_for_inference(model, torch.bfloat16, channels_last=True, compile=True)))
-        ref = None
-        for key, label, fn in variants:
-            _log("emonet", f"batch {batch}: {label}")
-            times, first, out = time_repeats(lambda: fn(x), o.repeats)
-            va = _va(out)
-            fps = _rates(times, batch)
-            row = {"batch": batch, "variant": key, "label": label, "frames_per_s": fps, "first_call_s": first}
-            if ref is None:
-                ref = (va, fps["median"])
-                row["speedup_vs_fp32"] = 1.0
-                row["va"] = va.tolist()
-            else:
-                row["speedup_vs_fp32"] = fps["median"] / ref[1]
-                row["va"] = va.tolist()
-                row["va_max_abs_dev"] = float((va - ref[0]).abs().max())
-                # Synthetic weights do not keep valence/arousal in [-1, 1]: relative to fp32's largest.
-                row["va_max_rel_dev"] = row["va_max_abs_dev"] / float(ref[0].abs().max())
-            rows.append(row)
-    if "amx_int8" not in cpu_flags():
-        int8 = ("not run: this CPU has no AMX-INT8 (oneDNN int8 convolutions would run on AVX512-VNNI, "
-                "without the AMX tiles that make int8 pay); avfusion has no int8 EmoNet path yet")
-    else:
-        int8 = ("not run: avfusion has no int8 EmoNet path yet (PT2E X86InductorQuantizer would be the way; "
-                f"it would be reported only within {INT8_MAX_VA_DEV} relative deviation of fp32 valence/arousal)")
-    fast_ratio = {str(r["batch"]): r["speedup_vs_fp32"] for r in rows if r["variant"] == "fast_eager"}
-    shared["emonet_rows"] = rows
-    table = markdown_table(
-        [dict(r, fps=fmt_spread(r["frames_per_s"]), first=f"{r['first_call_s']:.1f}") for r in rows],
-        [("batch", "batch", ""), ("label", "EmoNet-8 variant", ""), ("fps", "frames/s median (min–max)", ""),
-         ("speedup_vs_fp32", "× fp32 eager", ".2f"), ("va_max_rel_dev", "valence/arousal deviation vs fp32", ".1e"),
-         ("first", "first call (s)", "")])
-    return {"rows": rows, "fast_over_fp32": fast_ratio, "int8": int8, "table": table,
-            "notes": [f"int8: {int8}.",
-                      "Input: the parity face (astronaut, 256x256) repeated to the batch; synthetic weights by the "
-                      "parity recipe; deviation = max |out - fp32| / max |fp32| over valence and arousal of the "
-                      "first face at the same batch (synthetic weights do not keep them in [-1, 1])."]}
-
-
-def stage_encoders(o: argparse.Namespace, shared: dict) -> dict:
-    """MAE ViT-B/16 frames/s and wav2vec2-base seconds of audio per second (random weights)."""
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
-
-    from .encoders.base import inference_copy
-    from .encoders.vit import MAEViTEncoder
-
-    rows = []
-    torch.manual_seed(0)
-    vit = MAEViTEncoder("vit_base_patch16_224").eval()
-    x = torch.randn(o.vit_batch, 3, 224, 224)
-    w2v = Wav2Vec2Model(Wav2Vec2Config()).eval()
-    wave = torch.randn(1, int(16000 * o.audio_seconds))
-    for name, module, inp, units, unit in (("MAE ViT-B/16 (timm vit_base_patch16_224)", vit, x, o.vit_batch, "frames/s"),
-                                           ("wav2vec2-base (Wav2Vec2Config defaults)", w2v, wave, o.audio_seconds,
-                                            "s of audio / s")):
-        for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
-            _, run = inference_copy(module, dtype)
-            inp_d = inp.to(dtype) if dtype is not None else inp
-
-            def call() -> object:
-                with torch.inference_mode():
-                    return run(inp_d)
-
-            _log("encoders", f"{name} {precision}")
-            times, first, _ = time_repeats(call, o.repeats)
-            rows.append({"model": name, "precision": precision, "unit": unit, "rate": _rates(times, units),
-                         "first_call_s": first,
-                         "input": f"batch {o.vit_batch} x 3x224x224" if module is vit else f"{o.audio_seconds:g} s at 16 kHz"})
-    table = markdown_table([dict(r, r=fmt_spread(r["rate"])) for r in rows],
-                           [("model", "encoder (random weights)", ""), ("precision", "precision", ""),
-                            ("input", "input", ""), ("r", "rate median (min–max)", ""), ("unit", "unit", "")])
-    return {"rows": rows, "table": table, "notes": []}
+    reader = VideoFile(Path(folder) / name)
+    at = np.linspace(0, len(reader) - 1, count + 2)[1:-1].round().astype(int)
+    frames = reader.get_batch(at)
+    reader.close()
+    crops, found = FaceCropper(create_detector("yunet", model_path=yunet), smoothing=0)(frames)
+    if not found.any():
+        return None, f"no real face (YuNet found none in {name})"
+    return crops[found], f"{name} ({int(found.sum())} frame(s) of {len(at)}, YuNet crop, margin 0.25)"
 
 
 def _bench_video(o: argparse.Namespace, shared: dict) -> Path:
@@ -647,6 +248,349 @@ def _bench_video(o: argparse.Namespace, shared: dict) -> Path:
         write_talking_video(video, seconds=o.video_seconds, width=1280, height=720, fps=25)
         shared["video_write_s"] = time.perf_counter() - t0
     return video
+
+
+# --- per-frame networks through FrameRunner -------------------------------------------------------
+
+# (key, runtime, precision, compile, label)
+RUNNER_VARIANTS = (
+    ("torch_fp32", "torch", "fp32", False, "torch float32 eager (official-equivalent: the reference)"),
+    ("torch_bf16", "torch", "bf16", False, "torch bf16 + channels_last"),
+    ("torch_bf16_compiled", "torch", "bf16", True, "torch bf16 + channels_last, torch.compile (inductor, freezing)"),
+    ("openvino_fp32", "openvino", "fp32", False, "OpenVINO f32"),
+    ("openvino_bf16", "openvino", "bf16", False, "OpenVINO bf16"),
+)
+
+
+def _variants(o: argparse.Namespace) -> list[tuple[str, str, str, bool, str]]:
+    return [v for v in RUNNER_VARIANTS if v[1] in o.runtimes and (o.compile or not v[3])]
+
+
+def _deviation(out: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> list[float]:
+    """Per input: max |out - ref| / max |ref| over every raw output (valence, arousal and the
+    logits, or the feature), so the figure does not depend on the weights' scale (the synthetic
+    weights do not keep valence/arousal in [-1, 1])."""
+    keys = sorted(ref)
+    o = np.concatenate([out[k].reshape(len(out[k]), -1) for k in keys], axis=1)
+    r = np.concatenate([ref[k].reshape(len(ref[k]), -1) for k in keys], axis=1)
+    return [float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12)) for a, b in zip(o, r)]
+
+
+def _faces_for(model: torch.nn.Module, faces: np.ndarray) -> torch.Tensor:
+    """uint8 crops (N, 256, 256, 3) -> the encoder's input (N, 3, H, W), normalised as it says."""
+    from .data.transforms import build_transform
+
+    return build_transform(model.video_encoder.pretrained_cfg, train=False)(faces)
+
+
+def time_interleaved(fns: list[Callable[[], Any]], repeats: int, warmup: int = 1) -> list[tuple[list[float], float]]:
+    """:func:`time_repeats` of several calls taking turns (one call of each per round), so that a
+    change in the machine's load (other users) hits all of them alike and their ratios hold: each
+    call's timed seconds and its first call's."""
+    firsts = []
+    for fn in fns:
+        t0 = time.perf_counter()
+        fn()
+        firsts.append(time.perf_counter() - t0)
+        for _ in range(max(warmup - 1, 0)):
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, t in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - t0)
+    return list(zip(times, firsts))
+
+
+def int8_network(model: torch.nn.Module, calibration: np.ndarray, cache_dir: Path) -> Any:
+    """The frame-by-frame network quantized to int8 by NNCF (post-training, calibrated on the uint8
+    crops ``calibration`` (N, 256, 256, 3)) and compiled by OpenVINO: an
+    :class:`~avfusion.inference.openvino_net.OpenVINONet` (the bare network: no clipping or softmax)."""
+    import hashlib
+
+    from .inference.openvino_net import OpenVINONet, int8_quantizer
+    from .inference.runner import frame_network
+
+    calib = _faces_for(model, calibration).numpy()
+    digest = hashlib.sha256(calib.tobytes()).hexdigest()[:16]
+    return OpenVINONet(frame_network(model), tuple(model.video_encoder.pretrained_cfg["input_size"]), "int8",
+                       cache_dir=cache_dir, quantize=int8_quantizer(calib),
+                       variant=f"frame_by_frame=True flip=False int8 calibration={digest}")
+
+
+def bench_network(name: str, model: torch.nn.Module, batches: list[int], o: argparse.Namespace,
+                  faces: np.ndarray, work: Path, calibration: Optional[tuple[np.ndarray, str]] = None) -> list[dict]:
+    """Frames/s of ``model``'s per-frame network through FrameRunner at each batch under each
+    runtime and precision (timed in turns: :func:`time_interleaved`), its construction time
+    (OpenVINO: converting, then from the cache) and the deviation from torch float32 on ``faces``
+    (N, 256, 256, 3); with ``calibration`` (crops, where they come from) and OpenVINO, int8 too."""
+    x_faces = _faces_for(model, faces)
+    rows, ref = [], None
+    cache = work / "openvino_cache"
+    int8 = None
+    for batch in batches:
+        entries, failed = [], []  # (row, callable, raw outputs of x_faces); rows of runners that cannot run
+        for key, runtime, precision, compile, label in _variants(o):
+            if compile:
+                torch._dynamo.reset()  # a fresh graph per batch size
+            _log("frames", f"{name} batch {batch}: {label}")
+            t0 = time.perf_counter()
+            try:
+                runner = FrameRunner(model, precision, compile, "cpu", batch_size=batch, runtime=runtime,
+                                     cache_dir=cache)
+            except ValueError as e:  # this runtime cannot run this network right (the runner says why)
+                failed.append({"network": name, "variant": key, "label": f"{label}: not run ({e})", "runtime": runtime,
+                             "precision": precision, "batch": batch, "frames_per_s": None, "deviation": None,
+                             "construct_s": time.perf_counter() - t0, "converted": None, "first_call_s": None})
+                continue
+            row = {"network": name, "variant": key, "label": label, "runtime": runner.runtime,
+                   "precision": runner.precision, "batch": batch, "construct_s": time.perf_counter() - t0,
+                   "converted": bool(runner.openvino.converted) if runner.openvino is not None else None,
+                   "description": runner.description}
+            entries.append((row, runner, runner.raw))
+        if calibration is not None and "openvino" in o.runtimes:
+            label = f"OpenVINO int8 (NNCF PTQ on {len(calibration[0])} face crops of {calibration[1]}; bare network)"
+            _log("frames", f"{name} batch {batch}: {label}")
+            t0 = time.perf_counter()
+            if int8 is None:
+                int8 = int8_network(model, calibration[0], cache)
+            row = {"network": name, "variant": "openvino_int8", "label": label, "runtime": "openvino",
+                   "precision": "int8", "batch": batch, "construct_s": time.perf_counter() - t0,
+                   "converted": int8.converted if batch == batches[0] else False,
+                   "description": f"openvino, int8 ({int8.inference_precision} elsewhere), cpu"}
+            entries.append((row, lambda x: int8(x.numpy()), lambda x: int8(x.numpy())))
+        x = x_faces[:1].repeat(batch, 1, 1, 1)
+        timed = time_interleaved([lambda run=run: run(x) for _, run, _ in entries], o.repeats)
+        for (row, _, raw_fn), (times, first) in zip(entries, timed):
+            raw = raw_fn(x_faces)
+            if ref is None:
+                ref = raw  # torch float32, the first variant
+            rows.append(dict(row, frames_per_s=rates(times, batch), first_call_s=first,
+                             deviation=_deviation(raw, ref)))
+        rows += failed
+        del entries, timed
+    measured = [r for r in rows if r["frames_per_s"] is not None]
+    base = {r["batch"]: r["frames_per_s"]["median"] for r in measured if r["variant"] == "torch_fp32"}
+    best_torch: dict = {}
+    for r in measured:
+        if r["runtime"] == "torch":
+            k = (r["batch"], r["precision"])
+            best_torch[k] = max(best_torch.get(k, 0.0), r["frames_per_s"]["median"])
+    for r in measured:
+        r["x_torch_fp32"] = r["frames_per_s"]["median"] / base[r["batch"]] if r["batch"] in base else None
+        # int8 against torch's best at any precision (torch has no int8 path here).
+        at_batch = [v for (b, _), v in best_torch.items() if b == r["batch"]]
+        t = best_torch.get((r["batch"], r["precision"]))
+        if r["precision"] == "int8" and at_batch:
+            t = max(at_batch)
+        r["x_torch_same_precision"] = (r["frames_per_s"]["median"] / t) if t and r["runtime"] == "openvino" else None
+    return rows
+
+
+def stage_frames(o: argparse.Namespace, shared: dict) -> dict:
+    """EmoNet-8 at each batch and the other encoders at batch 16, through FrameRunner."""
+    work = Path(shared["work"])
+    real, real_note = media_faces()
+    faces = np.concatenate([astronaut_face()[None], real[:1]]) if real is not None else astronaut_face()[None]
+    # int8 is calibrated on another clip than the real face its deviation is measured on.
+    calib, calib_note = None, "not asked (--quick or --no-int8)"
+    if o.int8 and "openvino" in o.runtimes:
+        from .inference.hardware import package_version
+
+        calib, calib_note = (media_faces(INT8_CALIBRATION, "face_noface.mov") if package_version("nncf")
+                             else (None, "nncf is not installed (pip install nncf)"))
+    rows = bench_network("EmoNet-8", emonet_model(), o.batches, o, faces, work,
+                         (calib, "face_noface.mov") if calib is not None else None)
+    for arch in o.encoders:
+        rows += bench_network(arch, encoder_model(arch), [PREDICT_BATCH], o, faces, work)
+    shared["frame_rows"] = rows
+    on = ["astronaut"] + (["real face"] if real is not None else [])
+
+    def cells(r: dict) -> dict:
+        if r["frames_per_s"] is None:
+            return {k: r[k] for k in ("network", "batch", "label")}
+        dev = " / ".join(f"{d:.1e}" if d else "0" for d in r["deviation"]) if r["variant"] != "torch_fp32" else "ref."
+        return dict(r, fps=fmt_spread(r["frames_per_s"]), dev=dev,
+                    ctor=f"{r['construct_s']:.1f}" + (" (converted)" if r["converted"] else
+                                                      " (cached)" if r["converted"] is False else ""))
+
+    table = markdown_table([cells(r) for r in rows], [
+        ("network", "network", ""), ("batch", "batch", ""), ("label", "runtime, precision", ""),
+        ("fps", "frames/s median (min–max)", ""), ("x_torch_fp32", "× torch fp32", ".2f"),
+        ("x_torch_same_precision", "× best torch, same precision", ".2f"),
+        ("dev", f"deviation vs torch fp32 ({' / '.join(on)})", ""), ("ctor", "construction (s)", ""),
+        ("first_call_s", "first call (s)", ".1f")])
+    notes = ["Every figure is `FrameRunner(model, precision, compile, 'cpu', batch_size, runtime=...)` called on "
+             "the normalised crop repeated to the batch (what predict calls per batch of faces, clipping and softmax "
+             "included). EmoNet-8: full size, synthetic weights by the parity recipe; tf_efficientnet_b0 and MAE "
+             "ViT-B/16: random weights, their pooled feature.",
+             "Deviation: max |out - fp32| / max |fp32| over the raw outputs (valence, arousal and the 8 logits, or "
+             "the feature) per face, torch float32 of the same network the reference; faces: the astronaut (the "
+             f"parity face), {real_note}.",
+             "Construction: building the runner; OpenVINO's first converts the network (openvino.convert_model) and "
+             "caches it on disk, later ones read the cache and compile.",
+             f"int8: {'calibrated on ' + calib_note if calib is not None else 'not run: ' + calib_note}. FrameRunner "
+             f"does not offer int8: it would need a deviation within {INT8_MAX_DEV:.0%} of float32 on faces the "
+             "calibration did not see, and NNCF's int8 EmoNet with these synthetic weights is far from it (0.92 in the "
+             "run of 2026-12-01); the real emonet_8.pth may quantize better."]
+    return {"rows": rows, "table": table, "notes": notes, "real_face": real_note,
+            "int8_calibration": calib_note}
+
+
+def bare_rate(shared: dict, runtime: str, precision: str, batch: int, network: str = "EmoNet-8") -> Optional[dict]:
+    """The frames stage's frames/s for ``network`` (not compiled) under ``runtime`` at ``precision``
+    and ``batch``, None when that stage did not measure it."""
+    for r in shared.get("frame_rows", []):
+        same = (r["network"], r["runtime"], r["precision"], r["batch"]) == (network, runtime, precision, batch)
+        if r["frames_per_s"] and same and not r["variant"].endswith("compiled"):
+            return r["frames_per_s"]
+    return None
+
+
+# --- predict end to end ---------------------------------------------------------------------------
+
+
+def _predictor(model: Any, runtime: str, cache: Path, **kwargs: Any) -> Any:
+    """``Predictor(model, runtime=runtime, **kwargs)``; while Predictor has no ``runtime`` keyword,
+    the one it built gets its runner replaced by the same FrameRunner under ``runtime``."""
+    import inspect
+
+    from .predict.predictor import Predictor
+
+    if "runtime" in inspect.signature(Predictor.__init__).parameters:
+        return Predictor(model, runtime=runtime, **kwargs)
+    p = Predictor(model, **kwargs)
+    if runtime != "torch" and p.runner is not None:
+        r = p.runner
+        p.runner = FrameRunner(p.model, r.precision, r.compiled, r.device, r.flip, r.batch_size, runtime=runtime,
+                               cache_dir=cache)
+    return p
+
+
+def stage_predict(o: argparse.Namespace, shared: dict, device: str = "cpu") -> dict:
+    """``Predictor.predict_video`` on the run's video under each runtime, against the bare runner."""
+    video = _bench_video(o, shared)
+    n_frames = int(round(o.video_seconds * 25))
+    cache = Path(shared["work"]) / "openvino_cache"
+    yunet = find_yunet()
+    face = {"face_backend": "yunet", "yunet_model": str(yunet)} if yunet else {"face_backend": "full"}
+    rows = []
+    runs = 1 if o.quick else max(2, o.repeats // 2)  # whole videos: fewer repeats than the networks
+    for spec in o.predict_variants if device == "cpu" else ["emonet_8:1"]:
+        name, stride = spec.split(":")[0], int(spec.split(":")[1])
+        # The tiny model's HOG features have no network to convert: torch only.
+        runtimes = [r for r in o.runtimes if (device == "cpu" and name == "emonet_8") or r == "torch"]
+        entries = []
+        for runtime in runtimes:
+            _log("predict", f"{name}, stride {stride}, {runtime} ({device})")
+            t0 = time.perf_counter()
+            p = _predictor(emonet_model() if name == "emonet_8" else name, runtime, cache, device=device,
+                           precision="auto", stride=stride, batch_size=PREDICT_BATCH, **face)
+            entries.append((runtime, p, time.perf_counter() - t0))
+        tables: dict = {}
+        timed = time_interleaved([lambda p=p, r=r: tables.__setitem__(r, p.predict_video(video, plot=False))
+                                  for r, p, _ in entries], runs - 1 if runs > 1 else 0)
+        for (runtime, p, construct), (times, first) in zip(entries, timed):
+            fps = rates(times or [first], n_frames)  # one run: its only (first) call
+            precision = p.runner.precision if p.runner is not None else "fp32"
+            on_cpu = name == "emonet_8" and device == "cpu"
+            bare = bare_rate(shared, runtime, precision, PREDICT_BATCH) if on_cpu else None
+            rows.append({"variant": f"{name}, stride {stride}", "model": name, "stride": stride, "runtime": runtime,
+                         "description": p.runner.description if p.runner is not None else "audio only",
+                         "precision": precision, "frames_per_s": fps, "realtime_factor": fps["median"] / 25.0,
+                         "first_run_s": first, "construct_s": construct,
+                         "faces_found": int(tables[runtime]["face_found"].sum()),
+                         "bare_frames_per_s": bare, "over_bare": fps["median"] / bare["median"] if bare else None})
+        del entries
+    table = markdown_table([dict(r, fps=fmt_spread(r["frames_per_s"]), bare=fmt_spread(r["bare_frames_per_s"]))
+                            for r in rows], [
+        ("variant", f"predict_video ({device})", ""), ("description", "runner", ""),
+        ("fps", "video frames/s", ""), ("realtime_factor", "× real time (25 fps)", ".2f"),
+        ("bare", f"bare runner, batch {PREDICT_BATCH}", ""), ("over_bare", "predict / bare", ".2f"),
+        ("construct_s", "Predictor construction (s)", ".1f")])
+    backend = (f"YuNet ({yunet.name})" if yunet else
+               "full frame (`--face-backend full`: no YuNet file found; set AVFUSION_TEST_YUNET): "
+               "no face tracking pass")
+    notes = [f"Video: {o.video_seconds:g} s ({n_frames} frames), 1280x720, 25 fps, H.264 + AAC, one synthetic talking "
+             f"face; faces: {backend}; precision auto; batch {PREDICT_BATCH}. Timed: `predict_video(path, plot=False)` "
+             "in this process (decoding, face detection and tracking, crops, the network, the table), not the "
+             "Predictor's construction (model, runner; OpenVINO: conversion or the cache), given apart.",
+             "'predict / bare': predict's video frames/s over the frames stage's frames/s of the same FrameRunner "
+             f"(runtime, precision, batch {PREDICT_BATCH}) in this run: 1 would mean decoding, faces and writing cost "
+             "nothing beside the network; at stride K the network sees every K-th frame, so it can pass 1."]
+    return {"rows": rows, "table": table, "notes": notes,
+            "video": {"seconds": o.video_seconds, "frames": n_frames, "face_backend": face["face_backend"]}}
+
+
+# --- audio ----------------------------------------------------------------------------------------
+
+
+class _Hidden(torch.nn.Module):
+    """wav2vec2's last hidden states as a dict (what OpenVINONet returns by name)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, wave: torch.Tensor) -> dict[str, torch.Tensor]:  # (B, S) -> (B, S / 320, C)
+        return {"hidden": self.model(wave).last_hidden_state}
+
+
+def stage_audio(o: argparse.Namespace, shared: dict) -> dict:
+    """wav2vec2-base (Wav2Vec2Config defaults, random weights) on ``audio_seconds`` of 16 kHz audio:
+    torch float32 and bf16, OpenVINO f32 and bf16 (the audio path has no runner yet: the bare
+    network either way)."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    from .encoders.base import inference_copy
+
+    torch.manual_seed(0)
+    net = _Hidden(Wav2Vec2Model(Wav2Vec2Config()).eval()).eval()
+    samples = int(16000 * o.audio_seconds)
+    wave = torch.randn(1, samples) * 0.1
+    entries = []
+    for key, runtime, precision, _, _ in _variants(argparse.Namespace(**{**vars(o), "compile": False})):
+        label = {"torch": "torch", "openvino": "OpenVINO"}[runtime] + {"fp32": " float32", "bf16": " bf16"}[precision]
+        _log("audio", label)
+        t0 = time.perf_counter()
+        if runtime == "torch":
+            _, run = inference_copy(net, torch.bfloat16 if precision == "bf16" else None)
+            x = wave.to(torch.bfloat16) if precision == "bf16" else wave
+
+            def call(run: Callable = run, x: torch.Tensor = x) -> dict:
+                with torch.inference_mode():
+                    return {k: v.float().numpy() for k, v in run(x).items()}
+            converted = None
+        else:
+            from .inference.openvino_net import OpenVINONet
+
+            ov = OpenVINONet(net, (samples,), precision, cache_dir=Path(shared["work"]) / "openvino_cache")
+            converted = ov.converted
+
+            def call(ov: Any = ov) -> dict:
+                return ov(wave.numpy())
+        entries.append(({"variant": key, "label": label, "runtime": runtime, "precision": precision,
+                         "construct_s": time.perf_counter() - t0, "converted": converted}, call))
+    rows, ref = [], None
+    for (row, call), (times, first) in zip(entries, time_interleaved([c for _, c in entries], o.repeats)):
+        out = call()
+        if ref is None:
+            ref = out
+        rows.append(dict(row, rate=rates(times, o.audio_seconds), first_call_s=first,
+                         deviation=_deviation(out, ref)[0]))
+    base = rows[0]["rate"]["median"] if rows else None
+    for r in rows:
+        r["x_torch_fp32"] = r["rate"]["median"] / base
+    table = markdown_table([dict(r, r=fmt_spread(r["rate"])) for r in rows], [
+        ("label", f"wav2vec2-base, {o.audio_seconds:g} s at 16 kHz", ""),
+        ("r", "s of audio / s median (min–max)", ""),
+        ("x_torch_fp32", "× torch fp32", ".2f"), ("deviation", "deviation vs torch fp32", ".1e"),
+        ("construct_s", "construction (s)", ".1f")])
+    return {"rows": rows, "table": table,
+            "notes": ["The bare network (transformers Wav2Vec2Model, random weights) on one utterance; deviation: max "
+                      "|out - fp32| / max |fp32| over the last hidden states. OpenVINO: converted for this input "
+                      "length. avfusion runs wav2vec2 through torch only so far (no audio runner)."]}
 
 
 def stage_decode(o: argparse.Namespace, shared: dict) -> dict:
@@ -688,7 +632,7 @@ def stage_decode(o: argparse.Namespace, shared: dict) -> dict:
                      ("OpenCV, sequential (read + BGR->RGB)", by_opencv)):
         _log("decode", name)
         times, first, n = time_repeats(fn, o.repeats)
-        rows.append({"decoder": name, "frames": n, "frames_per_s": _rates(times, n), "first_s": first})
+        rows.append({"decoder": name, "frames": n, "frames_per_s": rates(times, n), "first_s": first})
     base = rows[0]["frames_per_s"]["median"]
     for r in rows:
         r["vs_decord"] = r["frames_per_s"]["median"] / base
@@ -699,66 +643,9 @@ def stage_decode(o: argparse.Namespace, shared: dict) -> dict:
             "rows": rows, "table": table, "notes": []}
 
 
-def _bare_fast(batch: int, repeats: int, device: str = "cpu") -> dict:
-    """The bare EmoNet-8 bf16 fast path at ``batch``: frames/s."""
-    from .encoders.emonet import optimize_for_inference
 
-    fast = optimize_for_inference(_emonet_net(), torch.bfloat16, channels_last=True, device=device)
-    x = astronaut_face().repeat(batch, 1, 1, 1)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    times, _, _ = time_repeats(lambda: fast(x), repeats, sync=sync)
-    return _rates(times, batch)
+# --- training on cached features, feature caching -------------------------------------------------
 
-
-def stage_predict(o: argparse.Namespace, shared: dict, device: str = "cpu") -> dict:
-    """`avfusion predict` end to end (fresh process: model load, decoding, faces, network, table)."""
-    from .data.faces import resolve_yunet_model
-
-    video = _bench_video(o, shared)
-    n_frames = int(round(o.video_seconds * 25))
-    work = Path(shared["work"])
-    weights = synthetic_emonet_file(work)
-    try:
-        face = ["--face-backend", "yunet", "--yunet-model", str(resolve_yunet_model(None))]
-    except FileNotFoundError:
-        face = ["--face-backend", "full"]
-    bare = None
-    for r in shared.get("emonet_rows", []) if device == "cpu" else []:
-        if r["batch"] == o.predict_batch and r["variant"] == "fast_eager":
-            bare = r["frames_per_s"]
-    if bare is None:
-        _log("predict", f"bare EmoNet-8 fast path at batch {o.predict_batch} ({device})")
-        bare = _bare_fast(o.predict_batch, o.repeats, device)
-    rows = []
-    variants = o.predict_variants if device == "cpu" else ["emonet_8:1", "emonet_8:4"]
-    for spec in variants:
-        model, stride = spec.split(":")[0], int(spec.split(":")[1])
-        name = f"{model}, stride {stride}"
-        _log("predict", f"{name} ({device})")
-        argv = [str(video), "--out", str(work / f"predict_{device}"), "--no-plot", "--quiet", "--batch-size",
-                str(o.predict_batch), "--device", device, *face, "--stride", str(stride)]
-        argv += (["--model", "emonet_8", "--checkpoint", str(weights)] if model == "emonet_8" else ["--model", model])
-        res = _run_child(argv, o.threads)
-        fps = n_frames / res["seconds"]
-        rows.append({"variant": name, "model": model, "stride": stride, "frames_per_s": fps,
-                     "realtime_factor": fps / 25.0, "peak_rss_mb": res["peak_rss_mb"], "seconds": res["seconds"],
-                     "vs_bare_fast_path": fps / bare["median"] if model == "emonet_8" else None})
-    table = markdown_table(rows, [("variant", f"avfusion predict ({device})", ""), ("frames_per_s", "video frames/s", ".2f"),
-                                  ("realtime_factor", "× real time (25 fps)", ".2f"),
-                                  ("vs_bare_fast_path", "/ bare bf16 fast path", ".2f"),
-                                  ("peak_rss_mb", "peak RSS (MB)", ".0f")])
-    notes = [f"Video: {o.video_seconds:g} s, 1280x720, 25 fps, H.264 + AAC, one synthetic talking face; "
-             f"faces: {face[1]}; batch {o.predict_batch}; precision auto. One run per variant in a fresh "
-             "process: seconds inside `avfusion predict`'s main() (model load, decoding, face detection, "
-             "network, writing the table), so start-up weighs more on a short video.",
-             f"Bare EmoNet-8 bf16 + channels_last at batch {o.predict_batch} in the same run: "
-             f"{fmt_spread(bare)} frames/s; '/ bare' is predict's frames/s over that median (the predict "
-             "target: close to 1 at stride 1)."]
-    return {"rows": rows, "bare_fast_path": bare, "table": table, "notes": notes,
-            "video": {"seconds": o.video_seconds, "frames": n_frames, "face_backend": face[1]}}
-
-
-# --- training on cached features ---
 
 def _afew_lengths(clips: int, frames: int, seed: int = 0) -> np.ndarray:
     """Clip lengths like AFEW-VA's (a few to ~150 frames), ``clips`` of them summing to ``frames``."""
@@ -974,17 +861,21 @@ def stage_cache(o: argparse.Namespace, shared: dict) -> dict:
             "notes": ["Synthetic 128x128 clips (decoding, full-frame crop, encoders, writing float16 files); one run each."]}
 
 
+
 def stage_cuda(o: argparse.Namespace, shared: dict) -> dict:
-    """bf16 EmoNet-8 at batch 32 and 256 and predict end to end on the GPU."""
+    """EmoNet-8 bf16 through FrameRunner at batch 32 and 256, and predict end to end, on the GPU."""
     if o.device != "cuda":
         return {"status": "not run (--device cpu)", "table": "CUDA: not run (--device cpu).", "rows": [], "notes": []}
     if not torch.cuda.is_available():
         return {"status": "not run (no GPU)", "table": "CUDA: not run (no GPU).", "rows": [], "notes": []}
+    model, face = emonet_model(), _faces_for(emonet_model(), astronaut_face()[None])
     rows = []
     for batch in (32, 256):
         _log("cuda", f"EmoNet-8 bf16 batch {batch}")
-        rows.append({"what": f"EmoNet-8 bf16 + channels_last, batch {batch}",
-                     "frames_per_s": _bare_fast(batch, o.repeats, "cuda")})
+        runner = FrameRunner(model, "bf16", device="cuda", batch_size=batch)
+        x = face.repeat(batch, 1, 1, 1)
+        times, _, _ = time_repeats(lambda: runner(x), o.repeats, sync=torch.cuda.synchronize)
+        rows.append({"what": f"EmoNet-8 {runner.description}, batch {batch}", "frames_per_s": rates(times, batch)})
     pred = stage_predict(o, shared, device="cuda")
     gpu = torch.cuda.get_device_name(0)
     table = markdown_table([dict(r, f=fmt_spread(r["frames_per_s"], ".0f")) for r in rows],
@@ -994,103 +885,114 @@ def stage_cuda(o: argparse.Namespace, shared: dict) -> dict:
 
 
 STAGE_FUNCS: dict[str, Callable[[argparse.Namespace, dict], dict]] = {
-    "emonet": stage_emonet, "encoders": stage_encoders, "decode": stage_decode, "predict": stage_predict,
+    "frames": stage_frames, "predict": stage_predict, "audio": stage_audio, "decode": stage_decode,
     "train": stage_train, "cache": stage_cache, "cuda": stage_cuda}
 
-STAGE_TITLES = {
-    "emonet": "EmoNet-8 per-frame network (256x256 crops)",
-    "encoders": "Other frozen encoders",
-    "decode": "Decoding 720p video",
-    "predict": "`avfusion predict` end to end (720p 25 fps talking face with audio)",
-    "train": "Fusion training on cached features",
-    "cache": "Feature caching",
-    "cuda": "CUDA",
-}
+
+# --- the run and its files -------------------------------------------------------------------------
 
 
 def machine_line(m: dict) -> str:
+    """The machine a run's figures hold for, in one line."""
     flags = ", ".join(m.get("cpu_flags") or []) or "none of the reported flags"
-    amx = "AMX" if any(f.startswith("amx") for f in m.get("cpu_flags") or []) else "no AMX"
+    ident = f" ({m['cpu_id']})" if m.get("cpu_id") else ""
     gpu = f"; GPU {m['gpu']}" if m.get("gpu") else ""
-    return (f"{m.get('cpu')}, {m.get('cores')} cores ({flags}; {amx}), {m.get('threads')} torch threads, "
-            f"torch {m.get('torch')}{gpu}")
-
-
-def bench_markdown(result: dict) -> str:
-    """bench.md: the run's tables, each under the machine it ran on."""
-    m = result["machine"]
-    lines = [f"_`{result.get('command', 'avfusion bench')}`, {result['date'][:16].replace('T', ' ')}: "
-             f"{machine_line(m)}; total {result.get('total_s', 0):.0f} s"
-             + (f"; {result['note']}" if result.get("note") else "") + "_", ""]
-    s = result.get("summary") or {}
-    if s:
-        bits = []
-        if s.get("emonet_fast_over_fp32"):
-            bits.append("EmoNet-8 fast path over fp32 eager: " + ", ".join(
-                f"{v:.2f}× at batch {k}" for k, v in s["emonet_fast_over_fp32"].items()))
-        if s.get("predict_over_bare_fast_path"):
-            bits.append("predict end to end / bare fast path: " + ", ".join(
-                f"{v:.2f} ({k})" for k, v in s["predict_over_bare_fast_path"].items()))
-        if s.get("afew_epoch_s") is not None:
-            bits.append(f"fusion training, one AFEW-VA-sized epoch: {s['afew_epoch_s']:.1f} s with the experiment's "
-                        f"settings, {s['afew_epoch_s_best']:.1f} s at best ({s['afew_best_setting']})")
-        lines += ["**Summary.** " + "; ".join(bits) + ".", ""]
-    if result.get("quick"):
-        lines += ["Quick mode skips: " + "; ".join(result.get("quick_skips", [])) + ".", ""]
-    loads = [x for r in result["stages"].values() for x in (r.get("loadavg_1min_before_after") or []) if x is not None]
-    if loads and m.get("cores") and max(loads) > 0.5 * m["cores"]:
-        lines += [f"**Busy machine:** the 1-minute load average reached {max(loads):.1f} on {m['cores']} cores during "
-                  "this run (other jobs), so its speeds are lower than an idle machine's; ratios measured in the "
-                  "same stage suffer less.", ""]
-    for stage in BENCH_STAGES:
-        r = result["stages"].get(stage)
-        if r is None:
-            continue
-        lines.append(f"### {STAGE_TITLES[stage]}")
-        lines.append("")
-        if "error" in r:
-            lines += [f"Not measured: {r['error']}", ""]
-            continue
-        load = r.get("loadavg_1min_before_after")
-        lines.append(r["table"])
-        lines.append("")
-        for note in r.get("notes", []):
-            lines += [note, ""]
-        if load and load[0] is not None:
-            lines += [f"_{r.get('seconds', 0):.0f} s; 1-minute load average {load[0]:.1f} before, {load[1]:.1f} after._", ""]
-    return "\n".join(lines).rstrip() + "\n"
+    return (f"{m.get('cpu')}{ident}, {m.get('cores')} cores, class {m.get('cpu_class', '?')} ({flags}); "
+            f"torch {m.get('torch')}, openvino {m.get('openvino') or 'not installed'}, {m.get('threads')} threads{gpu}")
 
 
 def _summary(stages: dict) -> dict:
     s: dict = {}
-    e = stages.get("emonet") or {}
-    if e.get("fast_over_fp32"):
-        s["emonet_fast_over_fp32"] = e["fast_over_fp32"]
-    p = stages.get("predict") or {}
-    ratios = {r["variant"]: r["vs_bare_fast_path"] for r in p.get("rows", []) if r.get("vs_bare_fast_path")}
+    rows = [r for r in (stages.get("frames") or {}).get("rows", []) if r.get("frames_per_s")]
+    at16 = {r["variant"]: r for r in rows if r["network"] == "EmoNet-8" and r["batch"] == PREDICT_BATCH}
+    if at16:
+        s["emonet_batch16_frames_per_s"] = {k: r["frames_per_s"]["median"] for k, r in at16.items()}
+        s["emonet_batch16_x_torch_fp32"] = {k: r["x_torch_fp32"] for k, r in at16.items()}
+    ov = {f"{r['network']} {r['precision']} batch {r['batch']}": r["x_torch_same_precision"]
+          for r in rows if r.get("x_torch_same_precision")}
+    if ov:
+        s["openvino_x_torch_same_precision"] = ov
+    pred = (stages.get("predict") or {}).get("rows", [])
+    ratios = {f"{r['variant']}, {r['runtime']}": r["over_bare"] for r in pred if r.get("over_bare")}
     if ratios:
-        s["predict_over_bare_fast_path"] = ratios
+        s["predict_over_bare"] = ratios
     t = stages.get("train") or {}
     if t.get("rows"):
         s["afew_epoch_s"] = t["afew_epoch_s_config"]
         s["afew_epoch_s_best"] = t["afew_epoch_s_best"]
         s["afew_best_setting"] = t["afew_best_setting"]
         s["affwild2_s_per_1M_frames"] = t["affwild2"]["seconds_per_1M_frames"]
-    c = stages.get("cuda") or {}
-    s["cuda"] = c.get("status", "not run")
+    s["cuda"] = (stages.get("cuda") or {}).get("status", "not run")
     return s
+
+
+def bench_markdown(result: dict) -> str:
+    """bench.md: the machine first, then the summary and each stage's table."""
+    lines = [f"_{machine_line(result['machine'])}. `{result.get('command', 'avfusion bench')}`, "
+             f"{result['date'][:16].replace('T', ' ')}, {result.get('total_s', 0):.0f} s"
+             + (f"; {result['note']}" if result.get("note") else "") + "._", ""]
+    s = result.get("summary") or {}
+    bits = []
+    if s.get("emonet_batch16_x_torch_fp32"):
+        labels = {v[0]: v[4].split(" (")[0] for v in RUNNER_VARIANTS} | {"openvino_int8": "OpenVINO int8"}
+        bits.append(f"EmoNet-8 at batch {PREDICT_BATCH} over torch float32 eager: " + ", ".join(
+            f"{labels.get(k, k)} {v:.2f}×" for k, v in s["emonet_batch16_x_torch_fp32"].items() if k != "torch_fp32"))
+    if s.get("openvino_x_torch_same_precision"):
+        bits.append("OpenVINO over the best torch at the same precision: " + ", ".join(
+            f"{k} {v:.2f}×" for k, v in s["openvino_x_torch_same_precision"].items()))
+    if s.get("predict_over_bare"):
+        bits.append("predict end to end / bare runner: " + ", ".join(
+            f"{v:.2f} ({k})" for k, v in s["predict_over_bare"].items()))
+    if s.get("afew_epoch_s") is not None:
+        bits.append(f"fusion training, one AFEW-VA-sized epoch: {s['afew_epoch_s']:.1f} s with the experiment's "
+                    f"settings, {s['afew_epoch_s_best']:.1f} s at best ({s['afew_best_setting']})")
+    if bits:
+        lines += ["**Summary.** " + "; ".join(bits) + ".", ""]
+    if result.get("quick"):
+        lines += ["Quick mode skips: " + "; ".join(result.get("quick_skips", [])) + ".", ""]
+    m = result["machine"]
+    loads = [x for r in result["stages"].values() for x in (r.get("loadavg_1min_before_after") or []) if x is not None]
+    if loads and m.get("cores") and max(loads) > 0.5 * m["cores"]:
+        lines += [f"**Busy machine:** the 1-minute load average reached {max(loads):.1f} on {m['cores']} cores during "
+                  "this run (other jobs), so its speeds are lower than an idle machine's; ratios measured in the "
+                  "same stage suffer less.", ""]
+    for stage in STAGES:
+        r = result["stages"].get(stage)
+        if r is None:
+            continue
+        lines += [f"### {STAGE_TITLES[stage]}", ""]
+        if "error" in r:
+            lines += [f"Not measured: {r['error']}", ""]
+            continue
+        lines += [r["table"], ""]
+        for note in r.get("notes", []):
+            lines += [note, ""]
+        load = r.get("loadavg_1min_before_after")
+        if load and load[0] is not None:
+            lines += [f"_{r.get('seconds', 0):.0f} s; 1-minute load average {load[0]:.1f} before, {load[1]:.1f} after._", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _write(out: Path, result: dict) -> None:
+    from .files import write_text_atomic
+
+    write_text_atomic(out / "bench.json", json.dumps(result, indent=1, default=str) + "\n")
+    write_text_atomic(out / "bench.md", bench_markdown(result))
 
 
 def run_all(o: argparse.Namespace) -> dict:
     """Every stage of ``o.stages`` in one run; writes OUT/bench.json and OUT/bench.md after each."""
     import tempfile
 
-    settings = QUICK if o.quick else FULL
-    for key, value in settings.items():
+    for key, value in (QUICK if o.quick else FULL).items():
         if getattr(o, key, None) is None:
             setattr(o, key, value)
     if o.no_compile:
         o.compile = False
+    if o.runtimes is None:
+        from .inference.openvino_net import openvino_available
+
+        o.runtimes = ["torch"] + (["openvino"] if openvino_available() else [])
     out = Path(o.out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = None
@@ -1099,25 +1001,23 @@ def run_all(o: argparse.Namespace) -> dict:
     else:
         tmp = tempfile.TemporaryDirectory(prefix="avfusion-bench-")
     shared: dict = {"work": o.workdir or tmp.name}
-    from .inference.hardware import machine_info
-
+    settings = ("repeats", "batches", "encoders", "compile", "int8", "runtimes", "video_seconds", "predict_variants",
+                "audio_seconds", "train_clips", "train_frames", "train_variants", "train_epochs", "affwild_frames",
+                "cache_clips", "cache_frames", "device", "stages")
     result = {
-        "kind": BENCH_KIND, "version": 1,
+        "machine": machine_info("cuda" if o.device == "cuda" else "cpu"),  # first: figures hold for it only
+        "kind": BENCH_KIND, "version": BENCH_VERSION,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": "avfusion bench" + (" --quick" if o.quick else ""),
         "quick": bool(o.quick), "quick_skips": list(QUICK_SKIPS) if o.quick else [],
-        "machine": machine_info("cuda" if o.device == "cuda" else "cpu"),
-        "settings": {k: getattr(o, k) for k in ("repeats", "batches", "video_seconds", "vit_batch", "audio_seconds",
-                                                "predict_batch", "predict_variants", "train_clips", "train_frames",
-                                                "train_variants", "train_epochs", "affwild_frames", "cache_clips",
-                                                "cache_frames", "compile", "device", "stages")},
+        "settings": {k: getattr(o, k) for k in settings},
         "timing": "each figure: median (min-max) over the repeats after one untimed first call; first calls "
-                  "(compilation, kernel creation) are reported apart",
+                  "(compilation, kernel creation) and constructions are reported apart",
         "stages": {}, "note": o.note or "",
     }
     t_start = time.perf_counter()
     try:
-        for stage in BENCH_STAGES:
+        for stage in STAGES:
             if stage not in o.stages:
                 continue
             load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -1134,7 +1034,7 @@ def run_all(o: argparse.Namespace) -> dict:
             result["stages"][stage] = r
             result["total_s"] = time.perf_counter() - t_start
             result["summary"] = _summary(result["stages"])
-            _write_bench(out, result)
+            _write(out, result)
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -1143,199 +1043,94 @@ def run_all(o: argparse.Namespace) -> dict:
     return result
 
 
-def _write_bench(out: Path, result: dict) -> None:
-    tmp = out / "bench.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")
-    tmp.replace(out / "bench.json")
-    (out / "bench.md").write_text(bench_markdown(result))
-
-
 # --- README section ---------------------------------------------------------------------------------
 
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
-# What each section measures, in the README's words (sections absent from the results are left out).
-_CAPTIONS = {
-    "predict_12s": "`avfusion predict` end to end on a generated 12 s 720p 25 fps talking-face video (YuNet "
-                   "faces, EmoNet-8 at full size with synthetic parity weights), against the bare network "
-                   "measured in the same run (`avfusion bench predict`):",
-    "predict_600s": "The same on a 10-minute 720p video (15,000 frames), for peak memory: it must not grow "
-                    "with the video's length (`avfusion bench predict --seconds 600 --variants emonet_8:1 "
-                    "tiny:1`):",
-    "zeroshot": "`avfusion evaluate` of EmoNet-8 zero-shot through the same engine on a generated AFEW-VA "
-                "tree (4 clips x 48 frames of 512x512 PNGs + landmarks; flip-averaged as the emonet_8 config "
-                "says; `avfusion bench zeroshot`):",
-    "emonet": "The bare EmoNet-8 network (full size, synthetic parity weights), batch 8 at 256x256 "
-              "(`avfusion bench emonet`); deviation = max |out - fp32| / max |fp32| over valence, arousal "
-              "and the 8 logits on the astronaut face:",
-    "data": "Training batches of 8 clips x 32 frames (decord frames + PyAV audio, face crop, training "
-            "transform) from the synthetic mp4s (`avfusion bench data`):",
-}
+
+def readme_section(result: dict) -> str:
+    """The README's performance section from a run's bench.json: its bench.md."""
+    return bench_markdown(result)
 
 
-def readme_section(results: dict) -> str:
-    """The README's performance tables from ``results`` (benchmarks/results.json), each with the
-    machine it ran on."""
-    if results.get("kind") == BENCH_KIND:
-        return ("Measured by one `avfusion bench` run (`--out benchmarks`); the tables below are rewritten from "
-                "its `benchmarks/bench.json` by `avfusion bench readme` (or `avfusion bench --readme` in one go).\n\n"
-                + bench_markdown(results).rstrip())
-    parts = []
-    for key, caption in _CAPTIONS.items():
-        r = results.get(key)
-        if not r:
-            continue
-        flags = ", ".join(r.get("cpu_flags") or []) or "flags not recorded"
-        machine = (f"{r.get('device')} ({flags}), {r.get('threads')} threads, torch {r.get('torch')}, "
-                   f"{str(r.get('date', ''))[:10]}" + (f"; {r['note']}" if r.get("note") else ""))
-        parts.append(f"{caption}\n\n_{machine}_\n\n{r['table']}")
-    return "\n\n".join(parts)
+def update_readme(readme: Path, bench: Path) -> Path:
+    """Rewrite the part of ``readme`` between the bench markers from the run in ``bench``."""
+    from .files import write_text_atomic
 
-
-def update_readme(readme: Path, *sources: Path) -> Path:
-    """Rewrite the part of ``readme`` between the bench markers from the results files ``sources``
-    (a run's bench.json and/or the per-section results.json), in that order; missing ones are skipped."""
-    text = readme.read_text()
+    bench = Path(bench)
+    if not bench.is_file():
+        raise FileNotFoundError(f"{bench}: no bench results to write into {readme} (run `avfusion bench` first)")
+    result = json.loads(bench.read_text())
+    if result.get("kind") != BENCH_KIND or result.get("version") != BENCH_VERSION:
+        raise ValueError(f"{bench}: not a version-{BENCH_VERSION} `avfusion bench` result (run `avfusion bench` again)")
+    text = Path(readme).read_text()
     if README_START not in text or README_END not in text:
         raise ValueError(f"{readme}: no {README_START} ... {README_END} markers to write between")
-    found = [Path(p) for p in sources if Path(p).is_file()]
-    if not found:
-        raise FileNotFoundError(f"no results to write into {readme}: none of {[str(p) for p in sources]} exists "
-                                "(run `avfusion bench` first)")
-    body = "\n\n".join(readme_section(json.loads(p.read_text())) for p in found)
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
-    new = f"{head}{README_START}\n{body}\n{README_END}{tail}"
-    tmp = readme.with_suffix(".tmp")
-    tmp.write_text(new)
-    tmp.replace(readme)
-    return readme
+    write_text_atomic(readme, f"{head}{README_START}\n{readme_section(result).rstrip()}\n{README_END}{tail}")
+    return Path(readme)
 
 
-SECTIONS: dict[str, Callable[[argparse.Namespace], dict]] = {"emonet": bench_emonet, "data": bench_data,
-                                                              "predict": bench_predict, "zeroshot": bench_zeroshot}
+# --- command line ----------------------------------------------------------------------------------
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The benchmark's options and sections on ``parser`` (``avfusion bench``)."""
-    # The common options go before or after the section name; after it they must not reset
-    # values given before it, hence SUPPRESS defaults in the sections' copy.
-    common = argparse.ArgumentParser(add_help=False)
-    for target, defaults in ((parser, True), (common, False)):
-        target.add_argument("--output", type=Path, default=DEFAULT_OUTPUT if defaults else argparse.SUPPRESS,
-                            help="results JSON (sections merged)")
-        target.add_argument("--threads", type=int, default=os.cpu_count() if defaults else argparse.SUPPRESS,
-                            help="torch threads (default: all cores)")
-        target.add_argument("--note", default="" if defaults else argparse.SUPPRESS,
-                            help="free text stored with the results (machine state, ...)")
-    # The whole benchmark (no section named): every stage in one run.
-    whole = parser.add_argument_group("the whole benchmark (`avfusion bench` without a section)")
-    whole.add_argument("--quick", action="store_true",
-                       help="under 5 minutes on 2 cores: no compile, fewer repeats, smaller sizes (listed in the output)")
-    whole.add_argument("--out", type=Path, default=Path("benchmarks"), help="folder for bench.json and bench.md")
-    whole.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
-                       help="cuda: also fill the CUDA column (bf16 EmoNet at batch 32 and 256, predict)")
-    whole.add_argument("--stages", nargs="+", default=list(BENCH_STAGES), choices=BENCH_STAGES, metavar="STAGE",
-                       help=f"stages to run (default all: {' '.join(BENCH_STAGES)})")
-    whole.add_argument("--readme", nargs="?", type=Path, const=Path("README.md"), default=None, metavar="README",
-                       help="then rewrite the README's performance section from this run (default README.md)")
-    whole.add_argument("--repeats", type=int, default=None, help="timed repeats per figure (quick 2, full 5)")
-    whole.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32], help="EmoNet batch sizes")
-    whole.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
-    whole.add_argument("--video-seconds", type=float, default=None, help="length of the 720p video (quick 6, full 20)")
-    whole.add_argument("--vit-batch", type=int, default=None, help="MAE ViT-B/16 batch (8)")
-    whole.add_argument("--audio-seconds", type=float, default=None, help="wav2vec2 input length (quick 5, full 10)")
-    whole.add_argument("--predict-batch", type=int, default=16, help="predict's --batch-size (its default, 16)")
-    whole.add_argument("--predict-variants", nargs="+", default=["emonet_8:1", "emonet_8:4", "tiny:1", "tiny:4"],
-                       metavar="MODEL:STRIDE", help="predict runs (model name and stride)")
-    whole.add_argument("--train-clips", type=int, default=AFEW_CLIPS, help="clips of the AFEW-VA-sized cache (600)")
-    whole.add_argument("--train-frames", type=int, default=AFEW_FRAMES, help="frames of the AFEW-VA-sized cache (30051)")
-    whole.add_argument("--train-variants", nargs="+", default=None, metavar="PRECISION:BATCH",
-                       help="training settings PRECISION:BATCH[:STRIDE] (bf16|no; stride default 16, the experiment's); "
-                            "quick: bf16:16 bf16:64")
-    whole.add_argument("--train-epochs", type=int, default=None, help="timed epochs per setting (quick 1, full 3)")
-    whole.add_argument("--affwild-frames", type=int, default=None,
-                       help="frames of the Aff-Wild2-like cache the per-1M-frames rate is measured on")
-    whole.add_argument("--cache-clips", type=int, default=None, help="clips for the EmoNet feature-caching figure")
-    whole.add_argument("--cache-frames", type=int, default=None, help="frames per clip for the caching figures")
-    whole.add_argument("--workdir", default=None, help="keep the generated video, caches and weights here")
-    whole.add_argument("--strict", action="store_true", help="stop at a failing stage (default: record its error)")
+    """The benchmark's options on ``parser`` (``avfusion bench``); ``readme`` is its one sub-command."""
+    parser.add_argument("--quick", action="store_true",
+                        help="a few minutes on 2 cores: no compile or int8, fewer repeats, smaller sizes "
+                             "(listed in the output)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for bench.json and bench.md")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="cuda: also fill the CUDA section (EmoNet-8 bf16 at batch 32 and 256, predict)")
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES, metavar="STAGE",
+                        help=f"stages to run (default all: {' '.join(STAGES)})")
+    parser.add_argument("--runtimes", nargs="+", default=None, choices=("torch", "openvino"),
+                        help="runtimes to measure (default: torch, and openvino when installed)")
+    parser.add_argument("--readme", nargs="?", type=Path, const=Path("README.md"), default=None, metavar="README",
+                        help="then rewrite the README's performance section from this run (default README.md)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
+    parser.add_argument("--note", default="", help="free text stored with the results (machine state, ...)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per figure (quick 2, full 5)")
+    parser.add_argument("--batches", type=int, nargs="+", default=None,
+                        help="EmoNet-8 batch sizes (quick 1 16, full 1 16 32)")
+    parser.add_argument("--encoders", nargs="*", default=None,
+                        help="other per-frame networks at batch 16: timm names; vit_* is the MAE ViT "
+                             "(quick tf_efficientnet_b0; full adds vit_base_patch16_224)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    parser.add_argument("--no-int8", dest="int8", action="store_const", const=False, default=None,
+                        help="skip EmoNet-8 int8 (full run only; needs nncf, AVFUSION_TEST_MEDIA and YuNet)")
+    parser.add_argument("--video-seconds", type=float, default=None, help="length of the 720p video (quick 6, full 20)")
+    parser.add_argument("--predict-variants", nargs="+", default=None, metavar="MODEL:STRIDE",
+                        help="predict runs: emonet_8 or tiny, and the stride (quick emonet_8:1 tiny:1)")
+    parser.add_argument("--audio-seconds", type=float, default=None, help="wav2vec2 input length (quick 5, full 10)")
+    parser.add_argument("--train-clips", type=int, default=AFEW_CLIPS, help="clips of the AFEW-VA-sized cache (600)")
+    parser.add_argument("--train-frames", type=int, default=AFEW_FRAMES, help="frames of the AFEW-VA-sized cache (30051)")
+    parser.add_argument("--train-variants", nargs="+", default=None, metavar="PRECISION:BATCH",
+                        help="training settings PRECISION:BATCH[:STRIDE] (bf16|no; stride default 16, the experiment's)")
+    parser.add_argument("--train-epochs", type=int, default=None, help="timed epochs per setting (quick 1, full 3)")
+    parser.add_argument("--affwild-frames", type=int, default=None,
+                        help="frames of the Aff-Wild2-like cache the per-1M-frames rate is measured on")
+    parser.add_argument("--cache-clips", type=int, default=None, help="clips for the EmoNet feature-caching figure")
+    parser.add_argument("--cache-frames", type=int, default=None, help="frames per clip for the caching figures")
+    parser.add_argument("--workdir", default=None, help="keep the generated video, caches and converted networks here")
+    parser.add_argument("--strict", action="store_true", help="stop at a failing stage (default: record its error)")
     sub = parser.add_subparsers(dest="section", required=False)
-    emonet = sub.add_parser("emonet", parents=[common],
-                            help="EmoNet frames/s: fp32 eager vs bf16 channels_last (eager, compiled)")
-    emonet.add_argument("--batch", type=int, default=8)
-    emonet.add_argument("--warmup", type=int, default=2, help="untimed calls (the first compiles)")
-    emonet.add_argument("--iters", type=int, default=5)
-    emonet.add_argument("--device", default="cpu")
-    emonet.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
-    emonet.add_argument("--checkpoint", default=None, help="emonet_8.pth (default: synthetic weights)")
-    data = sub.add_parser("data", parents=[common],
-                          help="DataLoader frames/s: batches of clips (video + audio) from synthetic mp4s")
-    data.add_argument("--root", type=Path, default=None,
-                      help="dataset folder, written unless it holds a manifest.csv (default: a temp folder)")
-    data.add_argument("--clips", type=int, default=16)
-    data.add_argument("--frames", type=int, default=64, help="frames per synthetic clip")
-    data.add_argument("--size", type=int, default=128, help="synthetic frame size (px)")
-    data.add_argument("--batch", type=int, default=8, help="clips per batch")
-    data.add_argument("--clip-len", type=int, default=32, help="frames per clip (T)")
-    data.add_argument("--batches", type=int, default=10, help="timed batches after the first")
-    data.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader num_workers to try")
-    data.add_argument("--quick", action="store_true", help="smoke test: 4 clips, 2 timed batches")
-    pred = sub.add_parser("predict", parents=[common],
-                          help="avfusion predict end to end on a generated 720p video vs the bare EmoNet")
-    pred.add_argument("--seconds", type=float, default=12.0, help="video length (25 fps)")
-    pred.add_argument("--batch", type=int, default=16, help="face crops per network call")
-    pred.add_argument("--iters", type=int, default=3, help="timed batches of the bare network")
-    pred.add_argument("--workdir", default=None, help="keep the video and weights here (default: a temp folder)")
-    pred.add_argument("--yunet-model", default=None, help="YuNet ONNX (default: the usual search; else --face-backend full)")
-    pred.add_argument("--variants", type=_variant, nargs="+",
-                      default=[_variant(v) for v in ("emonet_8:1", "emonet_8:4", "emonet_8:1:compile",
-                                                     "emonet_8:4:compile", "tiny:1")],
-                      help="MODEL:STRIDE[:compile] (default: EmoNet-8 at stride 1 and 4, eager and compiled; tiny)")
-    readme = sub.add_parser("readme", parents=[common],
-                            help="rewrite the README's performance tables (between markers) from the results")
-    readme.add_argument("--readme", type=Path, default=Path("README.md"))
-    readme.add_argument("--bench", type=Path, default=DEFAULT_BENCH,
-                        help="a whole run's bench.json, written first (skipped when absent)")
-    zs = sub.add_parser("zeroshot", parents=[common],
-                        help="avfusion evaluate of EmoNet-8 zero-shot on a generated AFEW-VA tree: speed, memory")
-    zs.add_argument("--clips", type=int, default=4)
-    zs.add_argument("--frames", type=int, default=48, help="frames per clip")
-    zs.add_argument("--size", type=int, default=512, help="frame size (px, square)")
-    zs.add_argument("--precisions", nargs="+", default=["fp32", "auto"], choices=("fp32", "bf16", "auto"))
-    zs.add_argument("--workdir", default=None, help="keep the tree and weights here (default: a temp folder)")
+    readme = sub.add_parser("readme", help="rewrite the README's performance section (between markers) from bench.json")
+    readme.add_argument("--readme", type=Path, default=Path("README.md"), dest="readme_file")
+    readme.add_argument("--bench", type=Path, default=DEFAULT_OUT / "bench.json", help="a run's bench.json")
     return parser
 
 
-def _variant(text: str) -> tuple[str, int, bool]:
-    parts = text.split(":")
-    if len(parts) not in (2, 3) or not parts[1].isdigit() or (len(parts) == 3 and parts[2] != "compile"):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected MODEL:STRIDE or MODEL:STRIDE:compile")
-    return parts[0], int(parts[1]), len(parts) == 3
-
-
 def run(args: argparse.Namespace) -> dict:
-    """Run the section ``args`` names, save and print its results."""
+    """The whole benchmark (then the README's section with ``--readme``), or ``readme`` alone."""
     if args.section == "readme":
-        path = update_readme(args.readme, args.bench, args.output)
-        print(f"rewrote the performance tables of {path} from {args.bench} and {args.output} (those present)")
+        path = update_readme(args.readme_file, args.bench)
+        print(f"rewrote the performance section of {path} from {args.bench}")
         return {}
     torch.set_num_threads(args.threads)
-    if args.section is None:
-        result = run_all(args)
-        if args.readme is not None:
-            update_readme(args.readme, Path(args.out) / "bench.json", args.output)
-            print(f"rewrote the performance section of {args.readme}")
-        return result
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    result = SECTIONS[args.section](args)
-    # The 1-minute load average around the run tells how much other work shared the CPU.
-    result["loadavg_1min_before_after"] = [load_before, os.getloadavg()[0] if load_before is not None else None]
-    if args.note:
-        result["note"] = args.note
-    key = result.pop("section_key", args.section)
-    save_section(args.output, key, result)
-    print(f"## {args.section} ({result['date']}, {result['device']}, torch {result['torch']}, {result['threads']} threads)\n")
-    print(result["table"])
-    print(f"\nsaved to {args.output}")
+    result = run_all(args)
+    if args.readme is not None:
+        update_readme(args.readme, Path(args.out) / "bench.json")
+        print(f"rewrote the performance section of {args.readme}")
     return result

@@ -1,5 +1,5 @@
-"""``avfusion bench``: every stage's speed and memory in one run, or one section per component
-(see :mod:`avfusion.bench`)."""
+"""``avfusion bench``: the speed of every stage in one run, measured through the code `avfusion
+predict` runs; ``avfusion bench readme`` puts the run's tables in the README (see :mod:`avfusion.bench`)."""
 from __future__ import annotations
 
 import argparse
@@ -14,7 +14,7 @@ NAME = "bench"
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     from .. import bench
 
-    p = subparsers.add_parser(NAME, help="measure speed and memory of every stage (--quick: a few minutes)",
+    p = subparsers.add_parser(NAME, help="measure the speed of every stage (--quick: a few minutes)",
                               description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_arguments(p)
     p.set_defaults(func=run)
