@@ -4,8 +4,17 @@ import math
 import zlib
 from pathlib import Path
 
+import os
+import tempfile
+
 import pytest
 import torch
+
+# The tests pick their runtime where it matters (tests/test_runtime.py); everywhere else the torch
+# runtime keeps results the same on every CPU and no test converts a network for OpenVINO. Downloads
+# and converted-model caches go to a folder of this session, never the user's ~/.cache.
+os.environ.setdefault("AVFUSION_RUNTIME", "torch")
+os.environ.setdefault("AVFUSION_HOME", tempfile.mkdtemp(prefix="avfusion-test-home-"))
 
 # Layout, weight recipe, input recipe and outputs of the official EmoNet (from its parity reference).
 EMONET_REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "emonet_reference.json").read_text())

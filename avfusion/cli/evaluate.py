@@ -42,6 +42,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--part", choices=PARTS,
                    help="which part to score; default: 'all' without a config or split file, else "
                         "'test' (or 'val' when the split has no test part)")
+    p.add_argument("--strict-split", action="store_true",
+                   help="refuse a split whose parts miss data.val_fraction / data.test_fraction by more than 5 "
+                        "points (whole groups); without it a warning gives the sizes reached")
     p.add_argument("--features", help="a feature cache (`avfusion cache`) to read instead of video")
     p.add_argument("--clip-len", type=int, help="frames per window (default: the model's serving spec; a named "
                    "architecture: the config's data.clip_len)")
@@ -51,12 +54,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5, help="per-clip CCC threshold of the table")
     p.add_argument("--face-only", action="store_true", help="score only frames where a face was found")
     p.add_argument("--out", help="output folder (default: runs/eval/<model>-<part>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of another evaluation in --out (without it they are kept and the run refused)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even where a GPU exists")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="the per-frame network's precision, as in `avfusion predict` (auto: bf16 + channels_last "
                         "where the hardware computes bf16 natively, else fp32; fp32: the reference numbers); "
                         "metrics.json records the one used")
+    p.add_argument("--runtime", default=None, choices=("auto", "torch", "openvino"),
+                   help="the per-frame network's runtime, as in `avfusion predict` (default auto, or $AVFUSION_RUNTIME)")
     p.add_argument("--compile", action="store_true", help="torch.compile the per-frame network")
     p.add_argument("--mask", choices=("audio", "video"),
                    help="score an audio-visual model with this sense hidden (missing-modality robustness)")
@@ -73,7 +80,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.smooth < 1 or args.smooth % 2 == 0:
         raise ValueError(f"--smooth must be a positive odd number of frames, got {args.smooth}")
-    cfg = load_experiment(args.config, args.overrides)
+    overrides = list(args.overrides or []) + (["data.strict_split=true"] if args.strict_split else [])
+    cfg = load_experiment(args.config, overrides, check_model=False)
     changes: dict[str, Any] = {}
     for key, value in (("kind", args.data_kind), ("root", args.root), ("split_file", args.split_file),
                        ("batch_size", args.batch_size),
@@ -85,12 +93,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = dataclasses.replace(cfg, data=data)
     check_experiment(cfg, args.config or "command line")
     part = args.part or ("all" if args.config is None and args.split_file is None else None)
+    for flag, value in (("--batch-size", args.batch_size), ("--clip-len", args.clip_len)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    if args.num_workers is not None and args.num_workers < 0:
+        raise ValueError(f"--num-workers must be >= 0, got {args.num_workers}")
+    if args.out is not None:
+        from ..runlock import check_output_folder
+
+        check_output_folder(args.out, "--out")
     model = load_model(args.model, args.checkpoint, **apply_overrides({}, list(args.model_set)))
     results, records, part, out = evaluate_model(
         model, data, part, args.out, default_name=str(args.model), smooth_window=args.smooth,
         threshold=args.threshold, face_only=args.face_only, plots=not args.no_plots,
         cpu=args.cpu or cfg.train.cpu, extra={"model": str(args.model), "checkpoint": args.checkpoint},
-        precision=args.precision, compile=args.compile, mask=args.mask, clip_len=args.clip_len)
+        precision=args.precision, compile=args.compile, mask=args.mask, clip_len=args.clip_len, runtime=args.runtime,
+        overwrite=args.overwrite)
     from accelerate import PartialState
 
     if PartialState().is_main_process:

@@ -34,6 +34,7 @@ written under a temporary name and renamed when complete; --skip-existing resume
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -61,8 +62,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: runs/predict)")
     p.add_argument("--format", default="csv", choices=("csv", "parquet", "json"), help="table format")
     p.add_argument("--skip-existing", action="store_true", help="keep videos whose table is already written")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--out holds predictions of another model or settings: remove them and predict (without it "
+                        "the run is refused)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="auto: bf16 + channels_last where the CPU has AVX512-BF16/AMX or on CUDA, else fp32")
+    p.add_argument("--runtime", default=None, choices=("auto", "torch", "openvino"),
+                   help="the per-frame network's runtime: auto (default, or $AVFUSION_RUNTIME): OpenVINO where the bench "
+                        "measured it faster on this kind of CPU for this network, else torch; openvino needs "
+                        "pip install \"avfusion[openvino]\"")
     p.add_argument("--compile", action="store_true", help="torch.compile the per-frame network (slow start)")
     p.add_argument("--stride", type=int, default=1,
                    help="run a frame-by-frame model on every K-th frame and interpolate (default 1)")
@@ -92,18 +100,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..predict.batch import combine_tables, distributed_state, expand_inputs, run_batch
-    from ..predict.predictor import Predictor, check_options
+    from ..predict.batch import claim_output, distributed_state, expand_inputs, predict_identity
+    from ..predict.predictor import Predictor, check_options, default_runtime
+    from ..runlock import check_output_folder, run_lock, write_owner
 
     check_options(args.stride, args.smooth, args.batch_size, args.face_backend, args.precision, args.clip_len,
-                  fmt=args.format, faces=args.faces, speech=args.speech)
+                  fmt=args.format, faces=args.faces, speech=args.speech, runtime=default_runtime(args.runtime))
     if args.live is not None:
         return run_live(args)
     if not args.inputs:
         raise ValueError("no input: give video files, folders or glob patterns, or --live SOURCE")
     if args.input_format or args.no_realtime or args.name:
         raise ValueError("--input-format, --no-realtime and --name go with --live")
-    jobs = expand_inputs(args.inputs)
+    out = check_output_folder(args.out or "runs/predict", "--out")
+    unreadable: list[tuple[str, str]] = []
+    jobs = expand_inputs(args.inputs, out=out, unreadable=unreadable)
     state = distributed_state()
     rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
     device = args.device
@@ -114,10 +125,22 @@ def run(args: argparse.Namespace) -> int:
 
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     predictor = Predictor(args.model, checkpoint=args.checkpoint, device=device, clip_len=args.clip_len,
-                          hop=args.hop, precision=args.precision, compile=args.compile, flip=args.flip, stride=args.stride,
+                          hop=args.hop, precision=args.precision, runtime=args.runtime, compile=args.compile, flip=args.flip, stride=args.stride,
                           batch_size=args.batch_size, face_backend=args.face_backend,
                           yunet_model=args.yunet_model, smooth=args.smooth, faces=args.faces, speech=args.speech)
-    out = Path(args.out or "runs/predict")
+    identity = predict_identity(predictor)
+    with contextlib.ExitStack() as stack:
+        if rank == 0:
+            stack.enter_context(run_lock(out, "predict"))
+            claim_output(out, identity, args.overwrite)
+            write_owner(out, "predict", identity)
+        return _run_batch(args, predictor, jobs, out, unreadable, state, rank, world)
+
+
+def _run_batch(args: argparse.Namespace, predictor: Any, jobs: list, out: Path, unreadable: list, state: Any,
+               rank: int, world: int) -> int:
+    from ..predict.batch import combine_tables, run_batch
+
     if rank == 0:
         print(f"{len(jobs)} video(s), model {predictor.name} ({predictor.runner.description if predictor.runner else 'audio only'})"
               + (f", {world} processes" if world > 1 else "") + f" -> {out}")
@@ -132,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
         for part in parts[1:]:
             result = result.merge(part)
     if rank == 0:
+        for path, reason in unreadable:  # sub-folders the search could not enter: their videos were not read
+            result.failed.append((path, reason))
         combined = combine_tables(jobs, out, args.format)
         print(result.summary() + (f"; all frames in {combined}" if combined else ""))
         for path, reason in result.failed:
@@ -162,7 +187,7 @@ def run_live(args: argparse.Namespace) -> int:
     source = args.live
     name = args.name or (Path(source).stem if Path(source).is_file() else "live")
     predictor = Predictor(args.model, checkpoint=args.checkpoint, device=args.device, clip_len=args.clip_len,
-                          precision=args.precision, compile=args.compile, flip=args.flip,
+                          precision=args.precision, runtime=args.runtime, compile=args.compile, flip=args.flip,
                           batch_size=args.batch_size, face_backend=args.face_backend,
                           yunet_model=args.yunet_model, speech="off")
     out = Path(args.out or "runs/predict")

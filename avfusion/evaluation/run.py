@@ -6,6 +6,7 @@ scored exactly once), and the predictions go through the one collector (:mod:`.c
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..runlock import run_lock
 from .report import evaluate
 
 PathLike = Union[str, Path]
@@ -44,6 +46,8 @@ def evaluate_model(
     compile: bool = False,
     mask: Optional[str] = None,
     clip_len: Optional[int] = None,
+    runtime: Optional[str] = None,
+    overwrite: bool = False,
 ) -> tuple[dict[str, Any], list, str, Optional[Path]]:
     """Score ``model`` on ``part`` ("train", "val", "test", "all"; None: test, else val) of the
     split a :class:`~avfusion.data.build.DataConfig` describes. Runs under ``accelerate launch``
@@ -59,11 +63,13 @@ def evaluate_model(
     windows of ``clip_len``, the evaluation protocol). Cached features and ``target_fps`` go
     through windows of the feature / clip datasets. ``mask`` ("audio" | "video") scores an
     audio-visual model with that sense hidden (window datasets).
+
+    ``out_dir`` belongs to one evaluation: locked while this one runs, and one that already holds
+    the results of another (model, checkpoint, data, part, mask) is refused unless ``overwrite``.
     """
     from accelerate import Accelerator
-    from torch.utils.data import DataLoader
 
-    from ..data.build import clip_datasets, select_records, used_settings
+    from ..data.build import select_records, used_settings
 
     if smooth_window < 1 or smooth_window % 2 == 0:
         raise ValueError(f"smoothing window must be a positive odd number of frames, got {smooth_window}")
@@ -91,16 +97,86 @@ def evaluate_model(
         if getattr(getattr(model, "cfg", None), "mode", None) != "av":
             raise ValueError(f"masking the {mask} needs an audio-visual model (mode av)")
         info["masked"] = mask
+    with contextlib.ExitStack() as stack:
+        if out_dir is not None and accelerator.is_main_process:
+            identity = {k: info.get(k) for k in ("model", "checkpoint", "part", "masked")}
+            # Settings that change how fast, not what: a rerun with other workers is the same evaluation.
+            identity["data"] = {k: v for k, v in info["data"].items()
+                                if k not in ("num_workers", "batch_size", "eval_batch_size")}
+            from ..runlock import check_output_folder
+
+            check_output_folder(out_dir, "--out")
+            stack.enter_context(run_lock(out_dir, "evaluate"))
+            claim_eval_dir(out_dir, identity, overwrite)
+            stack.callback(_record_owner, out_dir, identity)
+        results = _evaluate(model, data, records, out_dir, accelerator, info, smooth_window, threshold, face_only,
+                            plots, precision, compile, mask, runtime)
+    return results, records, part, out_dir
+
+
+# What an evaluation writes into its folder (``overwrite`` removes these first).
+EVAL_FILES = ("metrics.json", "per_clip.csv", "predictions.csv", "plots")
+
+
+def claim_eval_dir(out_dir: Path, identity: Mapping[str, Any], overwrite: bool = False) -> None:
+    """Refuse ``out_dir`` when it holds the finished results of another evaluation (its record, or
+    the model and part of an older folder's metrics.json) unless ``overwrite``, which removes them."""
+    import json
+    import shutil
+
+    from ..runlock import OWNER_NAME, RunFolderError, changes_text, check_output_folder, identity_changes, read_owner
+
+    check_output_folder(out_dir, "--out")
+    if not (out_dir / "metrics.json").is_file():
+        return
+    if overwrite:
+        for name in EVAL_FILES + (OWNER_NAME,):
+            p = out_dir / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        return
+    owner = read_owner(out_dir)
+    if owner is not None and owner.get("command") != "evaluate":
+        raise RunFolderError(f"--out {out_dir}: holds the outputs of avfusion {owner.get('command')}; choose "
+                             "another output folder")
+    old = (owner or {}).get("identity")
+    new = json.loads(json.dumps(dict(identity), default=str))
+    if old is None:  # a folder written before evaluations recorded themselves
+        try:
+            metrics = json.loads((out_dir / "metrics.json").read_text())
+        except (OSError, ValueError):
+            metrics = {}
+        old = {k: metrics.get(k) for k in ("model", "part")}
+        new = {k: new.get(k) for k in ("model", "part")}
+    changes = identity_changes(old, new)
+    if changes:
+        raise RunFolderError(f"--out {out_dir}: holds the results of another evaluation ({changes_text(changes)}); "
+                             "pass --overwrite to replace them, or choose another output folder")
+
+
+def _record_owner(out_dir: Path, identity: Mapping[str, Any]) -> None:
+    if (out_dir / "metrics.json").is_file():
+        from ..runlock import write_owner
+
+        write_owner(out_dir, "evaluate", identity)
+
+
+def _evaluate(model: nn.Module, data: Any, records: list, out_dir: Optional[Path], accelerator: Any,
+              info: dict, smooth_window: int, threshold: float, face_only: bool, plots: bool, precision: str,
+              compile: bool, mask: Optional[str], runtime: Optional[str] = None) -> dict[str, Any]:
+    from torch.utils.data import DataLoader
+
+    from ..data.build import clip_datasets
+
     frame_by_frame = getattr(model, "fusion", None) is None
     if not data.features and data.target_fps is None and (frame_by_frame or mask is None):
         from .report import compute_metrics, write_results
 
-        videos, used = predict_records(model, data, records, accelerator, precision, compile)
+        videos, used = predict_records(model, data, records, accelerator, precision, compile, runtime=runtime)
         results, per_clip = compute_metrics(videos, smooth_window, threshold, face_only)
-        info["engine"] = {"precision": used, "compile": compile}
+        info["engine"] = {**used, "compile": compile}
         if out_dir is not None and accelerator.is_main_process:
             write_results(videos, results, per_clip, out_dir, plots=plots, extra=info)
-        return results, records, part, out_dir
+        return results
     if data.features:
         from ..caching import check_model_matches_cache
         from ..data.features import FeatureDataset, collate_features
@@ -121,13 +197,14 @@ def evaluate_model(
             model, loader, n_frames={r.video_id: r.n_frames for r in records}, out_dir=out_dir,
             smooth_window=smooth_window, threshold=threshold, face_only=face_only,
             accelerator=accelerator, plots=plots, progress=accelerator.is_main_process, extra=info, mask=mask)
-    return results, records, part, out_dir
+    return results
 
 
 def predict_records(model: nn.Module, data: Any, records: list, accelerator: Any = None, precision: str = "auto",
-                    compile: bool = False, progress: bool = True, speech: str = "auto") -> tuple[dict[str, Any], str]:
+                    compile: bool = False, progress: bool = True, speech: str = "auto",
+                    runtime: Optional[str] = None) -> tuple[dict[str, Any], dict[str, str]]:
     """A model's predictions for every record through the inference engine (what ``avfusion
-    predict`` runs), and the precision the per-frame network ran in.
+    predict`` runs), and the precision and runtime the per-frame network ran in.
 
     Each record's frames are read in chunks (its video file or frame folder), its faces cropped as
     the model's serving spec and the data config say for its face mode (dataset landmarks,
@@ -154,7 +231,10 @@ def predict_records(model: nn.Module, data: Any, records: list, accelerator: Any
     runner = transform = None
     if model.use_video:
         # 8 images per network call: float32 EmoNet activations at 256x256 are ~70 MB per tensor at 16.
-        runner = FrameRunner(model, precision, compile, device, flip=None, batch_size=data.eval_batch_size or 8)
+        import os
+
+        runner = FrameRunner(model, precision, compile, device, flip=None, batch_size=data.eval_batch_size or 8,
+                             runtime=runtime or os.environ.get("AVFUSION_RUNTIME") or "auto")
         transform = serving_transform(spec)
     temporal = getattr(model, "fusion", None) is not None
     experts = not temporal and model.use_audio
@@ -227,7 +307,9 @@ def predict_records(model: nn.Module, data: Any, records: list, accelerator: Any
         for part in gather_object([videos]):
             merged.update(part)
         videos = merged
-    return dict(sorted(videos.items())), (runner.precision if runner is not None else "fp32")
+    used = {"precision": runner.precision if runner is not None else "fp32",
+            "runtime": runner.runtime if runner is not None else "torch"}
+    return dict(sorted(videos.items())), used
 
 
 def fit_experts_mix(videos: Mapping[str, Any], current: np.ndarray, step: float = 0.05) -> dict[str, Any]:

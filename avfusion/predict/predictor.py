@@ -41,7 +41,7 @@ from ..files import atomic_path, write_text_atomic
 from ..inference.engine import (DEFAULT_CHUNK, VideoOutputs, combine_experts, predict_frame_by_frame, predict_temporal,
                                 predict_voice, prefetch)
 from ..inference.readers import ArrayFrames, read_chunks
-from ..inference.runner import PRECISIONS, FrameRunner, resolve_device
+from ..inference.runner import PRECISIONS, RUNTIMES, FrameRunner, resolve_device
 from ..version import __version__
 from .columns import EXPRESSIONS, QUADRANTS, expression_names, quadrant_names
 
@@ -61,7 +61,7 @@ MIN_TRACK_SECONDS = 0.5
 
 def check_options(stride: int = 1, smooth: int = 1, batch_size: int = 16, face_backend: str = "yunet",
                   precision: str = "auto", clip_len: Optional[int] = None, chunk: int = DEFAULT_CHUNK,
-                  fmt: str = "csv", faces: str = "main", speech: str = "auto") -> None:
+                  fmt: str = "csv", faces: str = "main", speech: str = "auto", runtime: str = "auto") -> None:
     """Raise a ValueError naming the option when a prediction setting is invalid (before any work)."""
     checks = [
         (stride >= 1, f"stride must be >= 1 (run the model on every K-th frame), got {stride}"),
@@ -74,6 +74,7 @@ def check_options(stride: int = 1, smooth: int = 1, batch_size: int = 16, face_b
         (fmt in FORMATS, f"format must be one of {', '.join(FORMATS)}, got {fmt!r}"),
         (faces in FACES, f"faces must be one of {', '.join(FACES)}, got {faces!r}"),
         (speech in SPEECH, f"speech must be one of {', '.join(SPEECH)}, got {speech!r}"),
+        (runtime in RUNTIMES, f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -185,6 +186,8 @@ class Predictor:
             (``clip_len // 2``; ``clip_len``: each frame in one window, as ``avfusion evaluate``).
         precision: ``auto`` (bf16 + channels_last where the hardware computes bf16 natively, else
             fp32) | ``fp32`` | ``bf16``; applies to the per-frame network.
+        runtime: ``auto`` (OpenVINO on CPUs where the bench measured it faster for this network,
+            else torch) | ``torch`` | ``openvino``; default ``$AVFUSION_RUNTIME`` or ``auto``.
         compile: torch.compile the per-frame network (slow first batch, faster after).
         flip: average EmoNet with the mirrored face (the official evaluation does; 2x the work).
         stride: run a frame-by-frame model on every K-th frame and interpolate between.
@@ -212,6 +215,7 @@ class Predictor:
         *,
         hop: Optional[int] = None,
         precision: str = "auto",
+        runtime: Optional[str] = None,
         compile: bool = False,
         flip: bool = False,
         stride: int = 1,
@@ -228,8 +232,9 @@ class Predictor:
     ) -> None:
         from ..factory import load_model
 
+        runtime = default_runtime(runtime)
         check_options(stride, smooth, batch_size, face_backend, precision, clip_len, chunk, faces=faces,
-                      speech=speech)
+                      speech=speech, runtime=runtime)
         self.device = resolve_device(device)
         if isinstance(model_or_path, nn.Module):
             self.model = model_or_path
@@ -267,13 +272,14 @@ class Predictor:
             from ..data.faces import build_cropper
             from ..data.transforms import serving_transform
 
-            self.runner = FrameRunner(self.model, precision, compile, self.device, flip, batch_size)
+            self.runner = FrameRunner(self.model, precision, compile, self.device, flip, batch_size, runtime=runtime)
             sv = self.serving
             self.cropper = build_cropper(face_backend, margin=sv.face_margin, smoothing=sv.face_smoothing,
                                          output_size=int(sv.crop_size), yunet_model=yunet_model)
             self.transform = serving_transform(sv)
         self.settings = {
             "model": self.name, "precision": self.runner.precision if self.runner else "fp32",
+            "runtime": self.runner.runtime if self.runner else "torch",
             "compile": bool(compile), "flip": bool(self.runner.flip) if self.runner else False,
             "stride": self.stride, "clip_len": self.clip_len if self.temporal else None,
             "hop": self._hop if self.temporal else None, "colour": self.serving.colour if self.model.use_video else None,
@@ -642,6 +648,13 @@ class Predictor:
         elif self.model.use_audio and not self.model.use_video:
             raise ValueError(f"the model ({self.name}) uses audio only: pass audio")
         return self._predict(reader, audio if self.model.use_audio else None, "frames", "")
+
+
+def default_runtime(runtime: Optional[str] = None) -> str:
+    """``runtime``, else ``$AVFUSION_RUNTIME``, else ``auto``."""
+    import os
+
+    return runtime or os.environ.get("AVFUSION_RUNTIME") or "auto"
 
 
 def _serving(model: nn.Module, name: str, clip_len: Optional[int], margin: Optional[float],
