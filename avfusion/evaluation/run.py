@@ -240,7 +240,11 @@ def predict_records(model: nn.Module, data: Any, records: list, accelerator: Any
     experts = not temporal and model.use_audio
     if temporal or experts:
         model.to(device or "cpu").eval()
-    detector = None
+    detector = voice_runner = None
+    if experts:
+        from ..inference.runner import UtteranceRunner
+
+        voice_runner = UtteranceRunner(model.audio_encoder, precision, device)  # as predict runs it
     if experts and speech == "auto":
         from ..data.speech import SpeechDetector
 
@@ -277,7 +281,7 @@ def predict_records(model: nn.Module, data: Any, records: list, accelerator: Any
                             from ..data.speech import frame_speech
 
                             said = frame_speech(detector.segments(audio, spec.sample_rate), times) if detector else None
-                            voice = predict_voice(model.audio_encoder, audio, times, spec.sample_rate,
+                            voice = predict_voice(voice_runner, audio, times, spec.sample_rate,
                                                   spec.audio_window, spec.audio_hop, said)
                         out = combine_experts(out, voice, times, model.experts_mix)
                 else:

@@ -415,7 +415,7 @@ def predict_voice(
         keep = np.array([bool(np.asarray(speech)[(times >= a) & (times < b)].any()) for a, b in spans])
     spans = spans[keep]
     values = np.zeros((len(spans), 3))
-    device = next(iter(list(encoder.parameters()) + [torch.zeros(())])).device
+    device = getattr(encoder, "device", None) or next(iter(list(encoder.parameters()) + [torch.zeros(())])).device
     for b in range(0, len(spans), batch):
         part = spans[b : b + batch]
         cut = [audio[int(round(a * sample_rate)) : max(int(round(e * sample_rate)), int(round(a * sample_rate)) + 1)]

@@ -290,6 +290,33 @@ class FrameRunner:
         return res
 
 
-__all__ = ["FrameRunner", "frame_network", "network_kind", "resolve_precision", "resolve_runtime", "resolve_device",
+class UtteranceRunner:
+    """An utterance-level voice model (``encoder.utterance(wave (B, S))``: the voice expert) prepared
+    for inference: a frozen eval() copy in the precision asked (``auto``: bf16 where the hardware
+    computes it natively, as for the per-frame networks), on ``device``. Calling :meth:`utterance`
+    returns float32 outputs. bf16 keeps 8 bits of mantissa: the head's outputs move by ~1e-2
+    (the bench's audio stage gives the deviation of the same wav2vec2 layers)."""
+
+    def __init__(self, encoder: nn.Module, precision: str = "auto",
+                 device: Optional[Union[torch.device, str]] = None) -> None:
+        if not hasattr(encoder, "utterance"):
+            raise ValueError(f"{type(encoder).__name__} has no utterance-level head")
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.module, _ = inference_copy(encoder, torch.bfloat16 if self.precision == "bf16" else None,
+                                        False, False, self.device)
+        self.runtime = "torch"
+
+    @property
+    def description(self) -> str:
+        return f"torch, {self.precision}, {self.device}"
+
+    def utterance(self, wave: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.inference_mode():
+            out = self.module.utterance(wave.to(self.device, torch.float32))
+        return {k: v.float() for k, v in out.items()}
+
+
+__all__ = ["FrameRunner", "UtteranceRunner", "frame_network", "network_kind", "resolve_precision", "resolve_runtime", "resolve_device",
            "PRECISIONS", "RUNTIMES",
            "OPENVINO_SPEEDUP"]

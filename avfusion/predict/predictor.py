@@ -267,6 +267,11 @@ class Predictor:
 
             self.speech_detector = SpeechDetector()
         self.runner: Optional[FrameRunner] = None
+        self.voice_runner = None
+        if self.model.use_audio and not self.temporal:  # the voice expert, in the precision asked
+            from ..inference.runner import UtteranceRunner
+
+            self.voice_runner = UtteranceRunner(self.model.audio_encoder, precision, self.device)
         self.cropper = self.transform = None
         if self.model.use_video:
             from ..data.faces import build_cropper
@@ -278,7 +283,8 @@ class Predictor:
                                          output_size=int(sv.crop_size), yunet_model=yunet_model)
             self.transform = serving_transform(sv)
         self.settings = {
-            "model": self.name, "precision": self.runner.precision if self.runner else "fp32",
+            "model": self.name, "precision": (self.runner or self.voice_runner).precision
+            if (self.runner or self.voice_runner) else "fp32",
             "runtime": self.runner.runtime if self.runner else "torch",
             "compile": bool(compile), "flip": bool(self.runner.flip) if self.runner else False,
             "stride": self.stride, "clip_len": self.clip_len if self.temporal else None,
@@ -372,7 +378,7 @@ class Predictor:
         if audio is None or self.temporal or not self.model.use_audio:
             return None
         sv = self.serving
-        return predict_voice(self.model.audio_encoder, audio, times, sv.sample_rate, sv.audio_window, sv.audio_hop,
+        return predict_voice(self.voice_runner, audio, times, sv.sample_rate, sv.audio_window, sv.audio_hop,
                              speech)
 
     @property
