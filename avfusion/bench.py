@@ -51,10 +51,11 @@ from .inference.runner import FrameRunner
 BENCH_KIND = "avfusion-bench"
 BENCH_VERSION = 2
 DEFAULT_OUT = Path("benchmarks")  # relative to the working directory: a clone's recorded results
-STAGES = ("frames", "predict", "audio", "decode", "train", "cache", "cuda")
+STAGES = ("frames", "predict", "experts", "audio", "decode", "train", "cache", "cuda")
 STAGE_TITLES = {
     "frames": "Per-frame networks (FrameRunner: the runner `avfusion predict` uses)",
     "predict": "`avfusion predict` end to end (Predictor.predict_video, 720p 25 fps talking face)",
+    "experts": "The pretrained experts end to end (face expert, voice expert, av_experts; 720p 25 fps)",
     "audio": "Audio network (wav2vec2-base)",
     "decode": "Decoding 720p video",
     "train": "Fusion training on cached features",
@@ -523,6 +524,51 @@ def stage_predict(o: argparse.Namespace, shared: dict, device: str = "cpu") -> d
             "video": {"seconds": o.video_seconds, "frames": n_frames, "face_backend": face["face_backend"]}}
 
 
+# --- the pretrained experts -------------------------------------------------------------------------
+
+
+def stage_experts(o: argparse.Namespace, shared: dict) -> dict:
+    """``Predictor.predict_video`` of ``enet_b0_8_va_mtl`` (the face expert, frame by frame) and
+    ``av_experts`` (face + voice expert, mixed) on the run's 720p video, full-size architectures with
+    random weights (the speed does not depend on them), and the voice expert alone over the track.
+    The synthetic voice is no speech to a VAD, so the voice runs with ``speech="off"``: over the
+    whole track, the worst case (a real video's silent stretches are skipped)."""
+    from .factory import create_model
+    from .predict import Predictor
+
+    video = _bench_video(o, shared)
+    n_frames = int(round(o.video_seconds * 25))
+    yunet = find_yunet()
+    face = {"face_backend": "yunet", "yunet_model": str(yunet)} if yunet else {"face_backend": "full"}
+    runs = 1 if o.quick else 2
+    torch.manual_seed(0)
+    rows = []
+    face_model = create_model("enet_b0_8_va_mtl").eval()
+    av_model = create_model("av_experts").eval()
+    voice_model = create_model("w2v2_msp_dim").eval()
+    plans = [("enet_b0_8_va_mtl", face_model, r) for r in o.runtimes]
+    plans += [("av_experts", av_model, r) for r in o.runtimes]
+    plans += [("w2v2_msp_dim (voice only)", voice_model, "torch")]
+    for name, model, runtime in plans:
+        _log("experts", f"{name}, {runtime}")
+        t0 = time.perf_counter()
+        p = Predictor(model, runtime=runtime, precision="auto", batch_size=PREDICT_BATCH, speech="off", **face)
+        construct = time.perf_counter() - t0
+        [(times, first)] = time_interleaved([lambda p=p: p.predict_video(video, plot=False)], runs - 1 if runs > 1 else 0)
+        fps = rates(times or [first], n_frames)
+        desc = ", ".join(x.description for x in (p.runner, p.voice_runner) if x is not None)
+        rows.append({"variant": name, "runtime": runtime, "description": desc, "frames_per_s": fps,
+                     "realtime_factor": fps["median"] / 25.0, "construct_s": construct})
+    table = markdown_table([dict(r, fps=fmt_spread(r["frames_per_s"])) for r in rows], [
+        ("variant", "predict_video (cpu)", ""), ("description", "runners", ""), ("fps", "video frames/s", ""),
+        ("realtime_factor", "× real time (25 fps)", ".2f"), ("construct_s", "Predictor construction (s)", ".1f")])
+    notes = [f"Video: {o.video_seconds:g} s ({n_frames} frames), 1280x720, 25 fps, with audio; faces: "
+             f"{'YuNet' if yunet else 'the full frame (no YuNet file found)'}; precision auto; batch {PREDICT_BATCH}; "
+             "speech off (the voice runs over the whole track: windows of 4 s every 2 s). Full-size architectures, "
+             "random weights. '× real time' of the voice-only row: seconds of video (and audio) per second."]
+    return {"rows": rows, "table": table, "notes": notes}
+
+
 # --- audio ----------------------------------------------------------------------------------------
 
 
@@ -885,7 +931,8 @@ def stage_cuda(o: argparse.Namespace, shared: dict) -> dict:
 
 
 STAGE_FUNCS: dict[str, Callable[[argparse.Namespace, dict], dict]] = {
-    "frames": stage_frames, "predict": stage_predict, "audio": stage_audio, "decode": stage_decode,
+    "frames": stage_frames, "predict": stage_predict, "experts": stage_experts, "audio": stage_audio,
+    "decode": stage_decode,
     "train": stage_train, "cache": stage_cache, "cuda": stage_cuda}
 
 
@@ -916,6 +963,9 @@ def _summary(stages: dict) -> dict:
     ratios = {f"{r['variant']}, {r['runtime']}": r["over_bare"] for r in pred if r.get("over_bare")}
     if ratios:
         s["predict_over_bare"] = ratios
+    ex = (stages.get("experts") or {}).get("rows", [])
+    if ex:
+        s["experts_realtime_factor"] = {f"{r['variant']}, {r['runtime']}": r["realtime_factor"] for r in ex}
     t = stages.get("train") or {}
     if t.get("rows"):
         s["afew_epoch_s"] = t["afew_epoch_s_config"]
