@@ -262,6 +262,7 @@ def check_model_matches_cache(model: nn.Module, cache_dir: PathLike) -> None:
         raise ValueError(f"{where}: the model needs video features but the cache has none")
     if model.use_audio and manifest.get("audio_dim") is None:
         raise ValueError(f"{where}: the model needs audio features but the cache has none")
+    _check_fits_cache(model, manifest, where)
     cached = manifest.get("encoder_hashes") or {}
     for name in encoder_modules(model):
         got, want = encoder_hash(model, [name]), cached.get(name)
@@ -508,6 +509,33 @@ def missing_videos(cache_dir: PathLike) -> list[str]:
 
 
 
+def _check_fits_cache(model: nn.Module, manifest: Mapping[str, Any], where: Any) -> None:
+    """Refuse a model whose feature widths differ from the cache's, or whose weight-free encoders
+    (HOG, log-mel: nothing to hash) are configured differently from those that made it."""
+    for mod, used, enc, enc_cfg in (("video", model.use_video, model.video_encoder, model.cfg.video),
+                                    ("audio", model.use_audio, model.audio_encoder, model.cfg.audio)):
+        if not used:
+            continue
+        cached = manifest.get(f"{mod}_dim")
+        if cached is None:
+            raise ValueError(f"{where}: the model (mode {model.cfg.mode!r}) needs {mod} features, "
+                             "the cache has none")
+        width = int(enc.num_features) if enc is not None else int(enc_cfg.dim)
+        if width != int(cached):
+            raise ValueError(f"{where}: cached {mod} features are {cached} wide, the model expects {width} "
+                             "(the cache was made with other encoder settings); re-cache with this model")
+    described = encoder_description(model)
+    for name, enc in encoder_modules(model).items():
+        if enc.state_dict():
+            continue
+        mod = name.split("_")[0]
+        cached = (manifest.get("encoders") or {}).get(mod)
+        if cached is not None and cached != described.get(mod):
+            keys = sorted(k for k in set(cached) | set(described[mod]) if cached.get(k) != described[mod].get(k))
+            raise ValueError(f"{where}: the cache's {mod} encoder was configured differently "
+                             f"(differs in {keys}); re-cache with this model or use the cache's settings")
+
+
 def use_feature_cache(model: nn.Module, cache_dir: str | Path) -> None:
     """Make ``model`` fit a feature cache: the widths must agree, and the model's encoders get the
     very weights that made the features (``encoders.safetensors``), so the exported model turns
@@ -522,29 +550,8 @@ def use_feature_cache(model: nn.Module, cache_dir: str | Path) -> None:
 
     manifest = read_manifest(cache_dir)
     where = manifest_path(cache_dir)
-    for mod, used, enc, enc_cfg in (("video", model.use_video, model.video_encoder, model.cfg.video),
-                                    ("audio", model.use_audio, model.audio_encoder, model.cfg.audio)):
-        if not used:
-            continue
-        cached = manifest.get(f"{mod}_dim")
-        if cached is None:
-            raise ValueError(f"{where}: the model (mode {model.cfg.mode!r}) needs {mod} features, "
-                             "the cache has none")
-        width = int(enc.num_features) if enc is not None else int(enc_cfg.dim)
-        if width != int(cached):
-            raise ValueError(f"{where}: cached {mod} features are {cached} wide, the model expects {width}")
-    mods = encoder_modules(model)
-    # Weight-free encoders (HOG, log-mel) have nothing to load and no weights to hash: their
-    # configuration is what must match the cache's.
-    described = encoder_description(model)
-    for name in [n for n, enc in mods.items() if not enc.state_dict()]:
-        mod = name.split("_")[0]
-        cached = (manifest.get("encoders") or {}).get(mod)
-        if cached is not None and cached != described.get(mod):
-            keys = sorted(k for k in set(cached) | set(described[mod]) if cached.get(k) != described[mod].get(k))
-            raise ValueError(f"{where}: the cache's {mod} encoder was configured differently "
-                             f"(differs in {keys}); re-cache with this model or use the cache's settings")
-        del mods[name]
+    _check_fits_cache(model, manifest, where)
+    mods = {n: enc for n, enc in encoder_modules(model).items() if enc.state_dict()}
     if not mods:
         return  # nothing with weights: "features" or weight-free encoders
     path = Path(cache_dir) / ENCODERS_NAME
@@ -593,7 +600,9 @@ def cache_features(
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    window = int(window or data.clip_len)
+    window = int(data.clip_len if window is None else window)
+    if window < 1:
+        raise ValueError(f"window must be >= 1 frame, got {window}")
     data = dataclasses.replace(data, clip_len=window, stride=window, eval_stride=None, target_fps=None,
                                features=None, num_workers=data.num_workers if num_workers is None else num_workers)
     accelerator = Accelerator(cpu=cpu)

@@ -204,10 +204,73 @@ class ModelConfig:
     serving: ServingSpec = field(default_factory=ServingSpec)
 
 
-def _coerce(tp: Any, value: Any) -> Any:
-    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-        return from_dict(tp, value)
+def _coerce(tp: Any, value: Any, name: str = "") -> Any:
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return from_dict(tp, value)
+        if not isinstance(value, tp):  # `train=3`: a whole section replaced by a value
+            raise ValueError(f"{name} must be a mapping of {tp.__name__} fields, got {value!r}")
     return value
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a mapping",
+            list: "a list"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def check_types(obj: Any, prefix: str = "", skip: tuple[str, ...] = ()) -> list[str]:
+    """Fields of dataclass ``obj`` (nested ones too) whose value does not have the declared type,
+    as phrases naming the key (``fusion.n_heads must be an integer, got 'four'``). Numbers written
+    as strings (YAML reads ``1e-3`` as one) become floats in place; whole floats in int fields
+    become ints."""
+    import typing
+
+    problems: list[str] = []
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        if f.name in skip:
+            continue
+        key, value = f"{prefix}{f.name}", getattr(obj, f.name)
+        tp = hints.get(f.name, Any)
+        args = typing.get_args(tp)
+        if typing.get_origin(tp) is typing.Union:
+            if value is None and type(None) in args:
+                continue
+            tp = next((a for a in args if a is not type(None)), Any)
+        nested = _resolve_type(type(obj), f)
+        if dataclasses.is_dataclass(nested):
+            if value is None:
+                continue
+            if not isinstance(value, nested):
+                problems.append(f"{key} must be a mapping of {nested.__name__} fields, got {value!r}")
+            else:
+                problems += check_types(value, f"{key}.")
+            continue
+        if tp is Any or tp is object:
+            continue
+        ok = True
+        if tp is bool:
+            ok = isinstance(value, bool)
+        elif tp is int:
+            if isinstance(value, float) and value.is_integer():
+                setattr(obj, f.name, int(value))
+            else:
+                ok = isinstance(value, int) and not isinstance(value, bool)
+        elif tp is float:
+            if isinstance(value, str):
+                try:
+                    setattr(obj, f.name, float(value))
+                except ValueError:
+                    ok = False
+            else:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif tp is str:
+            ok = isinstance(value, str)
+        elif tp in (dict, list):
+            ok = isinstance(value, (list, tuple) if tp is list else dict)
+        if not ok:
+            problems.append(f"{key} must be {_type_name(tp)}, got {value!r}")
+    return problems
 
 
 def from_dict(cls: Type[T], data: dict | None) -> T:
@@ -223,7 +286,7 @@ def from_dict(cls: Type[T], data: dict | None) -> T:
             continue
         value = data[name]
         tp = _resolve_type(cls, f)
-        kwargs[name] = _coerce(tp, value) if value is not None else None
+        kwargs[name] = _coerce(tp, value, name) if value is not None else None
     return cls(**kwargs)
 
 
@@ -266,6 +329,24 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def yaml_line(path: str | Path, keys: list[str]) -> Optional[int]:
+    """The line (1-based) of the YAML file ``path`` where the nested key ``keys`` is written (the
+    deepest of them the file has), or None."""
+    try:
+        node = yaml.compose(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    line = None
+    for key in keys:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        match = next(((k, v) for k, v in node.value if getattr(k, "value", None) == key), None)
+        if match is None:
+            break
+        line, node = match[0].start_mark.line + 1, match[1]
+    return line
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

@@ -15,7 +15,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from .config import ModelConfig, check_serving, find_config, from_dict, list_configs, load_yaml, merge
+from .config import ModelConfig, check_serving, check_types, find_config, from_dict, list_configs, load_yaml, merge
 from .files import atomic_path, write_text_atomic
 from .model import AVModel
 from .version import __version__
@@ -110,8 +110,75 @@ def _legacy_serving(folder: Path) -> dict:
     return spec
 
 
-def get_model_config(name_or_path: PathLike, **overrides: Any) -> ModelConfig:
-    """Resolve a model name, a YAML file or an exported folder into a :class:`ModelConfig`.
+def check_model_config(cfg: ModelConfig) -> list[str]:
+    """Problems of a model config as a whole, as phrases naming the key: types, encoders the mode
+    needs and their names, positive sizes and depths, attention heads that divide the width,
+    fractions in range, the serving spec. (Checked when the config is read, so a bad value stops
+    before any work with the file named, not as an assertion deep inside PyTorch.)"""
+    from .encoders import AUDIO_ENCODERS, VIDEO_ENCODERS
+    from .fusion import DESIGNS, GATES, TEMPORAL
+    from .model import MODES
+
+    problems = check_types(cfg, skip=("serving",))
+    if problems:
+        return problems
+    if cfg.mode not in MODES:
+        return [f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}"]
+    if cfg.mode in ("av", "video"):
+        v = cfg.video
+        if v is None:
+            problems.append(f"mode {cfg.mode!r} needs a video encoder (video: ...)")
+        else:
+            if v.name not in (*VIDEO_ENCODERS, "features"):
+                problems.append(f"video.name must be one of {', '.join(sorted(VIDEO_ENCODERS) + ['features'])}, "
+                                f"got {v.name!r}")
+            for key in ("width", "num_modules", "n_blocks", "dim"):
+                if getattr(v, key) < 1:
+                    problems.append(f"video.{key} must be >= 1, got {getattr(v, key)}")
+            if v.image_size < 0:
+                problems.append(f"video.image_size must be >= 0 (0: the encoder's default), got {v.image_size}")
+            if v.pool not in ("cls", "avg"):
+                problems.append(f"video.pool must be 'cls' or 'avg', got {v.pool!r}")
+    if cfg.mode in ("av", "audio"):
+        a = cfg.audio
+        if a is None:
+            problems.append(f"mode {cfg.mode!r} needs an audio encoder (audio: ...)")
+        else:
+            if a.name not in (*AUDIO_ENCODERS, "features"):
+                problems.append(f"audio.name must be one of {', '.join(sorted(AUDIO_ENCODERS) + ['features'])}, "
+                                f"got {a.name!r}")
+            for key in ("dim", "n_mels"):
+                if getattr(a, key) < 1:
+                    problems.append(f"audio.{key} must be >= 1, got {getattr(a, key)}")
+            if not (isinstance(a.layer, int) and not isinstance(a.layer, bool)) and a.layer not in ("weighted", "output"):
+                problems.append(f"audio.layer must be a layer index, 'weighted' or 'output', got {a.layer!r}")
+    f = cfg.fusion
+    if f is not None:
+        for key, low in (("d_model", 1), ("n_layers", 1), ("n_heads", 1), ("ff_mult", 1), ("max_len", 1),
+                         ("joint_layers", 0)):
+            if getattr(f, key) < low:
+                problems.append(f"fusion.{key} must be >= {low}, got {getattr(f, key)}")
+        for key, hi in (("dropout", 1.0), ("modality_dropout", 1.0)):
+            if not 0.0 <= getattr(f, key) <= hi or (key == "dropout" and f.dropout == 1.0):
+                problems.append(f"fusion.{key} must be in [0, 1{')' if key == 'dropout' else ']'}, got {getattr(f, key)}")
+        if f.aux_weight < 0:
+            problems.append(f"fusion.aux_weight must be >= 0, got {f.aux_weight}")
+        for key, allowed in (("design", DESIGNS), ("temporal", TEMPORAL), ("gate", GATES),
+                             ("input_norm", ("layer", "none"))):
+            if getattr(f, key) not in allowed:
+                problems.append(f"fusion.{key} must be one of {', '.join(allowed)}, got {getattr(f, key)!r}")
+        if f.temporal == "transformer" and f.n_heads >= 1 and f.d_model >= 1 and f.d_model % f.n_heads:
+            problems.append(f"fusion.n_heads ({f.n_heads}) must divide fusion.d_model ({f.d_model}): each "
+                            "attention head takes d_model / n_heads of the width")
+        if f.temporal in ("gru", "lstm") and f.bidirectional and f.d_model % 2:
+            problems.append(f"fusion.d_model must be even for a bidirectional {f.temporal}, got {f.d_model}")
+    return problems + check_serving(cfg.serving)
+
+
+def get_model_config(name_or_path: PathLike, overrides_from: str = "overrides", **overrides: Any) -> ModelConfig:
+    """Resolve a model name, a YAML file or an exported folder into a :class:`ModelConfig`,
+    checked as a whole (:func:`check_model_config`); an error names the file, or ``overrides_from``
+    when the overrides brought the problem.
 
     ``overrides`` are merged into the config dict, nested: ``fusion={"n_layers": 2}``.
     """
@@ -122,16 +189,24 @@ def get_model_config(name_or_path: PathLike, **overrides: Any) -> ModelConfig:
         data = load_yaml(src.path)
         if src.kind == "name":
             data.setdefault("name", src.name)
-    data = merge(data, overrides)
     where = src.path / CONFIG_NAME if src.kind == "exported" else src.path
+    cfg, problem = _checked(data)
+    if problem:
+        raise ValueError(f"{where}: {problem}")
+    if overrides:
+        cfg, problem = _checked(merge(data, overrides))
+        if problem:  # the file alone is fine: the overrides brought it
+            raise ValueError(f"{overrides_from} of model {src.name if src.kind == 'name' else where}: {problem}")
+    return cfg
+
+
+def _checked(data: dict) -> tuple[Optional[ModelConfig], str]:
+    """A model config dict as a ModelConfig and its problems as one phrase ('' when none)."""
     try:
         cfg = from_dict(ModelConfig, data)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}: {e}") from None
-    problems = check_serving(cfg.serving)
-    if problems:
-        raise ValueError(f"{where}: {problems[0]}")
-    return cfg
+        return None, str(e)
+    return cfg, "; ".join(check_model_config(cfg))
 
 
 def create_model(name_or_path: Union[PathLike, ModelConfig], checkpoint: Optional[PathLike] = None,
@@ -144,6 +219,9 @@ def create_model(name_or_path: Union[PathLike, ModelConfig], checkpoint: Optiona
     """
     if isinstance(name_or_path, ModelConfig):
         cfg = from_dict(ModelConfig, merge(dataclasses.asdict(name_or_path), overrides))
+        problems = check_model_config(cfg)
+        if problems:
+            raise ValueError(f"model config{f' {cfg.name}' if cfg.name else ''}: {'; '.join(problems)}")
     elif resolve_model(name_or_path).kind == "exported":
         if checkpoint is not None:
             raise ValueError(f"{name_or_path} is an exported model with its own weights: a checkpoint applies "
@@ -171,7 +249,8 @@ def set_checkpoint(cfg: ModelConfig, checkpoint: PathLike, name: str) -> None:
         raise ValueError(f"{name}: this model has no pretrained encoder a checkpoint applies to")
 
 
-def load_model(name_or_path: PathLike, checkpoint: Optional[PathLike] = None, **overrides: Any) -> AVModel:
+def load_model(name_or_path: PathLike, checkpoint: Optional[PathLike] = None, overrides_from: str = "overrides",
+               **overrides: Any) -> AVModel:
     """A model ready for inference (eval mode): an exported folder with its weights, or a named /
     YAML architecture with ``checkpoint`` as its pretrained encoder's weights (``emonet_8`` +
     ``emonet_8.pth``: EmoNet frame by frame, the zero-shot setting). A named pretrained model
@@ -182,8 +261,8 @@ def load_model(name_or_path: PathLike, checkpoint: Optional[PathLike] = None, **
         if checkpoint is not None:
             raise ValueError(f"{src.path} is an exported model with its own weights: a checkpoint applies "
                              "only to a named architecture")
-        return from_pretrained(src.path, **overrides)
-    cfg = get_model_config(name_or_path, **overrides)
+        return from_pretrained(src.path, overrides_from=overrides_from, **overrides)
+    cfg = get_model_config(name_or_path, overrides_from, **overrides)
     if checkpoint is not None:
         set_checkpoint(cfg, checkpoint, src.name)
     else:
@@ -251,14 +330,15 @@ def save_pretrained(model: AVModel, out_dir: PathLike, extra: dict | None = None
     return out
 
 
-def from_pretrained(path: PathLike, map_location: Union[str, torch.device] = "cpu", **overrides: Any) -> AVModel:
+def from_pretrained(path: PathLike, map_location: Union[str, torch.device] = "cpu", overrides_from: str = "overrides",
+                    **overrides: Any) -> AVModel:
     """Load a folder written by :func:`save_pretrained` (strictly), in eval mode for inference."""
     path = Path(path)
     cfg_file, w_file = path / CONFIG_NAME, path / WEIGHTS_NAME
     for f in (cfg_file, w_file):
         if not f.is_file():
             raise FileNotFoundError(f"{f} not found: expected a folder written by save_pretrained")
-    model = AVModel(get_model_config(path, **overrides))
+    model = AVModel(get_model_config(path, overrides_from, **overrides))
     try:
         load_strict(model, w_file, family="avfusion model weight")
     except ValueError as e:
@@ -268,5 +348,5 @@ def from_pretrained(path: PathLike, map_location: Union[str, torch.device] = "cp
     return model.to(map_location).eval()
 
 
-__all__ = ["ModelSource", "resolve_model", "is_pretrained_name", "set_checkpoint", "list_models", "get_model_config", "create_model", "load_model",
+__all__ = ["ModelSource", "resolve_model", "is_pretrained_name", "check_model_config", "set_checkpoint", "list_models", "get_model_config", "create_model", "load_model",
            "save_pretrained", "from_pretrained", "CONFIG_NAME", "WEIGHTS_NAME"]

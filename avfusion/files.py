@@ -22,6 +22,30 @@ PARTIAL_MARK = ".partial"
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
+# How writers that are not Python's own say "disk full" (safetensors' Rust IoError, torch.save).
+_DISK_FULL_TEXT = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122",
+                   "File too large", "os error 27")
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether ``e`` is a write that failed for lack of space, whichever library raised it (an
+    OSError with ENOSPC and friends, safetensors' SafetensorError, torch.save's "file write failed")."""
+    if isinstance(e, OSError):
+        return e.errno in _DISK_FULL or (e.errno is None and any(t in str(e) for t in _DISK_FULL_TEXT))
+    text = str(e)
+    # torch.save's zip writer: "file write failed", or "unexpected pos" when a write came up short.
+    return any(t in text for t in _DISK_FULL_TEXT) or (
+        isinstance(e, RuntimeError) and "inline_container" in text
+        and ("file write failed" in text or "unexpected pos" in text))
+
+
+def disk_full_error(e: BaseException, path: PathLike) -> OSError:
+    """``e`` (see :func:`is_disk_full`) as an OSError whose filename is ``path``, the name the user
+    asked for (not a temporary one)."""
+    code = e.errno if isinstance(e, OSError) and e.errno in _DISK_FULL else errno.ENOSPC
+    return OSError(code, os.strerror(code), str(path))
+
+
 def partial_name(path: PathLike) -> Path:
     """The temporary name :func:`atomic_path` uses for ``path``."""
     p = Path(path)
@@ -40,9 +64,9 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
             raise FileNotFoundError(f"{final}: the writer produced no file")
         _fsync_file(tmp)  # the bytes reach the disk before the name does
         os.replace(tmp, final)
-    except OSError as e:
-        if e.errno in _DISK_FULL:  # name the file the user asked for, not the temporary one
-            raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(final)) from None
+    except Exception as e:
+        if is_disk_full(e):  # name the file the user asked for, not the temporary one
+            raise disk_full_error(e, final) from None
         raise
     finally:
         if tmp.exists():
@@ -93,7 +117,12 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        yield tmp
+        try:
+            yield tmp
+        except Exception as e:
+            if is_disk_full(e):  # name the folder the user asked for, not the temporary one
+                raise disk_full_error(e, final) from None
+            raise
         if final.exists():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             os.replace(final, old)
@@ -117,4 +146,5 @@ def write_text_atomic(path: PathLike, text: str) -> Path:
     return Path(path)
 
 
-__all__ = ["atomic_path", "atomic_dir", "partial_name", "write_text_atomic", "write_bytes_atomic", "PARTIAL_MARK"]
+__all__ = ["atomic_path", "atomic_dir", "partial_name", "write_text_atomic", "write_bytes_atomic", "PARTIAL_MARK",
+           "is_disk_full", "disk_full_error"]

@@ -355,6 +355,28 @@ def test_manifest_video_and_frames_dir(tmp_path: Path) -> None:
     np.testing.assert_allclose(b.frame_times(), np.arange(6) / 12.5)
 
 
+def test_manifest_frames_dir_with_a_gap_keeps_every_image_on_its_number(tmp_path: Path) -> None:
+    """f000, f001, f003: frame 2 has no image (masked, one warning); f003's picture is frame 3,
+    with frame 3's label and time, not frame 2's."""
+    from avfusion.data.clips import open_reader
+
+    fdir = tmp_path / "fr"
+    fdir.mkdir()
+    for k in (0, 1, 3):
+        cv2.imwrite(str(fdir / f"f{k:03d}.png"), np.full((8, 8, 3), 40 * k, np.uint8))
+    write_label_csv(tmp_path / "a.csv", [(k, k / 10, -k / 10) for k in range(4)])
+    (tmp_path / "m.csv").write_text("video_id,video_path,labels_path,frames_dir,fps\na,,a.csv,fr,25\n")
+    with pytest.warns(RuntimeWarning, match=r"fr: frame images are numbered 0\.\.3 but 1 number\(s\) are missing \(2\)"):
+        (rec,) = load_manifest(tmp_path / "m.csv")
+    assert rec.n_frames == 4 and rec.source[2] is None and rec.source[3].endswith("f003.png")
+    np.testing.assert_allclose(rec.labels[3], [0.3, -0.3], atol=1e-6)
+    reader = open_reader(rec)
+    frames, valid = reader.get_batch_masked([0, 1, 2, 3])
+    assert valid.tolist() == [True, True, False, True]
+    assert frames[3].mean() == pytest.approx(120, abs=1) and (frames[2] == 0).all()
+    np.testing.assert_allclose(reader.timestamps, np.arange(4) / 25)
+
+
 def test_manifest_saved_by_excel_with_a_bom(tmp_path: Path) -> None:
     """Excel's "CSV UTF-8" starts the file (manifest and label files) with a byte-order mark."""
     write_video(tmp_path / "a.mp4", 4, fps=25)

@@ -67,6 +67,60 @@ def click_positions(n_frames: int, fps: Fraction, rate: int) -> list[int]:
     return [int(math.floor(k / fps * rate + Fraction(1, 2))) for k in range(n_frames + 1)]
 
 
+def test_frames_matched_by_number_one_based_and_refused_names(tmp_path: Path) -> None:
+    """FFmpeg's image2 numbering starts at 1: frame 0 is 000001.png; a skipped number is a masked
+    frame; a name without a number, or two images with one number, are refused by folder."""
+    from avfusion.data.video import numbered_frame_files
+
+    for i in (1, 2, 4):
+        cv2.imwrite(str(tmp_path / f"{i:06d}.png"), cv2.cvtColor(index_frame(i), cv2.COLOR_RGB2BGR))
+    with pytest.warns(RuntimeWarning, match=r"numbered 1\.\.4 but 1 number\(s\) are missing \(3\)"):
+        files = numbered_frame_files(tmp_path)
+    assert [f.name if f else None for f in files] == ["000001.png", "000002.png", None, "000004.png"]
+    cv2.imwrite(str(tmp_path / "poster.png"), index_frame(0))
+    with pytest.raises(ValueError, match="poster.png has no frame number"):
+        numbered_frame_files(tmp_path)
+    (tmp_path / "poster.png").unlink()
+    cv2.imwrite(str(tmp_path / "frame_2.png"), index_frame(2))
+    with pytest.raises(ValueError, match="both carry frame number 2"):
+        numbered_frame_files(tmp_path)
+
+
+@pytest.mark.parametrize("degrees", [90, -90, 180])
+def test_display_rotation_is_applied_on_every_path(tmp_path: Path, degrees: int) -> None:
+    """A clip stored turned with a display matrix (a phone's portrait video): random access,
+    the sequential pass, the masked reader and the decoder's resize all give the upright picture,
+    in order, as a player shows it."""
+    turns = degrees // 90
+    upright = [index_frame(i, w=48, h=64) for i in range(12)]  # portrait, index in the top row
+    path = tmp_path / f"rot{degrees}.mp4"
+    write_video(path, frames=[np.ascontiguousarray(np.rot90(f, -turns)) for f in upright], audio_rate=None,
+                display_rotation=degrees)
+    video = VideoFile(path)
+    assert len(video) == 12 and video.turns == turns % 4
+    batch = video.get_batch([7, 0, 11])
+    assert batch.shape == (3, 64, 48, 3) and [read_index(f) for f in batch] == [7, 0, 11]
+    seq = np.concatenate([f for _, f, _ in video.iter_batches(np.arange(12), 5)])
+    assert [read_index(f) for f in seq] == list(range(12))
+    frames, valid = video.get_batch_masked([3])
+    assert valid.all() and read_index(frames[0]) == 3
+    small = VideoFile(path, width=24, height=32)
+    assert small.get_batch([0]).shape == (1, 32, 24, 3)
+    assert next(small.iter_batches([0, 1]))[1].shape == (2, 32, 24, 3)
+
+
+def test_fifo_folder_and_link_loop_named_for_what_they_are(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.mp4")
+    (tmp_path / "dir.mp4").mkdir()
+    (tmp_path / "loop.mp4").symlink_to(tmp_path / "loop.mp4")
+    (tmp_path / "dangling.mp4").symlink_to(tmp_path / "gone.mp4")
+    for name, error, words in (("pipe.mp4", VideoDecodeError, "is a FIFO"), ("dir.mp4", IsADirectoryError, "is a folder"),
+                               ("loop.mp4", VideoDecodeError, "symbolic link loop"),
+                               ("dangling.mp4", FileNotFoundError, "broken symbolic link")):
+        with pytest.raises(error, match=words):
+            len(VideoFile(tmp_path / name))
+
+
 def write_video(
     path: Path,
     n: int = 30,
@@ -80,13 +134,17 @@ def write_video(
     pix_fmt: str = "yuv420p",
     frames: Optional[list[np.ndarray]] = None,
     container_options: Optional[dict] = None,
+    display_rotation: Optional[int] = None,
 ) -> None:
-    """Index-coded frames (+ clicks at frame boundaries when ``audio_rate``) into ``path``."""
+    """Index-coded frames (+ clicks at frame boundaries when ``audio_rate``) into ``path``;
+    ``display_rotation``: the display matrix a player applies (degrees counter-clockwise)."""
     with av.open(str(path), "w", options=container_options or {}) as c:
         vs = c.add_stream(codec, rate=fps)
         frames = frames if frames is not None else [index_frame(i) for i in range(n)]
         vs.height, vs.width = frames[0].shape[:2]
         vs.pix_fmt = pix_fmt
+        if display_rotation is not None:
+            vs.set_display_rotation(display_rotation)
         vs.codec_context.gop_size = 8
         if time_base is not None:
             vs.codec_context.time_base = time_base
@@ -403,13 +461,19 @@ def test_frame_folder_sorting_and_timestamps(tmp_path: Path) -> None:
         cv2.imwrite(str(tmp_path / f"{i}.png"), cv2.cvtColor(index_frame(i), cv2.COLOR_RGB2BGR))
     (tmp_path / "notes.txt").write_text("ignored")
     assert [p.stem for p in list_frame_files(tmp_path)] == ["0", "1", "2", "10", "11"]
-    folder = open_frames(tmp_path, fps=30000 / 1001)
-    assert isinstance(folder, FrameFolder) and len(folder) == 5
-    np.testing.assert_allclose(folder.timestamps, np.arange(5) * 1001 / 30000)
-    assert [read_index(f) for f in folder.get_batch([4, 0, 3])] == [11, 0, 10]
-    with pytest.raises(ValueError, match="needs fps"):
+    # Frames are placed by their number: 3..9 are missing (masked, one warning), 10 and 11 keep
+    # their own times instead of taking those of frames 3 and 4.
+    with pytest.warns(RuntimeWarning, match=r"numbered 0\.\.11 but 7 number\(s\) are missing \(3, 4, 5, 6, 7, \.\.\.\)"):
+        folder = open_frames(tmp_path, fps=30000 / 1001)
+    assert isinstance(folder, FrameFolder) and len(folder) == 12
+    np.testing.assert_allclose(folder.timestamps, np.arange(12) * 1001 / 30000)
+    assert [read_index(f) for f in folder.get_batch([11, 0, 10])] == [11, 0, 10]
+    out, valid = folder.get_batch_masked(list(range(12)))
+    assert valid.tolist() == [True] * 3 + [False] * 7 + [True] * 2
+    with pytest.raises(ValueError, match="needs fps"), pytest.warns(RuntimeWarning):
         FrameFolder(tmp_path)
-    resized = FrameFolder(tmp_path, fps=25, width=32, height=24)
+    with pytest.warns(RuntimeWarning):
+        resized = FrameFolder(tmp_path, fps=25, width=32, height=24)
     assert resized.get_batch([1]).shape == (1, 24, 32, 3)
 
 

@@ -77,7 +77,8 @@ def test_folder_with_bad_files_and_colliding_names(folder, model_dir, tmp_path, 
     combined = pd.read_csv(out / "predictions.csv")
     assert combined.columns[0] == "video" and len(combined) == sum(GOOD.values())
     assert combined["video"].nunique() == 4
-    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == sorted(
+    # (hidden: the folder's record of the run it holds, .avfusion-run.json)
+    assert sorted(p.name for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")) == sorted(
         ["clip_va.csv", "clip_va.csv", "take_mp4_va.csv", "take_avi_va.csv", "predictions.csv",
          "clip_summary.json", "clip_summary.json", "take_mp4_summary.json", "take_avi_summary.json"])
 
@@ -163,7 +164,8 @@ def test_interrupted_runs_leave_no_incomplete_file(model_dir, tmp_path):
         _, err = proc.communicate(timeout=120)
         assert proc.returncode in (130, 0, 1), err
         assert "Traceback" not in err
-        files = [p for p in out.rglob("*") if p.is_file()]
+        assert not (out / ".avfusion.lock").exists(), "the folder's lock outlived the run"
+        files = [p for p in out.rglob("*") if p.is_file() and p.name != ".avfusion-run.json"]
         assert files, "the first video's outputs should exist"
         assert not [p for p in files if ".partial" in p.name], "temporary files left behind"
         for p in files:

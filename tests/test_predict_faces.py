@@ -270,3 +270,64 @@ def test_two_faces_all_with_a_temporal_model(two_faces):
     assert (a["frame"] == b["frame"]).all()
     assert not np.allclose(a["valence"], b["valence"], atol=1e-4)
     assert [c for c in table.columns if c.startswith("expr_")] == []  # the fusion model gives none
+
+
+# --- a phone clip: stored sideways, shown upright (display matrix) ---------------------------------
+
+
+def write_rotated(path: Path, upright: np.ndarray, degrees: int, fps: int = 25) -> Path:
+    """Frames stored turned by -``degrees`` with a display matrix of ``degrees`` (counter-clockwise),
+    as a phone writes a portrait clip: a player shows ``upright``."""
+    import av
+
+    stored = np.ascontiguousarray(np.rot90(upright, -(degrees // 90), axes=(1, 2)))
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=fps)
+        s.width, s.height, s.pix_fmt = stored.shape[2], stored.shape[1], "yuv420p"
+        s.set_display_rotation(degrees)
+        for f in stored:
+            for packet in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+    return path
+
+
+def _astronaut_portrait(n: int = 6) -> np.ndarray:
+    from skimage.data import astronaut
+
+    return np.repeat(astronaut()[:, 64:448][None], n, axis=0)  # 512 x 384, face box (114, 63, 90, 113)
+
+
+def test_rotated_phone_clip_is_predicted_upright(tmp_path):
+    """The decoded frames are the upright picture (every reading path), and the table's boxes are in
+    display coordinates: with the full-frame backend the box is the upright frame."""
+    from avfusion import Predictor
+    from avfusion.data.video import VideoFile
+
+    upright = _astronaut_portrait()
+    path = write_rotated(tmp_path / "phone.mp4", upright, -90)  # stored 384 x 512 (landscape)
+    video = VideoFile(path)
+    assert video.turns == 3  # -90 degrees: three counter-clockwise quarter turns
+    frames = video.get_batch([0, 3])
+    seq = next(video.iter_batches(np.arange(len(video)), 8))[1]
+    for got in (frames[0], seq[0]):
+        assert got.shape == upright.shape[1:]
+        assert np.abs(got.astype(int) - upright[0]).mean() < 8  # the picture, not a turned one
+    table = Predictor(tiny_emonet(), face_backend="full", speech="off").predict_video(path)
+    assert table[["face_w", "face_h"]].iloc[0].tolist() == [384, 512]
+
+
+@needs_yunet
+def test_rotated_phone_clip_face_found_upright(tmp_path):
+    """YuNet finds the face of a sideways-stored portrait clip, and its box is where the face is in
+    the picture as a player shows it."""
+    from avfusion import Predictor
+
+    path = write_rotated(tmp_path / "phone.mp4", _astronaut_portrait(), 90)
+    table = Predictor(tiny_emonet(), face_backend="yunet", yunet_model=YUNET, speech="off").predict_video(path)
+    assert table["face_found"].all()
+    box = table[["face_x", "face_y", "face_w", "face_h"]].median().to_numpy()
+    expected = np.array([114.0, 63.0, 90.0, 113.0])  # the astronaut's face in the upright picture
+    assert np.abs(box[:2] + box[2:] / 2 - (expected[:2] + expected[2:] / 2)).max() < 20
+    assert 0.7 < box[2] / expected[2] < 1.4

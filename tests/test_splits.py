@@ -106,7 +106,9 @@ def test_split_file_round_trip(tmp_path: Path) -> None:
     s = split_records(recs, by="actor", seed=7)
     p = save_split(s, tmp_path / "splits" / "s.json")
     data = json.loads(p.read_text())
-    assert set(data) == {"train", "val", "test", "by", "seed"} and data["by"] == "actor"
+    # (with the fractions asked for and those the whole actors reached)
+    assert set(data) == {"train", "val", "test", "by", "seed", "asked", "fractions"} and data["by"] == "actor"
+    assert data["fractions"] == {p: round(len(getattr(s, p)) / len(recs), 4) for p in ("train", "val", "test")}
     assert load_split(p) == s
     k = kfold_split(recs, k=3, seed=2)
     p2 = save_split(k, tmp_path / "k.json")
@@ -185,3 +187,23 @@ def test_manifest_rows_of_one_video_stay_together(tmp_path):
         split = split_records(recs, val=0.3, test=0.0, seed=seed)
         sides = {p for p in ("train", "val") for v in split.ids(p) if v in ("p3", "p4_left", "p4_right")}
         assert len(sides) == 1
+
+
+def test_whole_groups_that_miss_the_fractions_warn_or_refuse() -> None:
+    """Whole actors cannot always meet the fractions asked: one warning with the sizes reached, an
+    error with strict; the split records what it reached. Within the tolerance: silence."""
+    import warnings
+
+    from avfusion.data.splits import SPLIT_TOLERANCE
+
+    recs = make_records()
+    with pytest.warns(RuntimeWarning, match=r"cannot meet the fractions asked within 5 points: train \d+ clips"):
+        s = split_records(recs, by="actor", seed=7)
+    assert s.asked == {"train": 0.7, "val": 0.1, "test": 0.2}
+    assert any(abs(s.reached[p] - s.asked[p]) > SPLIT_TOLERANCE for p in s.asked)
+    with pytest.raises(ValueError, match="--strict-split made this an error"):
+        split_records(recs, by="actor", seed=7, strict=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        by_clip = split_records(recs, val=0.2, test=0.2, by="clip", seed=0, strict=True)
+    assert all(abs(by_clip.reached[p] - by_clip.asked[p]) <= SPLIT_TOLERANCE for p in by_clip.asked)

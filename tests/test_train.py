@@ -297,7 +297,7 @@ def test_experiment_config_types_and_errors(tmp_path: Path) -> None:
     assert cfg.train.lr == 1e-3 and isinstance(cfg.train.lr, float) and cfg.data.batch_size == 4
     with pytest.raises(ValueError, match="data.kind"):
         load_experiment(CONFIG, ["data.kind=afew"])
-    with pytest.raises(ValueError, match="TrainConfig.lr must be float"):
+    with pytest.raises(ValueError, match="train.lr must be a number"):
         load_experiment(CONFIG, ["train.lr=fast"])
     with pytest.raises(ValueError, match="unknown key"):
         load_experiment(CONFIG, ["train.learning_rate=1"])
@@ -339,3 +339,50 @@ def test_tampered_checkpoint_is_refused_on_resume(cache: Path, tmp_path: Path, c
     (ckpt / rng[0]).unlink()
     resumed = train_script.main(tiny_args(cache, out, "train.epochs=2", "--resume", "latest", "--resume-unverified"))
     assert "missing" in capsys.readouterr().out and resumed["epochs_done"] == 2
+
+
+def _best_files(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((out / "best").iterdir())}
+
+
+@pytest.mark.slow
+def test_an_output_folder_belongs_to_one_run(cache: Path, tmp_path: Path, capsys) -> None:
+    """Two live runs into one output_dir: the second is refused before it writes anything. A
+    finished run is kept, byte for byte, when another training is started into its folder, unless
+    --overwrite, which replaces it whole (no checkpoint of the old seed left beside the new)."""
+    import subprocess
+    import sys
+
+    from avfusion.cli.train import main as train_main
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom avfusion.runlock import run_lock\n"
+         "with run_lock(sys.argv[1], 'train'):\n    print('held', flush=True)\n    time.sleep(120)", str(out)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert train_main(tiny_args(cache, out, "train.epochs=1")) == 2
+        err = capsys.readouterr().err
+        assert f"avfusion train (pid {holder.pid} on " in err and "is writing into this folder" in err
+        assert sorted(p.name for p in out.iterdir()) == [".avfusion.lock"]  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+
+    # The holder was killed: its lock is stale (one warning) and this run takes the folder.
+    with pytest.warns(RuntimeWarning, match=rf"removed a stale lock of avfusion train \(pid {holder.pid} "):
+        first = train_script.main(tiny_args(cache, out, "train.epochs=1"))
+    assert not (out / ".avfusion.lock").exists()
+    best = _best_files(out)
+
+    assert train_main(tiny_args(cache, out, "train.epochs=1", "train.seed=7")) == 2
+    err = capsys.readouterr().err
+    assert "holds a finished training run of another config (train.seed: 0 -> 7)" in err and "--overwrite" in err
+    assert _best_files(out) == best  # kept, byte for byte
+
+    again = train_script.main(tiny_args(cache, out, "train.epochs=1", "train.seed=7", "--overwrite"))
+    assert again["global_step"] == first["global_step"]
+    assert _best_files(out) != best
+    assert load_experiment(out / "experiment.yaml").train.seed == 7
+    assert [p.name for p in (out / "checkpoints").iterdir()] == [Path(again["checkpoint"]).name]

@@ -19,8 +19,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from ..data.audio import AudioDecodeError
     from ..data.video import VideoDecodeError
 
+    # FloatingPointError: a diverging training (its message says where and what to change).
     return (UserError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
-            ValueError, VideoDecodeError, AudioDecodeError)
+            ValueError, VideoDecodeError, AudioDecodeError, FloatingPointError)
 
 
 def accepts_overrides(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -86,8 +87,8 @@ def run_safely(run: Run, args: argparse.Namespace, name: str) -> int:
         message = " ".join(str(e).split()) or type(e).__name__
         print(f"avfusion {name}: error: {message}", file=sys.stderr)
         return 2
-    except (OSError, RuntimeError) as e:
-        disk = disk_error(e)
+    except Exception as e:  # noqa: BLE001 -- only a full disk becomes one line; the rest is re-raised
+        disk = disk_error(e, name)
         if disk is None or os.environ.get("AVFUSION_DEBUG"):
             raise
         print(f"avfusion {name}: error: {disk}", file=sys.stderr)
@@ -101,20 +102,29 @@ def run_safely(run: Run, args: argparse.Namespace, name: str) -> int:
 _DISK_ERRNOS = {"ENOSPC", "EDQUOT", "EROFS", "EFBIG"}
 
 
-def disk_error(e: BaseException) -> Optional[str]:
-    """A one-line message when ``e`` is a write that failed for lack of space (an OSError with
-    ENOSPC and friends, or torch.save's "inline_container ... file write failed"), else None."""
+def disk_error(e: BaseException, command: str = "") -> Optional[str]:
+    """A one-line message naming the folder when ``e`` is a write that failed for lack of space
+    (an OSError with ENOSPC and friends, safetensors' or torch.save's write errors), else None."""
     import errno as _errno
+    from pathlib import Path
 
-    if isinstance(e, OSError) and _errno.errorcode.get(e.errno or -1) in _DISK_ERRNOS:
-        where = f"{e.filename}: " if e.filename else ""
-        return (f"{where}{e.strerror or e} while writing; free space (or choose another output folder) "
-                "and run again: files already finished are complete and kept, the unfinished one was not renamed")
-    text = str(e)
-    if isinstance(e, RuntimeError) and "inline_container" in text and "write" in text.lower():
-        return ("a checkpoint or weight file could not be written (disk full?): free space and run again "
-                "(--resume latest continues from the last complete checkpoint)")
-    return None
+    from ..files import is_disk_full
+
+    code = _errno.errorcode.get(e.errno or -1) if isinstance(e, OSError) else None
+    if code not in _DISK_ERRNOS and not is_disk_full(e):
+        return None
+    after = " (--resume latest continues from the last complete checkpoint)" if command == "train" else ""
+    name = getattr(e, "filename", None) if isinstance(e, OSError) else None
+    if not name:
+        return ("a checkpoint or weight file could not be written (disk full?): free space and run again" + after
+                if not isinstance(e, OSError) else f"{e.strerror or e} while writing; free space and run again{after}")
+    path = Path(name)
+    if code == "EROFS":
+        return (f"{path.parent}: read-only file system (writing {path.name}); choose another output folder "
+                "and run again")
+    return (f"{path.parent}: {e.strerror or 'no space left on device'} (writing {path.name}); free space there "
+            "(or choose another output folder) and run again: files already finished are complete and kept, "
+            f"the unfinished one was not renamed{after}")
 
 
 def command_main(add_parser: AddParser, run: Run, name: str, argv: Optional[Sequence[str]] = None) -> int:

@@ -47,21 +47,37 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> Any:
+    import contextlib
     import dataclasses
+    import os
 
     import torch
 
     from ..caching import cache_features
     from ..train.experiment import build_model, load_experiment
 
-    cfg = load_experiment(args.config, args.overrides)
+    from ..runlock import check_output_folder, run_lock
+
+    if args.window is not None and args.window < 1:
+        raise ValueError(f"--window must be >= 1 frame, got {args.window} (leave it out for the experiment's "
+                         "data.clip_len)")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.num_workers is not None and args.num_workers < 0:
+        raise ValueError(f"--num-workers must be >= 0, got {args.num_workers}")
+    cfg = load_experiment(args.config, args.overrides, check_model=args.model is None)
+    check_output_folder(args.out, "--out")
     if args.model:
         cfg = dataclasses.replace(cfg, model=args.model)
     torch.manual_seed(cfg.train.seed if args.seed is None else args.seed)
     model = build_model(cfg)
-    return cache_features(model, cfg.data, args.out, window=args.window, dtype=args.dtype,
-                          batch_size=args.batch_size, num_workers=args.num_workers,
-                          save_encoder_weights=not args.no_save_encoders, cpu=args.cpu or cfg.train.cpu)
+    # The cache's manifest refuses other encoders or settings; the lock keeps two runs apart (the
+    # main process holds it: RANK is set by accelerate launch / torchrun).
+    main_process = os.environ.get("RANK", "0") == "0"
+    with run_lock(args.out, "cache") if main_process else contextlib.nullcontext():
+        return cache_features(model, cfg.data, args.out, window=args.window, dtype=args.dtype,
+                              batch_size=args.batch_size, num_workers=args.num_workers,
+                              save_encoder_weights=not args.no_save_encoders, cpu=args.cpu or cfg.train.cpu)
 
 
 # parse_args(argv) -> Namespace and main(argv=None) -> exit code, as every command has them.

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
         _step(3, f"train the tiny model, {label} -> {run_dir}")
         train(load_experiment(EXPERIMENT, [*common, f"data.features={feats}", f"output_dir={run_dir}",
                                            f"train.epochs={args.epochs}", f"model_overrides.mode={mode}"]),
-              log=False)
+              log=False, overwrite=True)  # the demo's own folder: a second demo trains again
         _step(4, f"evaluate {label} on the held-out test clips -> {run_dir / 'eval'}")
         test_data = dataclasses.replace(cfg.data, features=str(feats))
         results[mode], _, _, _ = evaluate_model(load_model(run_dir / "best"), test_data, "test", run_dir / "eval",

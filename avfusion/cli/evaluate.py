@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from ..runlock import check_output_folder
 
         check_output_folder(args.out, "--out")
-    model = load_model(args.model, args.checkpoint, **apply_overrides({}, list(args.model_set)))
+    model = load_model(args.model, args.checkpoint, overrides_from="--set", **apply_overrides({}, list(args.model_set)))
     results, records, part, out = evaluate_model(
         model, data, part, args.out, default_name=str(args.model), smooth_window=args.smooth,
         threshold=args.threshold, face_only=args.face_only, plots=not args.no_plots,

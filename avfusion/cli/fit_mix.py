@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(model, "fusion", None) is not None or not (model.use_video and model.use_audio):
         raise ValueError(f"{args.model}: fit-mix needs a model of a face and a voice expert without a temporal part "
                          "(av_experts)")
-    cfg = load_experiment(args.config, args.overrides)
+    cfg = load_experiment(args.config, args.overrides, check_model=False)
     changes = {k: v for k, v in (("kind", args.data_kind), ("root", args.root), ("split_file", args.split_file))
                if v is not None}
     data = dataclasses.replace(cfg.data, **changes)

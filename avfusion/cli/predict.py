@@ -190,9 +190,10 @@ def run_live(args: argparse.Namespace) -> int:
                           precision=args.precision, runtime=args.runtime, compile=args.compile, flip=args.flip,
                           batch_size=args.batch_size, face_backend=args.face_backend,
                           yunet_model=args.yunet_model, speech="off")
-    out = Path(args.out or "runs/predict")
+    from ..runlock import check_output_folder
+
+    out = check_output_folder(args.out or "runs/predict", "--out")
     path = out / f"{name}_live.csv"
-    out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     rows = predictor.stream(source, realtime=False if args.no_realtime else None, input_format=args.input_format,
                             name=source)

@@ -5,6 +5,7 @@
     accelerate launch --multi_gpu --num_processes 2 -m avfusion.cli.train ... train.cpu=true  # 2 CPU processes
     avfusion train --config afew_emonet_video --folds 5                           # cross-validation
     avfusion train --config tiny_synthetic --resume latest                        # continue a run
+    avfusion train --config tiny_synthetic --overwrite                            # replace the run of output_dir
 
 Several CPU processes: ``--multi_gpu`` only selects torchrun's launcher, ``train.cpu=true`` keeps
 every process on the CPU (gloo). ``accelerate launch --cpu --num_processes 2`` starts a single
@@ -32,8 +33,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="continue from a checkpoint folder, or the newest one of output_dir")
     p.add_argument("--resume-unverified", action="store_true",
                    help="resume even when checkpoint files are missing or changed (warns; not exact)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run that output_dir holds (its checkpoints, best/, results); without it a "
+                        "folder holding another run is refused")
     p.add_argument("--folds", type=int, default=0, metavar="K",
                    help="K-fold cross-validation: train and test every fold, report mean ± std")
+    p.add_argument("--strict-split", action="store_true",
+                   help="refuse a split whose parts miss data.val_fraction / data.test_fraction by more than 5 "
+                        "points (whole groups); without it a warning gives the sizes reached")
     p.add_argument("--no-tensorboard", action="store_true", help="only the CSV log")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=run)
@@ -44,9 +51,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from ..train.experiment import load_experiment
     from ..train.loop import train
 
-    cfg = load_experiment(args.config, args.overrides)
+    overrides = list(args.overrides or []) + (["data.strict_split=true"] if args.strict_split else [])
+    cfg = load_experiment(args.config, overrides)
     return train(cfg, resume=args.resume, folds=args.folds, log=not args.no_tensorboard,
-                 verify_resume=not args.resume_unverified)
+                 verify_resume=not args.resume_unverified, overwrite=args.overwrite)
 
 
 # parse_args(argv) -> Namespace and main(argv=None) -> exit code, as every command has them.

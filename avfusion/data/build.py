@@ -40,6 +40,9 @@ class DataConfig:
     # `val_fraction` of the training folds is held out to pick the best epoch (0: keep the last).
     val_fraction: float = 0.2
     test_fraction: float = 0.0
+    # Whole groups rarely meet the fractions exactly: a part off by more than 5 points of the clips
+    # gives a warning, or with strict_split (`--strict-split`) an error.
+    strict_split: bool = False
     # Aff-Wild2's public validation set is the usual benchmark: "official" trains on Train_Set
     # and validates on Validation_Set; "random"/"folds" split the Train_Set clips instead.
     affwild2_split: str = "official"
@@ -88,7 +91,7 @@ def used_settings(d: DataConfig, training: bool = False) -> dict[str, Any]:
     import dataclasses
 
     out = dataclasses.asdict(d)
-    drop: set[str] = set()
+    drop: set[str] = {"strict_split"}  # it refuses a split, it never changes one
     if d.kind != "affwild2":
         drop |= {"affwild2_split", "affwild2_frames"}
     if d.kind not in ("synthetic", "manifest"):
@@ -131,6 +134,22 @@ def check_data_config(d: DataConfig) -> list[str]:
         problems.append(f"need 1 <= data.stride <= data.clip_len, got {d.stride} and {d.clip_len}")
     if d.batch_size < 1:
         problems.append(f"data.batch_size must be >= 1, got {d.batch_size}")
+    if d.eval_batch_size is not None and d.eval_batch_size < 1:
+        problems.append(f"data.eval_batch_size must be >= 1, got {d.eval_batch_size}")
+    if d.num_workers < 0:
+        problems.append(f"data.num_workers must be >= 0, got {d.num_workers}")
+    if not (0 <= d.val_fraction < 1 and 0 <= d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1):
+        problems.append(f"data.val_fraction ({d.val_fraction}) and data.test_fraction ({d.test_fraction}) must be "
+                        "fractions in [0, 1) summing to less than 1")
+    if d.eval_stride is not None and not 1 <= d.eval_stride <= d.clip_len:
+        problems.append(f"data.eval_stride must be between 1 and data.clip_len ({d.clip_len}), got {d.eval_stride}")
+    if d.target_fps is not None and not d.target_fps > 0:
+        problems.append(f"data.target_fps must be > 0, got {d.target_fps}")
+    if d.face_backend not in ("auto", "yunet", "landmarks", "precropped", "full"):
+        problems.append(f"data.face_backend must be one of auto, yunet, landmarks, precropped, full, "
+                        f"got {d.face_backend!r}")
+    if d.yunet_model is not None and not Path(d.yunet_model).is_file():
+        problems.append(f"data.yunet_model {d.yunet_model}: file not found")
     return problems
 
 
@@ -201,7 +220,7 @@ def make_split(cfg: DataConfig, records: Sequence, val_records: Sequence = ()):
         return kfold_split(records, cfg.folds, by=cfg.split_by, seed=cfg.split_seed).fold(
             cfg.fold, val=cfg.val_fraction, records=records)
     return split_records(records, val=cfg.val_fraction, test=cfg.test_fraction, by=cfg.split_by,
-                         seed=cfg.split_seed)
+                         seed=cfg.split_seed, strict=cfg.strict_split)
 
 
 def serving_for(d: DataConfig, model: Optional[Any], training: bool = False) -> ServingSpec:
@@ -365,13 +384,26 @@ def select_records(cfg: DataConfig, part: Optional[str]) -> tuple[list, str]:
     everything = list(records) + list(val_records)
     if part == "all":
         return everything, part
-    split = make_split(cfg, records, val_records)
+    made = cfg.split_file is None and not (cfg.kind == "affwild2" and cfg.affwild2_split == "official")
+    try:
+        split = make_split(cfg, records, val_records)
+    except ValueError as e:
+        if not made or "nothing left to train on" not in str(e):
+            raise
+        raise ValueError(f"part {part or 'test'}: no split file given, and {len(everything)} clip(s) cannot be split "
+                         f"into train/val/test by data.val_fraction={cfg.val_fraction}, "
+                         f"data.test_fraction={cfg.test_fraction}; give --split-file (or --config of the "
+                         "experiment), or score every clip with --part all") from None
     if part is None:
         part = "test" if split.ids("test") else "val"
     ids = split.ids(part)
     if not ids:
-        raise ValueError(f"the split has no '{part}' clips; choose a part among "
-                         f"{[q for q in PARTS if split.ids(q)] + ['all']}")
+        why = ""
+        if made and not cfg.folds:
+            why = (f" (no split file given: the split made by data.val_fraction={cfg.val_fraction}, "
+                   f"data.test_fraction={cfg.test_fraction} has no {part} part)")
+        raise ValueError(f"part {part}: the split has no {part} clips{why}; give --split-file (or --config of "
+                         f"the experiment), or choose a part among {[q for q in PARTS if split.ids(q)] + ['all']}")
     by_id = {r.video_id: r for r in everything}
     return [by_id[i] for i in ids], part
 

@@ -6,8 +6,9 @@ Manifest (CSV with a header)::
 
 * ``video_path``: a video file; frame count, fps and per-frame timestamps are read from it, and its
   audio track is used unless ``audio_path`` says otherwise.
-* ``frames_dir`` (instead of ``video_path``): a folder of frame images sorted by name; then the
-  ``fps`` column is required, and audio comes only from ``audio_path``.
+* ``frames_dir`` (instead of ``video_path``): a folder of frame images placed by the number in their
+  names (a number the folder skips is a masked frame, one warning); then the ``fps`` column is
+  required, and audio comes only from ``audio_path``.
 * ``labels_path``: CSV with columns ``frame,valence,arousal``; ``frame`` is the 0-based frame index,
   values lie in [-1, 1], an empty value or ``-5`` means no label. Frames the file does not list are
   unlabelled. May be empty (prediction only: every frame unlabelled).
@@ -153,7 +154,9 @@ def load_manifest(path: str | Path, face_mode: str = "detect",
         unknown = [c for c in cols if c not in REQUIRED + OPTIONAL]
         if unknown:
             raise ValueError(f"{path}: unknown column(s) {unknown}; known: {list(REQUIRED + OPTIONAL)}")
+        line_count = 0
         for line, row in enumerate(reader, start=2):
+            line_count += 1
             row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
             vid = row["video_id"]
             where = f"{path}, line {line}"
@@ -174,8 +177,14 @@ def load_manifest(path: str | Path, face_mode: str = "detect",
             if (video is None) == (frames_dir is None):
                 raise ValueError(f"{where} ({vid}): give exactly one of video_path and frames_dir")
             if video is not None:
-                if not video.is_file():
+                if not video.exists() and not video.is_symlink():
                     raise FileNotFoundError(f"{where} ({vid}): video file not found: {video}")
+                from .video import VideoDecodeError, check_video_path
+
+                try:
+                    check_video_path(video)
+                except (OSError, VideoDecodeError) as e:
+                    raise type(e)(f"{where} ({vid}): video_path {e}") from None
                 n, video_fps, timestamps = probe_video(video)
                 if fps is not None and abs(fps - video_fps) > 0.01 * video_fps:
                     warnings.warn(f"{where} ({vid}): fps column says {fps:g} but {video} declares "
@@ -186,12 +195,18 @@ def load_manifest(path: str | Path, face_mode: str = "detect",
             else:
                 if fps is None or not fps > 0:
                     raise ValueError(f"{where} ({vid}): a frames_dir row needs a positive fps column")
-                from .video import list_frame_files
+                from .video import numbered_frame_files
 
-                files = list_frame_files(frames_dir)
+                if not frames_dir.is_dir():
+                    raise FileNotFoundError(f"{where} ({vid}): frames_dir {frames_dir}: "
+                                            + ("not a folder" if frames_dir.exists() else "folder not found"))
+                try:
+                    files = numbered_frame_files(frames_dir)
+                except ValueError as e:
+                    raise ValueError(f"{where} ({vid}): {e}") from None
                 if not files:
                     raise FileNotFoundError(f"{where} ({vid}): no frame images in {frames_dir}")
-                n, timestamps, source = len(files), None, [str(p) for p in files]
+                n, timestamps, source = len(files), None, [str(p) if p is not None else None for p in files]
                 audio_path = probe_audio_path(audio, where)
             labels_file = resolve(row["labels_path"])
             if labels_file is None:
@@ -207,6 +222,9 @@ def load_manifest(path: str | Path, face_mode: str = "detect",
                 timestamps=timestamps, dataset="manifest", group=group,
                 meta={"manifest": str(path), "labels_path": None if labels_file is None else str(labels_file)},
             ))
+    if line_count == 0:
+        raise ValueError(f"{path}: a header and no rows; add one row per video "
+                         f"({','.join(REQUIRED)}, ...)")
     if wanted is not None:
         absent = wanted - {r.video_id for r in records}
         if absent:

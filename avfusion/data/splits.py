@@ -9,12 +9,14 @@ travel together as one *group*; splitting by actor keeps every clip of a person 
 
 A split is written to and read from JSON so an experiment can be rerun exactly::
 
-    {"train": [ids], "val": [ids], "test": [ids], "by": "clip" | "actor", "seed": 0}
+    {"train": [ids], "val": [ids], "test": [ids], "by": "clip" | "actor", "seed": 0,
+     "asked": {"train": 0.7, "val": 0.1, "test": 0.2}, "fractions": {...the same, reached}}
     {"folds": [[ids], [ids], ...], "by": "clip" | "actor", "seed": 0}      (k-fold)
 """
 from __future__ import annotations
 
 import json
+import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,9 @@ class Split:
     by: str = "clip"
     seed: Optional[int] = None
     folds: Optional[list[list[str]]] = None
+    # The fractions asked for and those the whole groups reached (what split.json records).
+    asked: Optional[dict[str, float]] = None
+    reached: Optional[dict[str, float]] = None
 
     def fold(self, i: int, val: float = 0.0, records: Optional[Sequence[VideoRecord]] = None) -> "Split":
         """Fold ``i`` as a train/val/test split: test = fold ``i``, train = every other fold.
@@ -77,6 +82,11 @@ class Split:
             d["folds"] = [list(f) for f in self.folds]
         else:
             d.update(train=list(self.train), val=list(self.val), test=list(self.test))
+            n = len(self.train) + len(self.val) + len(self.test)
+            if n:
+                d["fractions"] = self.reached or {p: round(len(getattr(self, p)) / n, 4) for p in PARTS}
+            if self.asked is not None:
+                d["asked"] = dict(self.asked)
         return d
 
     @classmethod
@@ -94,7 +104,8 @@ class Split:
         missing = [p for p in PARTS if p not in d]
         if missing:
             raise ValueError(f"{where}: missing key(s) {missing}; a split has train, val, test (or folds)")
-        return cls(*([str(c) for c in d[p]] for p in PARTS), by=by, seed=d.get("seed"))
+        return cls(*([str(c) for c in d[p]] for p in PARTS), by=by, seed=d.get("seed"),
+                   asked=d.get("asked"), reached=d.get("fractions"))
 
 
 def _groups(records: Sequence[VideoRecord], by: str) -> dict[str, list[str]]:
@@ -143,12 +154,19 @@ def _take(order: list[str], groups: dict[str, list[str]], target: float) -> list
     return taken
 
 
+# How far (in fractions of the clips) a part made of whole groups may miss the size asked for
+# before the split says so (a warning, or an error with `strict`).
+SPLIT_TOLERANCE = 0.05
+
+
 def split_records(records: Sequence[VideoRecord], val: float = 0.1, test: float = 0.2,
-                  by: str = "clip", seed: int = 0) -> Split:
+                  by: str = "clip", seed: int = 0, strict: bool = False) -> Split:
     """Random train/val/test split of whole clips (``by="clip"``) or whole actors (``"actor"``).
 
     ``val`` and ``test`` are fractions of the clips; groups are taken whole, so the sizes are met
-    approximately. Clips of one source video (``record.group``) always stay together.
+    approximately. Clips of one source video (``record.group``) always stay together. A part that
+    misses its fraction by more than :data:`SPLIT_TOLERANCE` gives one warning with the sizes
+    reached (``strict``: a ValueError); the split records both (``asked``, ``reached``).
     """
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise ValueError(f"val={val} and test={test} must be fractions summing to less than 1")
@@ -161,8 +179,21 @@ def split_records(records: Sequence[VideoRecord], val: float = 0.1, test: float 
         raise ValueError(
             f"{len(groups)} {by} group(s) are too few for val={val}, test={test}: nothing left to train on")
     ids = lambda gs: sorted(c for g in gs for c in groups[g])  # noqa: E731
-    split = Split(train=ids(order), val=ids(val_g), test=ids(test_g), by=by, seed=seed)
+    split = Split(train=ids(order), val=ids(val_g), test=ids(test_g), by=by, seed=seed,
+                  asked={"train": round(1 - val - test, 4), "val": val, "test": test})
+    split.reached = {p: round(len(split.ids(p)) / max(1, n), 4) for p in PARTS}
     check_split(split, records, by_actor=(by == "actor"))
+    missed = [p for p in PARTS if abs(split.reached[p] - split.asked[p]) > SPLIT_TOLERANCE]
+    if missed:
+        sizes = ", ".join(f"{p} {len(split.ids(p))} clips ({100 * split.reached[p]:.0f} %, asked "
+                          f"{100 * split.asked[p]:.0f} %)" for p in PARTS)
+        text = (f"a split of {n} clips into {len(groups)} whole {by} group(s) cannot meet the fractions asked "
+                f"within {100 * SPLIT_TOLERANCE:.0f} points: {sizes}")
+        if strict:
+            raise ValueError(f"{text}; change data.val_fraction / data.test_fraction, split by clip, or give a "
+                             "split file (--strict-split made this an error)")
+        warnings.warn(f"{text}; the fractions reached are in split.json (--strict-split makes this an error)",
+                      RuntimeWarning, stacklevel=2)
     return split
 
 

@@ -21,7 +21,7 @@ from typing import Any, Iterator, Optional, Union
 
 import numpy as np
 
-from ..data.video import FrameFolder, VideoFile  # noqa: F401 (readers of the protocol)
+from ..data.video import FrameFolder, VideoFile, quarter_turns, upright  # noqa: F401 (readers of the protocol)
 
 PathLike = Union[str, Path]
 
@@ -150,7 +150,7 @@ class LiveSource:
                         wait = self.started_at + rel - time.monotonic()
                         if wait > 0 and self._stop.wait(wait):
                             return
-                    img = frame.to_ndarray(format="rgb24")
+                    img = upright(frame.to_ndarray(format="rgb24"), quarter_turns(frame))  # as a player shows it
                     self.frames_read += 1
                     self._put(("frame", k, rel, img))
                     k += 1

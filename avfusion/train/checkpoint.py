@@ -24,7 +24,7 @@ import yaml
 from torch import nn
 
 from ..factory import save_pretrained
-from ..files import atomic_path, write_text_atomic
+from ..files import atomic_dir, atomic_path, disk_full_error, is_disk_full, write_text_atomic
 from .experiment import ExperimentConfig, experiment_to_dict
 
 STATE_FILE = "trainer_state.json"
@@ -132,7 +132,14 @@ def save_checkpoint(accelerator: Any, state: TrainState, output_dir: Path, keep:
     """``accelerator.save_state`` into ``checkpoints/step_N`` plus the trainer state (written last,
     so a folder without it is an interrupted save and is ignored); prunes old checkpoints."""
     path = output_dir / "checkpoints" / f"step_{state.global_step}"
-    accelerator.save_state(str(path))
+    try:
+        accelerator.save_state(str(path))
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        # A folder without its trainer state is ignored on resume; remove it anyway (it is not a checkpoint).
+        shutil.rmtree(path, ignore_errors=True)
+        raise disk_full_error(e, path) from None
     sums = torch.tensor([state.loss_sum, state.loss_count], dtype=torch.float64, device=accelerator.device)
     sums = accelerator.reduce(sums, reduction="sum").cpu()
     accelerator.wait_for_everyone()  # every process's RNG file is written before hashing
@@ -164,8 +171,10 @@ def export_model(accelerator: Any, model: nn.Module, cfg: ExperimentConfig, out:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
-        save_pretrained(unwrapped, out, extra={"training": info})
-        write_text_atomic(out / "experiment.yaml", yaml.safe_dump(experiment_to_dict(cfg), sort_keys=False))
+        # The whole folder or nothing: a full disk must not leave new weights beside an old config.
+        with atomic_dir(out) as tmp:
+            save_pretrained(unwrapped, tmp, extra={"training": info})
+            write_text_atomic(tmp / "experiment.yaml", yaml.safe_dump(experiment_to_dict(cfg), sort_keys=False))
     accelerator.wait_for_everyone()
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ..config import apply_overrides, from_dict, load_yaml, register_nested, resolve_experiment_file, to_dict
+from ..config import apply_overrides, from_dict, load_yaml, register_nested, resolve_experiment_file, to_dict, yaml_line
 from ..data.build import DataConfig, check_data_config
 from ..factory import create_model, get_model_config
 from ..model import AVModel
@@ -81,50 +81,93 @@ register_nested("ExperimentConfig", "data", DataConfig)
 register_nested("ExperimentConfig", "train", TrainConfig)
 
 
-def load_experiment(name_or_path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+def load_experiment(name_or_path: str | Path | None = None, overrides: Sequence[str] = (),
+                    check_model: bool = True) -> ExperimentConfig:
     """An experiment config from a shipped name or a YAML file (or the defaults) plus ``key=value``
-    overrides. Errors name the file, or the command line when an override is at fault."""
+    overrides, checked as a whole before any work (types, ranges, and with ``check_model`` the
+    model it names with its ``model_overrides``). An error names where the value came from: the
+    file and line, or the command line when an override brought the problem."""
+    import copy
+
     path = resolve_experiment_file(name_or_path) if name_or_path is not None else None
     data = load_yaml(path) if path is not None else {}
     where = str(path or "experiment config")
+    if not overrides:
+        return _checked(data, where, path, check_model)
     try:
-        from_dict(ExperimentConfig, data)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}: {e}") from None
+        merged = apply_overrides(copy.deepcopy(data), list(overrides))
+    except ValueError as e:
+        raise ValueError(f"command-line override: {e}") from None
     try:
-        apply_overrides(data, list(overrides))
+        return _build(merged, check_model)
+    except _KeyProblem as e:
+        try:
+            _build(copy.deepcopy(data), check_model)
+        except _KeyProblem as file_error:
+            if str(file_error) == str(e):  # the file alone has this problem: the file is to blame
+                raise _located(file_error, where, path) from None
+        # The file alone does not have this problem: an override brought it.
+        raise ValueError(f"command-line override: {e}") from None
+
+
+class _KeyProblem(ValueError):
+    """A problem with one key of the experiment (``key``: dotted), for the file's line number."""
+
+    def __init__(self, key: Optional[str], message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _checked(data: dict, where: str, path: Optional[Path], check_model: bool) -> ExperimentConfig:
+    """``data`` as a checked ExperimentConfig; a ValueError starts with ``where`` (and the line of
+    the key at fault when the file has it)."""
+    try:
+        return _build(data, check_model)
+    except _KeyProblem as e:
+        raise _located(e, where, path) from None
+
+
+def _located(e: "_KeyProblem", where: str, path: Optional[Path]) -> ValueError:
+    line = yaml_line(path, e.key.split(".")) if path is not None and e.key else None
+    return ValueError(f"{where}{f', line {line}' if line else ''}: {e}")
+
+
+def _build(data: dict, check_model: bool) -> ExperimentConfig:
+    import re
+
+    try:
         cfg = from_dict(ExperimentConfig, data)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"command-line override: {e}") from None
-    for section in (cfg, cfg.data, cfg.train):
-        _coerce_fields(section, where)
+        m = re.match(r"(\w+) must be a mapping", str(e))
+        raise _KeyProblem(m.group(1) if m else None, str(e)) from None
+    for section, prefix in ((cfg, ""), (cfg.data, "data."), (cfg.train, "train.")):
+        _coerce_fields(section, prefix)
     try:
-        check_experiment(cfg, where)
+        check_experiment(cfg, "")
     except ValueError as e:
-        if overrides and _problem_is_the_files(load_yaml(path) if path is not None else {}, where, str(e)):
-            raise
-        if overrides:  # the file alone does not have this problem: an override brought it
-            raise ValueError(str(e).replace(f"{where}:", "command-line override:", 1)) from None
-        raise
+        text = str(e).lstrip(": ")
+        m = re.search(r"\b((?:data|train)\.\w+)", text)
+        raise _KeyProblem(m.group(1) if m else None, text) from None
+    if check_model:
+        try:
+            get_model_config(cfg.model, overrides_from="model_overrides", **cfg.model_overrides)
+        except ValueError as e:
+            text = str(e)
+            if text.startswith("model_overrides of model"):
+                raise _KeyProblem("model_overrides", text) from None
+            if text.startswith("unknown model"):
+                raise _KeyProblem("model", f"model: {text}") from None
+            raise  # the model's own file is at fault, and its message names it
     return cfg
 
 
-def _problem_is_the_files(data: dict, where: str, message: str) -> bool:
-    """True when the YAML file without overrides already fails ``check_experiment`` the same way."""
-    try:
-        cfg = from_dict(ExperimentConfig, data)
-        for section in (cfg, cfg.data, cfg.train):
-            _coerce_fields(section, where)
-        check_experiment(cfg, where)
-    except (TypeError, ValueError) as e:
-        return str(e) == message
-    return False
-
-
-def _coerce_fields(obj: Any, where: str) -> None:
+def _coerce_fields(obj: Any, prefix: str) -> None:
     """Give scalar fields their declared type. YAML reads ``1e-3`` (no dot) as a string, and a
-    learning rate that is a string fails deep inside the optimizer; convert it here or say so."""
+    learning rate that is a string fails deep inside the optimizer; convert it here or say so.
+    Mappings and lists must be mappings and lists."""
     hints = typing.get_type_hints(type(obj))
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a mapping",
+             list: "a list"}
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         tp = hints[f.name]
@@ -132,7 +175,7 @@ def _coerce_fields(obj: Any, where: str) -> None:
         if value is None:
             continue
         base = next((a for a in args if a is not type(None)), tp) if args else tp
-        if base not in (int, float, bool, str):
+        if base not in names or dataclasses.is_dataclass(value):
             continue
         try:
             if base is bool:
@@ -146,11 +189,19 @@ def _coerce_fields(obj: Any, where: str) -> None:
                 if isinstance(value, bool):
                     raise ValueError
                 value = float(value)
+            elif base is dict:
+                if not isinstance(value, dict):
+                    raise ValueError
+            elif base is list:
+                if not isinstance(value, (list, tuple)):
+                    raise ValueError
+                value = list(value)
             else:
+                if isinstance(value, (dict, list)):
+                    raise ValueError
                 value = str(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}: {type(obj).__name__}.{f.name} must be {base.__name__}, "
-                             f"got {value!r}") from None
+        except (TypeError, ValueError, OverflowError):
+            raise _KeyProblem(f"{prefix}{f.name}", f"{prefix}{f.name} must be {names[base]}, got {value!r}") from None
         setattr(obj, f.name, value)
 
 
@@ -167,7 +218,7 @@ def check_experiment(cfg: ExperimentConfig, where: str = "experiment config") ->
     if t.epochs < 1:
         problems.append(f"train.epochs must be >= 1, got {t.epochs}")
     if problems:
-        raise ValueError(f"{where}: " + "; ".join(problems))
+        raise ValueError(f"{where}: " + "; ".join(problems) if where else "; ".join(problems))
 
 
 def experiment_to_dict(cfg: ExperimentConfig) -> dict:

@@ -22,6 +22,7 @@ computes for the exported model on the same split.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -42,6 +43,8 @@ from ..files import write_text_atomic
 from ..evaluation import predict_loader, split_metrics
 from ..fusion import fit_mix
 from ..model import AVModel
+from ..runlock import (OWNER_NAME, RunFolderError, changes_text, check_output_folder, identity_changes, read_owner,
+                       run_lock, write_owner)
 from .checkpoint import (STATE_FILE, TrainState, checkpoint_dirs, export_model, resolve_resume, save_checkpoint,
                          verify_checkpoint, write_csv)
 from .experiment import ExperimentConfig, build_model, experiment_to_dict, with_fold
@@ -209,6 +212,7 @@ def train_one_epoch(
             out = model(**model_inputs(batch))
             loss = training_loss(loss_fn, out, batch, weights)
             if not torch.isfinite(loss):
+                bar.close()
                 raise FloatingPointError(
                     f"non-finite training loss {loss.item()} at step {state.global_step} "
                     f"(epoch {state.epoch}, batch {state.batch_in_epoch}); lower train.lr or check the data")
@@ -305,7 +309,7 @@ def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 # Fields that may change between a killed run and its resumption without changing the result.
 _RESUME_FREE = ("train.stop_after_steps", "train.save_every", "train.keep_checkpoints", "train.log_every",
-                "data.num_workers")
+                "data.num_workers", "data.strict_split")
 
 
 def fit(accelerator: Any, cfg: ExperimentConfig, resume: Optional[str] = None,
@@ -551,11 +555,99 @@ def format_cv_table(cv: dict[str, Any], keys: Optional[list[str]] = None) -> str
     return "\n".join(lines)
 
 
+# What a training run writes into its output_dir (``--overwrite`` removes these, nothing else).
+RUN_FILES = ("checkpoints", "best", "tensorboard", "results.json", "test_metrics.json", "cv_results.json",
+             "metrics.csv", "split.json", "experiment.yaml", OWNER_NAME)
+
+
+def run_identity(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The settings that make a run's files what they are: the config without the fields a resumed
+    run may change (:data:`_RESUME_FREE`)."""
+    d = experiment_to_dict(cfg)
+    for key in _RESUME_FREE:
+        section, name = key.split(".")
+        d.get(section, {}).pop(name, None)
+    return d
+
+
+def _previous_identity(out: Path) -> Optional[dict[str, Any]]:
+    owner = read_owner(out)
+    if owner is not None:
+        return owner.get("identity")
+    exp = out / "experiment.yaml"  # a folder written before runs recorded themselves
+    if exp.is_file():
+        try:
+            from .experiment import load_experiment
+
+            return run_identity(load_experiment(exp))
+        except (ValueError, OSError):
+            return None
+    return None
+
+
+def check_run_folder(cfg: ExperimentConfig, resume: Optional[str] = None, overwrite: bool = False,
+                     clear: bool = True) -> None:
+    """Refuse to start a run in an ``output_dir`` that holds another run (finished or not) unless
+    ``resume`` continues it or ``overwrite`` replaces it (with ``clear``, the main process's part:
+    its files, :data:`RUN_FILES`, are removed)."""
+    out = Path(cfg.output_dir)
+    check_output_folder(out, "output_dir")
+    folds = sorted(p for p in out.glob("fold_*") if p.is_dir())
+    finished = (out / "results.json").is_file() or (out / "cv_results.json").is_file()
+    ckpts = checkpoint_dirs(out) or [c for f in folds for c in checkpoint_dirs(f)]
+    # Files worth keeping: a run stopped before its first checkpoint (a config error, a diverging
+    # loss) leaves nothing that a new run could mix with.
+    held = finished or bool(ckpts) or (out / "best").exists() or any(
+        (f / "results.json").is_file() or (f / "best").exists() for f in folds)
+    if not held or resume is not None:
+        return  # --resume continues this folder's run (a changed config warns when it resumes)
+    if overwrite:
+        if not clear:
+            return
+        import shutil
+
+        for entry in [out / name for name in RUN_FILES] + folds:
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            elif entry.exists():
+                entry.unlink()
+        return
+    old = _previous_identity(out)
+    changes = identity_changes(old, run_identity(cfg)) if old is not None else []
+    which = (f" of another config ({changes_text(changes)})" if changes
+             else " of this config" if old is not None else "")
+    if finished:
+        raise RunFolderError(f"output_dir {out}: holds a finished training run{which}; pass --overwrite to "
+                             "replace it, or choose another output_dir")
+    if ckpts:
+        raise RunFolderError(f"output_dir {out}: holds an unfinished training run{which} (last checkpoint "
+                             f"{ckpts[-1].name}); --resume latest continues it, --overwrite starts again, or "
+                             "choose another output_dir")
+    raise RunFolderError(f"output_dir {out}: holds the start of a training run{which} without a checkpoint; "
+                         "pass --overwrite to start again, or choose another output_dir")
+
+
 def train(cfg: ExperimentConfig, resume: Optional[str] = None, folds: int = 0, log: bool = True,
-          verify_resume: bool = True) -> dict[str, Any]:
+          verify_resume: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Train an experiment end to end with a fresh Accelerator: one run, or every fold of a
-    ``folds``-fold cross-validation. Returns :func:`fit`'s or :func:`cross_validate`'s result."""
+    ``folds``-fold cross-validation. Returns :func:`fit`'s or :func:`cross_validate`'s result.
+
+    The output folder belongs to this run: another live run's lock, or another run's files
+    (unless ``resume`` or ``overwrite``), stop it before any work (:func:`check_run_folder`)."""
+    if resume is not None and overwrite:
+        raise ValueError("--resume continues the run of output_dir, --overwrite replaces it: give one of them")
     accelerator = make_accelerator(cfg, log=log)
+    out = Path(cfg.output_dir)
+    check_output_folder(out, "output_dir")
+    with run_lock(out, "train") if accelerator.is_main_process else contextlib.nullcontext():
+        check_run_folder(cfg, resume, overwrite, clear=accelerator.is_main_process)
+        if accelerator.is_main_process:
+            write_owner(out, "train", run_identity(cfg))
+        return _train(accelerator, cfg, resume, folds, verify_resume)
+
+
+def _train(accelerator: Any, cfg: ExperimentConfig, resume: Optional[str], folds: int,
+           verify_resume: bool) -> dict[str, Any]:
     init_logging(accelerator, cfg)
     # `accelerate launch --cpu --num_processes N` starts ONE process (Accelerate needs MPI for
     # several CPU processes): say how many really run, so a silent single-process run is visible.
@@ -575,4 +667,5 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, folds: int = 0, l
 
 
 __all__ = ["EpochSampler", "EvalResult", "SELECT_METRIC", "make_accelerator", "make_loader", "train_one_epoch",
-           "evaluate", "init_logging", "fit", "cross_validate", "format_cv_table", "model_inputs", "train"]
+           "evaluate", "init_logging", "fit", "cross_validate", "format_cv_table", "model_inputs", "train",
+           "check_run_folder", "run_identity", "RUN_FILES"]
