@@ -125,3 +125,13 @@ class Command:
 
 def command(name: str) -> Command:
     return Command(name)
+
+
+# OpenVINO's thread pool does not survive fork(): a test that forks (DataLoader workers, a fork
+# pool) after OpenVINO ran in this process dies with a segfault. The modules that run OpenVINO
+# in-process therefore run last.
+_OPENVINO_MODULES = ("test_bench.py", "test_runtime.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=lambda item: Path(str(item.fspath)).name in _OPENVINO_MODULES)
