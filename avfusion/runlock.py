@@ -38,22 +38,22 @@ class RunFolderError(ValueError):
 
 
 def check_output_folder(folder: PathLike, option: str = "--out") -> Path:
-    """``folder`` created when missing; a one-line error naming ``option`` when it is a file,
-    sits below a file, or cannot be written (checked before any work)."""
+    """A one-line error naming ``option`` when ``folder`` is a file, sits below a file, or cannot
+    be written or created (checked before any work). Nothing is created here: a run that stops on a
+    setting leaves no folder behind (the lock, :func:`run_lock`, creates it)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise RunFolderError(f"{option} {folder}: is a file, not a folder; give a folder for the outputs")
-    for parent in folder.parents:
+    existing = folder
+    for parent in [folder, *folder.parents]:
         if parent.exists():
             if not parent.is_dir():
                 raise RunFolderError(f"{option} {folder}: {parent} is a file, so no folder can be made below it")
+            existing = parent
             break
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunFolderError(f"{option} {folder}: cannot create this folder ({e.strerror or e})") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise RunFolderError(f"{option} {folder}: this folder is not writable (permission denied or a "
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "this folder is" if existing == folder else f"{existing} is"
+        raise RunFolderError(f"{option} {folder}: {what} not writable (permission denied or a "
                              "read-only place); choose another output folder")
     return folder
 

@@ -104,7 +104,18 @@ def enet_calibration_images(seed: int = 0, n: int = 4) -> torch.Tensor:
     return 1.2 * _smooth_noise(g, n, 1) + 0.3 * _smooth_noise(g, n, 3) + (torch.rand(n, 1, 1, 1, generator=g) - 0.5)
 
 
+_ENET_CACHE: dict = {}  # seed -> the reference network; (seed, fold_bn) -> ONNX bytes (seconds each to make)
+
+
 def enet_reference(seed: int = 0) -> nn.Module:
+    """The same network for one ``seed`` in every test of a session (built once, :func:`_enet_reference`);
+    callers must not change it."""
+    if seed not in _ENET_CACHE:
+        _ENET_CACHE[seed] = _enet_reference(seed)
+    return _ENET_CACHE[seed]
+
+
+def _enet_reference(seed: int = 0) -> nn.Module:
     """timm ``tf_efficientnet_b0`` (10 outputs) with synthetic weights from ``seed``, in eval().
 
     timm's initialisation of the convolutions; every BatchNorm its own seeded scale and shift, and
@@ -152,6 +163,10 @@ def write_enet_onnx(path: Path | str, seed: int = 0, model: nn.Module | None = N
     ``fold_bn=False`` BatchNormalization nodes are kept)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    key = (seed, fold_bn)
+    if model is None and key in _ENET_CACHE:  # the session's export of the shared reference
+        path.write_bytes(_ENET_CACHE[key])
+        return path
     net = model if model is not None else enet_reference(seed)
     kwargs = {} if fold_bn else {"training": torch.onnx.TrainingMode.PRESERVE}
     with torch.no_grad():
@@ -160,6 +175,8 @@ def write_enet_onnx(path: Path | str, seed: int = 0, model: nn.Module | None = N
             export_params=True, input_names=["input"], output_names=["output"],
             dynamic_axes={"input": {0: "batch_size"}, "output": {0: "batch_size"}}, dynamo=False, **kwargs,
         )
+    if model is None or model is _ENET_CACHE.get(seed):
+        _ENET_CACHE[key] = path.read_bytes()
     return path
 
 

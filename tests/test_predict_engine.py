@@ -231,13 +231,13 @@ def test_one_pass_equals_the_track_pass_on_a_real_clip(monkeypatch):
     media, yunet = os.environ.get("AVFUSION_TEST_MEDIA"), os.environ.get("AVFUSION_TEST_YUNET")
     if media is None or yunet is None:
         pytest.skip("needs AVFUSION_TEST_MEDIA and AVFUSION_TEST_YUNET")
-    video = Path(media) / "face_noface.mov"
+    video = Path(media) / "single_face.mp4"
     p = Predictor(make(FRAME_BY_FRAME), device="cpu", yunet_model=yunet, precision="fp32")
     passes = []
     real = P.Predictor._pass
     monkeypatch.setattr(P.Predictor, "_pass", lambda self, *a, **k: passes.append(1) or real(self, *a, **k))
     one = p.predict_video(video)
-    assert len(passes) == 1 and one["face_found"].any() and not one["face_found"].all()
+    assert len(passes) == 1 and one["face_found"].mean() > 0.9
 
     real_one = P.Predictor._one_pass
 
