@@ -672,7 +672,7 @@ def test_case(case: Case, tmp_path, capsys, monkeypatch):
 
 
 SUBPROCESS_SAMPLE = ["truncated-video", "text-as-video", "afew-no-landmarks", "yaml-indent", "split-by-clip-vs-actor",
-                     "model-folder-cut", "yunet-model-garbage", "fifo-as-video"]
+                     "model-folder-cut", "yunet-model-garbage"]
 
 
 @pytest.mark.slow
