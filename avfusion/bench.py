@@ -453,20 +453,11 @@ def bare_rate(shared: dict, runtime: str, precision: str, batch: int, network: s
 
 
 def _predictor(model: Any, runtime: str, cache: Path, **kwargs: Any) -> Any:
-    """``Predictor(model, runtime=runtime, **kwargs)``; while Predictor has no ``runtime`` keyword,
-    the one it built gets its runner replaced by the same FrameRunner under ``runtime``."""
-    import inspect
-
+    """The Predictor ``avfusion predict --runtime RUNTIME`` builds (its converted networks cached
+    where every run caches them, ``$AVFUSION_HOME/cache/openvino``)."""
     from .predict.predictor import Predictor
 
-    if "runtime" in inspect.signature(Predictor.__init__).parameters:
-        return Predictor(model, runtime=runtime, **kwargs)
-    p = Predictor(model, **kwargs)
-    if runtime != "torch" and p.runner is not None:
-        r = p.runner
-        p.runner = FrameRunner(p.model, r.precision, r.compiled, r.device, r.flip, r.batch_size, runtime=runtime,
-                               cache_dir=cache)
-    return p
+    return Predictor(model, runtime=runtime, **kwargs)
 
 
 def stage_predict(o: argparse.Namespace, shared: dict, device: str = "cpu") -> dict:
