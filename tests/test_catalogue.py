@@ -671,8 +671,7 @@ def test_case(case: Case, tmp_path, capsys, monkeypatch):
         assert err.strip().splitlines()[-1].startswith("avfusion "), err
 
 
-SUBPROCESS_SAMPLE = ["truncated-video", "text-as-video", "afew-no-landmarks", "yaml-indent", "split-by-clip-vs-actor",
-                     "model-folder-cut", "yunet-model-garbage"]
+SUBPROCESS_SAMPLE = ["truncated-video", "afew-no-landmarks", "yaml-indent", "model-folder-cut", "yunet-model-garbage"]
 
 
 @pytest.mark.slow

@@ -193,6 +193,7 @@ def run_live(args: argparse.Namespace) -> int:
     from ..runlock import check_output_folder
 
     out = check_output_folder(args.out or "runs/predict", "--out")
+    out.mkdir(parents=True, exist_ok=True)  # live rows are appended as they come: no run lock here
     path = out / f"{name}_live.csv"
     start = time.monotonic()
     rows = predictor.stream(source, realtime=False if args.no_realtime else None, input_format=args.input_format,
