@@ -271,8 +271,11 @@ def test_full_size_emonet8_with_parity_weights_zero_shot(synthetic_root, tmp_pat
     """The official architecture at full size, filled with the parity reference's synthetic
     weights and saved like emonet_8.pth (``module.`` prefix), zero-shot on a 2-clip AFEW-VA tree:
     the script's table and metrics equal numpy on a direct run of the network (those weights give
-    outputs of order 1e4, so after clipping to [-1, 1] many clips are constant and score CCC 0)."""
+    outputs of order 1e4, so after clipping to [-1, 1] many clips are constant and score CCC 0).
+    A full-size network: both cores (the module's other tests are tiny and single-threaded)."""
     from conftest import EMONET_REFERENCE, synthetic_state_dict
+
+    torch.set_num_threads(2)  # the one_thread fixture restores its own count afterwards
 
     from avfusion.encoders.emonet import EmoNet
 

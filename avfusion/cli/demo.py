@@ -38,6 +38,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="processes writing the synthetic clips")
+    p.add_argument("--no-plots", action="store_true", help="no plots (the evaluations' and the prediction's): tables and metrics only")
     p.set_defaults(func=run)
     return p
 
@@ -82,19 +83,19 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
         _step(4, f"evaluate {label} on the held-out test clips -> {run_dir / 'eval'}")
         test_data = dataclasses.replace(cfg.data, features=str(feats))
         results[mode], _, _, _ = evaluate_model(load_model(run_dir / "best"), test_data, "test", run_dir / "eval",
-                                                extra={"model": str(run_dir / "best")})
+                                                extra={"model": str(run_dir / "best")}, plots=not args.no_plots)
         if mode == "av":  # the same model with one sense missing, on the same clips
             for hidden in ("audio", "video"):
                 results[f"av_no_{hidden}"], _, _, _ = evaluate_model(
                     load_model(run_dir / "best"), test_data, "test", run_dir / f"eval_no_{hidden}",
-                    extra={"model": str(run_dir / "best")}, mask=hidden)
+                    extra={"model": str(run_dir / "best")}, mask=hidden, plots=False)  # a comparison: metrics only
 
     _step(5, "predict one held-out video from its mp4 (audio-visual model)")
     video = _held_out_video(out / "runs" / "av" / "split.json", data)
     # The synthetic voice is a buzz whose loudness, pitch and rate follow arousal, not human speech:
     # speech detection would (rightly) mask it, so the demo keeps the whole track.
     table = Predictor(out / "runs" / "av" / "best", face_backend="full", speech="off").predict_video(
-        video, out_dir=out / "predict")
+        video, out_dir=out / "predict", plot=not args.no_plots)
     print(f"   {len(table)} frames of {video.name} -> {out / 'predict'}")
 
     summary = _summary(results)

@@ -85,6 +85,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="auto: Silero VAD marks the frames with speech and models that listen ignore audio without "
                         "speech (as if the video had no track); off: the whole track counts, no speech column")
     p.add_argument("--yunet-model", help="YuNet ONNX file (default: $AVFUSION_HOME or ./pretrained/)")
+    p.add_argument("--detect-size", type=int, default=None, metavar="PX",
+                   help="longer side frames are shrunk to for face detection (default 320; 640 or more for faces "
+                        "under ~1/30 of the frame; 0: full resolution)")
     p.add_argument("--clip-len", type=int, help="frames per window of a temporal model (default: its serving spec, "
                                                  "the window it was trained with)")
     p.add_argument("--hop", type=int, help="frames between window starts of a temporal model (default: half a "
@@ -127,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor(args.model, checkpoint=args.checkpoint, device=device, clip_len=args.clip_len,
                           hop=args.hop, precision=args.precision, runtime=args.runtime, compile=args.compile, flip=args.flip, stride=args.stride,
                           batch_size=args.batch_size, face_backend=args.face_backend,
-                          yunet_model=args.yunet_model, smooth=args.smooth, faces=args.faces, speech=args.speech)
+                          yunet_model=args.yunet_model, detect_size=args.detect_size, smooth=args.smooth,
+                          faces=args.faces, speech=args.speech)
     identity = predict_identity(predictor)
     with contextlib.ExitStack() as stack:
         if rank == 0:
@@ -189,7 +193,7 @@ def run_live(args: argparse.Namespace) -> int:
     predictor = Predictor(args.model, checkpoint=args.checkpoint, device=args.device, clip_len=args.clip_len,
                           precision=args.precision, runtime=args.runtime, compile=args.compile, flip=args.flip,
                           batch_size=args.batch_size, face_backend=args.face_backend,
-                          yunet_model=args.yunet_model, speech="off")
+                          yunet_model=args.yunet_model, detect_size=args.detect_size, speech="off")
     from ..runlock import check_output_folder
 
     out = check_output_folder(args.out or "runs/predict", "--out")

@@ -194,6 +194,8 @@ class Predictor:
         batch_size: face crops per network call.
         face_backend: ``yunet`` (detect the face) or ``full`` (the face fills the frame).
         yunet_model: the YuNet ONNX file (default: ``$AVFUSION_HOME`` or ``./pretrained``).
+        detect_size: the longer side frames are shrunk to for YuNet (default 320; larger for
+            faces under ~1/30 of the frame; 0: the frame as it is).
         face_margin, face_smoothing: crop margin (fraction of the face size per side) and box
             smoothing (frames, centred); default: the model's serving spec (another value gives a
             warning: the model was trained on other crops).
@@ -222,6 +224,7 @@ class Predictor:
         batch_size: int = 16,
         face_backend: str = "yunet",
         yunet_model: Optional[PathLike] = None,
+        detect_size: Optional[int] = None,
         face_margin: Optional[float] = None,
         face_smoothing: Optional[int] = None,
         smooth: int = 1,
@@ -280,7 +283,8 @@ class Predictor:
             self.runner = FrameRunner(self.model, precision, compile, self.device, flip, batch_size, runtime=runtime)
             sv = self.serving
             self.cropper = build_cropper(face_backend, margin=sv.face_margin, smoothing=sv.face_smoothing,
-                                         output_size=int(sv.crop_size), yunet_model=yunet_model)
+                                         output_size=int(sv.crop_size), yunet_model=yunet_model,
+                                         detect_size=detect_size)
             self.transform = serving_transform(sv)
         self.settings = {
             "model": self.name, "precision": (self.runner or self.voice_runner).precision
@@ -289,7 +293,8 @@ class Predictor:
             "compile": bool(compile), "flip": bool(self.runner.flip) if self.runner else False,
             "stride": self.stride, "clip_len": self.clip_len if self.temporal else None,
             "hop": self._hop if self.temporal else None, "colour": self.serving.colour if self.model.use_video else None,
-            "face_backend": face_backend if self.model.use_video else None, "smooth": self.smooth,
+            "face_backend": face_backend if self.model.use_video else None,
+            "detect_size": getattr(getattr(self.cropper, "detector", None), "max_side", None), "smooth": self.smooth,
             "faces": faces if self.model.use_video else None, "speech": speech if self.model.use_audio else None,
         }
 
