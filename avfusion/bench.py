@@ -977,7 +977,8 @@ def bench_markdown(result: dict) -> str:
     if s.get("emonet_batch16_x_torch_fp32"):
         labels = {v[0]: v[4].split(" (")[0] for v in RUNNER_VARIANTS} | {"openvino_int8": "OpenVINO int8"}
         bits.append(f"EmoNet-8 at batch {PREDICT_BATCH} over torch float32 eager: " + ", ".join(
-            f"{labels.get(k, k)} {v:.2f}×" for k, v in s["emonet_batch16_x_torch_fp32"].items() if k != "torch_fp32"))
+            f"{labels.get(k, k)} {v:.2f}×" for k, v in s["emonet_batch16_x_torch_fp32"].items()
+            if k != "torch_fp32" and v is not None))  # None: the reference was not run (--runtimes)
     if s.get("openvino_x_torch_same_precision"):
         bits.append("OpenVINO over the best torch at the same precision: " + ", ".join(
             f"{k} {v:.2f}×" for k, v in s["openvino_x_torch_same_precision"].items()))

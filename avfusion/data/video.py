@@ -512,11 +512,13 @@ class VideoFile:
             nonlocal shape
             if shape is None:
                 shape = self._frame_shape({})
-            frames = np.zeros((len(buf_i),) + shape, dtype=np.uint8)
+            frames = np.empty((len(buf_i),) + shape, dtype=np.uint8)
             valid = np.zeros(len(buf_i), dtype=bool)
             for k, f in enumerate(buf_f):
                 if f is not None and f.shape == shape:
                     frames[k], valid[k] = f, True
+                else:
+                    frames[k] = 0  # an undecodable frame: black
             out = (np.asarray(buf_i, dtype=np.int64), frames, valid)
             buf_i.clear()
             buf_f.clear()

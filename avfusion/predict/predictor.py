@@ -57,6 +57,9 @@ COLUMNS = ("video", "frame", "timestamp", "track_id", "face_found", "face_x", "f
            "face_score", "speech", "valid", "valence", "arousal", "quadrant")
 # A second face track shorter than this (seconds) is not worth a warning (a false detection).
 MIN_TRACK_SECONDS = 0.5
+# YuNet on one frame in this many of a file (a steady face interpolated between; see
+# avfusion.data.faces.StreamingCropper): half the detection cost, the same faces.
+DETECT_EVERY = 2
 
 
 def check_options(stride: int = 1, smooth: int = 1, batch_size: int = 16, face_backend: str = "yunet",
@@ -196,6 +199,8 @@ class Predictor:
         yunet_model: the YuNet ONNX file (default: ``$AVFUSION_HOME`` or ``./pretrained``).
         detect_size: the longer side frames are shrunk to for YuNet (default 320; larger for
             faces under ~1/30 of the frame; 0: the frame as it is).
+        detect_every: YuNet on one computed frame in K (default 2; 1: every frame); a steady
+            single face is interpolated between, anything else is detected (live: every frame).
         face_margin, face_smoothing: crop margin (fraction of the face size per side) and box
             smoothing (frames, centred); default: the model's serving spec (another value gives a
             warning: the model was trained on other crops).
@@ -225,6 +230,7 @@ class Predictor:
         face_backend: str = "yunet",
         yunet_model: Optional[PathLike] = None,
         detect_size: Optional[int] = None,
+        detect_every: int = DETECT_EVERY,
         face_margin: Optional[float] = None,
         face_smoothing: Optional[int] = None,
         smooth: int = 1,
@@ -284,7 +290,7 @@ class Predictor:
             sv = self.serving
             self.cropper = build_cropper(face_backend, margin=sv.face_margin, smoothing=sv.face_smoothing,
                                          output_size=int(sv.crop_size), yunet_model=yunet_model,
-                                         detect_size=detect_size)
+                                         detect_size=detect_size, detect_every=detect_every)
             self.transform = serving_transform(sv)
         self.settings = {
             "model": self.name, "precision": (self.runner or self.voice_runner).precision
@@ -294,7 +300,8 @@ class Predictor:
             "stride": self.stride, "clip_len": self.clip_len if self.temporal else None,
             "hop": self._hop if self.temporal else None, "colour": self.serving.colour if self.model.use_video else None,
             "face_backend": face_backend if self.model.use_video else None,
-            "detect_size": getattr(getattr(self.cropper, "detector", None), "max_side", None), "smooth": self.smooth,
+            "detect_size": getattr(getattr(self.cropper, "detector", None), "max_side", None),
+            "detect_every": getattr(self.cropper, "detect_every", None), "smooth": self.smooth,
             "faces": faces if self.model.use_video else None, "speech": speech if self.model.use_audio else None,
         }
 
