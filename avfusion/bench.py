@@ -539,7 +539,7 @@ def stage_experts(o: argparse.Namespace, shared: dict) -> dict:
     voice_model = create_model("w2v2_msp_dim").eval()
     plans = [("enet_b0_8_va_mtl", face_model, r) for r in o.runtimes]
     plans += [("av_experts", av_model, r) for r in o.runtimes]
-    plans += [("w2v2_msp_dim (voice only)", voice_model, "torch")]
+    plans += [("w2v2_msp_dim (voice only)", voice_model, r) for r in o.runtimes]
     for name, model, runtime in plans:
         _log("experts", f"{name}, {runtime}")
         t0 = time.perf_counter()

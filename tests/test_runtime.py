@@ -161,3 +161,33 @@ def test_runtime_errors_are_one_line():
     with pytest.raises(ValueError, match="no weights|has none"):  # HOG features
         FrameRunner(avfusion.create_model("tiny"), "fp32", runtime="openvino")
     assert "torch" in FrameRunner(avfusion.create_model("tiny"), runtime="auto").description
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_voice_expert_under_openvino_matches_torch(precision, tmp_path):
+    """The voice expert (tiny audEERING layout) through UtteranceRunner: OpenVINO's outputs equal
+    torch's at the same precision within the runtime's deviation (bf16: the tiny random network
+    moves ~20 % from float32 under torch's bf16 as under OpenVINO's, so bf16 is held to torch
+    bf16), on waves of the traced length and of another (the converted graph takes any length);
+    a second runner reads the cached graph."""
+    from expert_files import w2v2_reference, write_w2v2_folder
+
+    from avfusion.encoders.voice_expert import VoiceExpertEncoder
+    from avfusion.inference.hardware import cpu_has_fast_bf16
+    from avfusion.inference.runner import UtteranceRunner
+
+    if precision == "bf16" and not cpu_has_fast_bf16():
+        pytest.skip("bf16 needs a CPU that computes it natively")
+    enc = VoiceExpertEncoder.from_pretrained(write_w2v2_folder(tmp_path / "w", tiny=True,
+                                                               reference=w2v2_reference(seed=1, tiny=True)))
+    ref = UtteranceRunner(enc, precision, runtime="torch")
+    ov = UtteranceRunner(enc, precision, runtime="openvino", cache_dir=tmp_path / "cache", window=0.5)
+    assert ov.runtime == "openvino" and ov.openvino.converted
+    g = torch.Generator().manual_seed(3)
+    for samples in (8000, 5600):
+        wave = torch.randn(2, samples, generator=g) * 0.2
+        got, want = ov.utterance(wave), ref.utterance(wave)
+        dev = max(float((got[k] - want[k]).abs().max() / want[k].abs().max()) for k in ("arousal", "valence"))
+        assert dev < TOLERANCE[precision], (samples, dev)
+    again = UtteranceRunner(enc, precision, runtime="openvino", cache_dir=tmp_path / "cache", window=0.5)
+    assert not again.openvino.converted

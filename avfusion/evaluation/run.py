@@ -244,7 +244,11 @@ def predict_records(model: nn.Module, data: Any, records: list, accelerator: Any
     if experts:
         from ..inference.runner import UtteranceRunner
 
-        voice_runner = UtteranceRunner(model.audio_encoder, precision, device)  # as predict runs it
+        import os
+
+        voice_runner = UtteranceRunner(model.audio_encoder, precision, device,  # as predict runs it
+                                       runtime=runtime or os.environ.get("AVFUSION_RUNTIME") or "auto",
+                                       window=float(spec.audio_window), sample_rate=int(spec.sample_rate))
     if experts and speech == "auto":
         from ..data.speech import SpeechDetector
 

@@ -142,6 +142,8 @@ class OpenVINONet:
         variant: whatever changes the traced graph beside the architecture's repr, the weights and
             the shape (settings read in ``forward``: flip averaging, which outputs; a quantization):
             part of the cache key.
+        example_shape: the input (without the batch) traced when ``input_shape`` has dynamic
+            dimensions (-1: an audio network over waves of any length); default ``input_shape``.
 
     Calling it on a ``(N, C, H, W)`` float32 array returns a dict of float32 arrays. ``converted``
     tells whether this construction converted the module (False: read from the cache).
@@ -156,11 +158,15 @@ class OpenVINONet:
         cache_dir: Union[str, Path, None, bool] = None,
         quantize: Optional[Callable[[Any], Any]] = None,
         variant: str = "float",
+        example_shape: Optional[tuple[int, ...]] = None,
     ) -> None:
         ov = import_openvino()
         if precision not in _OV_PRECISION:
             raise ValueError(f"openvino precision must be one of {', '.join(_OV_PRECISION)}; got {precision!r}")
         self.input_shape = tuple(int(s) for s in input_shape)
+        self.example_shape = tuple(int(s) for s in (example_shape or input_shape))
+        if any(d < 0 for d in self.example_shape):
+            raise ValueError(f"example_shape {self.example_shape} needs a size for each dynamic dimension")
         self.precision = precision
         self.converted = False
         folder, self.key = None, None
@@ -194,7 +200,9 @@ class OpenVINONet:
         self._outputs = [(o.get_any_name(), o) for o in self.compiled.outputs]
 
     def _convert(self, ov: Any, module: nn.Module, quantize: Optional[Callable[[Any], Any]]) -> Any:
-        example = torch.zeros(2, *self.input_shape)  # batch 2: nothing may fold the batch away
+        example = torch.zeros(2, *self.example_shape)  # batch 2: nothing may fold the batch away
+        if len(self.example_shape) == 1:  # a wave: noise, since silence may take other paths (0/0)
+            example = torch.randn(2, *self.example_shape, generator=torch.Generator().manual_seed(0)) * 0.1
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer's warnings about Python-level shape checks
             model = ov.convert_model(module.eval(), example_input=example)
@@ -202,8 +210,9 @@ class OpenVINONet:
         return quantize(model) if quantize is not None else model
 
     def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """x: (N, C, H, W) float32 -> {output name: (N, ...) float32}."""
-        if tuple(x.shape[1:]) != self.input_shape:
+        """x: (N, C, H, W) (or the input_shape given) float32 -> {output name: (N, ...) float32}."""
+        if len(x.shape) != len(self.input_shape) + 1 or any(
+                d >= 0 and d != g for d, g in zip(self.input_shape, x.shape[1:])):
             shape = ", ".join(map(str, self.input_shape))
             raise ValueError(f"the openvino network was converted for inputs (N, {shape}) "
                              f"(the encoder's input_size); got {tuple(x.shape)}")

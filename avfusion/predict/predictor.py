@@ -280,7 +280,9 @@ class Predictor:
         if self.model.use_audio and not self.temporal:  # the voice expert, in the precision asked
             from ..inference.runner import UtteranceRunner
 
-            self.voice_runner = UtteranceRunner(self.model.audio_encoder, precision, self.device)
+            self.voice_runner = UtteranceRunner(self.model.audio_encoder, precision, self.device, runtime=runtime,
+                                                window=float(self.serving.audio_window),
+                                                sample_rate=int(self.serving.sample_rate))
         self.cropper = self.transform = None
         if self.model.use_video:
             from ..data.faces import build_cropper
