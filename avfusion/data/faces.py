@@ -22,7 +22,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -236,6 +236,18 @@ class YuNetDetector(FaceDetector):
                 Detection((x / scale_x, y / scale_y, bw / scale_x, bh / scale_y), float(f[14]), pts)
             )
         return out
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two ``(x, y, w, h)`` boxes."""
+    ax0, ay0, aw, ah = a
+    bx0, by0, bw, bh = b
+    iw = min(ax0 + aw, bx0 + bw) - max(ax0, bx0)
+    ih = min(ay0 + ah, by0 + bh) - max(ay0, by0)
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    return float(inter / (aw * ah + bw * bh - inter))
 
 
 def shrink(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -719,8 +731,6 @@ class StreamingCropper:
         """The detections at frame ``at`` between frames ``a`` and ``b`` (frame, its detections):
         none where neither has a face, the interpolation where both have one and the same steady
         face; None (detect it) otherwise."""
-        from .tracking import iou
-
         (ia, da), (ib, db) = a, b
         if not da and not db:
             return []

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .faces import Detection, FaceDetector
+from .faces import Detection, FaceDetector, iou  # noqa: F401 (iou: part of this module's API)
 
 
 @dataclass
@@ -67,16 +67,6 @@ class FaceTrack:
         return np.stack([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
 
 
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two ``(x, y, w, h)`` boxes."""
-    ax0, ay0, aw, ah = a
-    bx0, by0, bw, bh = b
-    iw = min(ax0 + aw, bx0 + bw) - max(ax0, bx0)
-    ih = min(ay0 + ah, by0 + bh) - max(ay0, by0)
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    return float(inter / (aw * ah + bw * bh - inter))
 
 
 class FaceTracker:
