@@ -150,7 +150,8 @@ def _run_batch(args: argparse.Namespace, predictor: Any, jobs: list, out: Path, 
     from ..predict.batch import combine_tables, run_batch
 
     if rank == 0:
-        print(f"{len(jobs)} video(s), model {predictor.name} ({predictor.runner.description if predictor.runner else 'audio only'})"
+        runs = "; voice ".join(r.description for r in (predictor.runner, predictor.voice_runner) if r is not None)
+        print(f"{len(jobs)} video(s), model {predictor.name} ({runs or 'audio only'})"
               + (f", {world} processes" if world > 1 else "") + f" -> {out}")
     result = run_batch(predictor, jobs, out, fmt=args.format, plot=not args.no_plot, overlay=args.overlay,
                        skip_existing=args.skip_existing, progress=not args.quiet, rank=rank, world=world)
