@@ -172,9 +172,11 @@ def run_frames(
         feature = np.zeros((M, runner.num_features), dtype=np.float32)
     pending: list[tuple[np.ndarray, torch.Tensor]] = []  # crops waiting for a full batch
     waiting = 0
+    started = False  # the first chunk's faces go at once: the network starts one chunk in, not one batch
 
     def flush() -> None:
-        nonlocal expression, waiting
+        nonlocal expression, waiting, started
+        started = True
         where = np.concatenate([w for w, _ in pending])
         out = runner(torch.cat([x for _, x in pending]) if len(pending) > 1 else pending[0][1])
         pending.clear()
@@ -198,7 +200,7 @@ def run_frames(
         if x is not None:
             pending.append((np.flatnonzero(fc.face_mask) + sl.start, x))
             waiting += len(x)
-            if waiting >= runner.batch_size:
+            if waiting >= runner.batch_size or not started:
                 flush()
         if progress is not None:
             progress(len(fc.indices))
