@@ -159,11 +159,12 @@ class YuNetDetector(FaceDetector):
     size of YuNet's own demo) are shrunk to it before detection and the boxes scaled back: on a
     2-core CPU YuNet takes ~3.5 ms at 320x180 against ~14 ms at 640x360, and the faces of a
     talking-face video stay far above its smallest (~10 px). Faces under ~1/30 of the frame's
-    longer side (40 px at 720p) want a larger ``max_side`` (``--detect-size 640``; None: the
-    frame as it is). The shrinking halves the frame with area averaging while it is at least
-    twice too big (OpenCV's fast path; one area resize of 720p to 320 costs 2.4 ms, the halvings
-    0.4 ms), then area-resizes the rest, and converts to BGR at the small size. The OpenCV object is created lazily and not pickled, so a detector built in
-    the parent process works inside DataLoader workers.
+    longer side (40 px at 720p) want a larger ``max_side`` (``--detect-size 640``; 0: the frame
+    as it is). The shrinking halves the frame with area averaging while it is at least twice too
+    big (OpenCV's fast path; one area resize of 720p to 320 costs 2.4 ms, the halvings 0.4 ms),
+    then area-resizes the rest, and converts to BGR at the small size. The OpenCV object is
+    created lazily and not pickled, so a detector built in the parent process works inside
+    DataLoader workers.
     """
 
     name = "yunet"
@@ -456,30 +457,18 @@ class FaceCropper:
             landmarks = np.asarray(landmarks)
             if landmarks.ndim != 3 or landmarks.shape[0] != T or landmarks.shape[2] != 2:
                 raise ValueError(f"landmarks must be ({T}, K, 2) for {T} frames, got {landmarks.shape}")
-        raw = np.full((T, 3), np.nan)
-        det_boxes, scores = np.full((T, 4), np.nan), np.full(T, np.nan)
         idx = np.flatnonzero(valid)
-        if not len(idx) and found is not None:
-            found.extend([] for _ in range(T))
+        per_frame: list = [[] for _ in range(T)]
         if len(idx):
             every = len(idx) == T  # no copy of the chunk when every frame is read
             dets = self.detector.detect_batch(
                 frames if every else frames[idx], None if landmarks is None else landmarks[idx]
             )
-            if found is not None:
-                per_frame: list = [[] for _ in range(T)]
-                for t, frame_dets in zip(idx, dets):
-                    per_frame[t] = list(frame_dets)
-                found.extend(per_frame)
             for t, frame_dets in zip(idx, dets):
-                best = self.choose(frame_dets)
-                if best is not None:
-                    raw[t] = self.square(best)
-                    det_boxes[t], scores[t] = best.box, best.score
-        face_mask = np.isfinite(raw).all(axis=1) & (raw[:, 2] > 0)
-        raw[~face_mask] = np.nan
-        det_boxes[~face_mask], scores[~face_mask] = np.nan, np.nan
-        return raw, face_mask, det_boxes, scores
+                per_frame[t] = list(frame_dets)
+        if found is not None:
+            found.extend(per_frame)
+        return self.chosen(per_frame)
 
     def chosen(self, per_frame: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Steps 1, 2 and 4 on detections already made (a list per frame; None or empty: no
