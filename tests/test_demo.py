@@ -9,7 +9,7 @@ from avfusion.cli.main import main
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--clips", "20", "--frames", "40", "--epochs", "2",
+    assert main(["demo", "--out", str(out), "--clips", "16", "--frames", "32", "--epochs", "2",
                  "--workers", "1", "--no-plots"]) == 0
     printed = capsys.readouterr().out
     assert "| audio-visual |" in printed and "| video only |" in printed and "| audio only |" in printed
@@ -26,8 +26,8 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
         assert (out / "runs" / mode / "best" / "model.safetensors").is_file()
     assert not list((out / "runs").rglob("*.png")) + list((out / "predict").glob("*.png")), "--no-plots draws nothing"
     predicted = list((out / "predict").glob("*_va.csv"))
-    assert len(predicted) == 1 and len(predicted[0].read_text().splitlines()) == 41  # header + 40 frames
+    assert len(predicted) == 1 and len(predicted[0].read_text().splitlines()) == 33  # header + 32 frames
     # Rerunning reuses the data and the feature cache.
-    assert main(["demo", "--out", str(out), "--clips", "20", "--frames", "40", "--epochs", "1",
+    assert main(["demo", "--out", str(out), "--clips", "16", "--frames", "32", "--epochs", "1",
                  "--workers", "1", "--no-plots"]) == 0
     assert "already there: kept" in capsys.readouterr().out
