@@ -275,11 +275,7 @@ def test_full_size_emonet8_with_parity_weights_zero_shot(synthetic_root, tmp_pat
     A full-size network: both cores (the module's other tests are tiny and single-threaded)."""
     from conftest import EMONET_REFERENCE, synthetic_state_dict
 
-    import os
-
-    # Both cores in one process; one under pytest-xdist, whose other worker has the other core
-    # (the one_thread fixture restores its own count afterwards).
-    torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+    torch.set_num_threads(2)  # the one_thread fixture restores its own count afterwards
 
     from avfusion.encoders.emonet import EmoNet
 
