@@ -15,10 +15,6 @@ import torch
 # and converted-model caches go to a folder of this session, never the user's ~/.cache.
 os.environ.setdefault("AVFUSION_RUNTIME", "torch")
 os.environ.setdefault("AVFUSION_HOME", tempfile.mkdtemp(prefix="avfusion-test-home-"))
-# Under pytest-xdist (`-n 2`: one worker per core) each worker computes on one thread, so two
-# workers do not fight over the cores with twice their threads.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(1)
 
 # Layout, weight recipe, input recipe and outputs of the official EmoNet (from its parity reference).
 EMONET_REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "emonet_reference.json").read_text())
