@@ -444,19 +444,8 @@ class FaceCropper:
         """:meth:`raw_boxes` plus the chosen detection of each frame: ``(squares (T, 3), face_mask
         (T,), boxes (T, 4) x, y, w, h, scores (T,))``, NaN without a face. ``found``: a list that
         gets every frame's detections (a list per frame, empty where not valid), e.g. for a tracker."""
-        frames = np.asarray(frames)
-        if frames.ndim != 4 or frames.shape[3] != 3:
-            raise ValueError(f"frames must be (T, H, W, 3) RGB, got {frames.shape}")
+        frames, landmarks, valid = check_chunk(frames, landmarks, valid)
         T = len(frames)
-        if valid is None:
-            valid = np.ones(T, dtype=bool)
-        valid = np.asarray(valid, dtype=bool)
-        if valid.shape != (T,):
-            raise ValueError(f"valid must be ({T},) for {T} frames, got {valid.shape}")
-        if landmarks is not None:
-            landmarks = np.asarray(landmarks)
-            if landmarks.ndim != 3 or landmarks.shape[0] != T or landmarks.shape[2] != 2:
-                raise ValueError(f"landmarks must be ({T}, K, 2) for {T} frames, got {landmarks.shape}")
         idx = np.flatnonzero(valid)
         per_frame: list = [[] for _ in range(T)]
         if len(idx):
@@ -540,6 +529,25 @@ class FaceCropper:
                 continue
             crops[t] = crop_square(frames[t], box, S, self.pad_value)
         return crops
+
+
+def check_chunk(
+    frames: np.ndarray, landmarks: np.ndarray | None, valid: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """A chunk's frames (T, H, W, 3), landmarks (T, K, 2) or None and valid mask (T,) (None: all
+    valid) as arrays, or a ValueError naming what is malformed."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[3] != 3:
+        raise ValueError(f"frames must be (T, H, W, 3) RGB, got {frames.shape}")
+    T = len(frames)
+    valid = np.ones(T, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+    if valid.shape != (T,):
+        raise ValueError(f"valid must be ({T},) for {T} frames, got {valid.shape}")
+    if landmarks is not None:
+        landmarks = np.asarray(landmarks)
+        if landmarks.ndim != 3 or landmarks.shape[0] != T or landmarks.shape[2] != 2:
+            raise ValueError(f"landmarks must be ({T}, K, 2) for {T} frames, got {landmarks.shape}")
+    return frames, landmarks, valid
 
 
 def crop_square(frame: np.ndarray, box: np.ndarray, size: int, pad_value: int = 0) -> np.ndarray:
@@ -630,18 +638,9 @@ class StreamingCropper:
         """Add a chunk: frame ``indices`` (T,), ``frames`` (T, H, W, 3) RGB uint8, optional
         landmarks (T, K, 2) and decoded-frame mask (T,). Returns a :class:`FaceChunk` of the
         frames now final, or None."""
-        frames = np.asarray(frames)
-        if frames.ndim != 4 or frames.shape[3] != 3:
-            raise ValueError(f"frames must be (T, H, W, 3) RGB, got {frames.shape}")
+        frames, landmarks, valid = check_chunk(frames, landmarks, valid)
         T = len(frames)
         idx = np.asarray(indices, dtype=np.int64)
-        valid = np.ones(T, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
-        if valid.shape != (T,):
-            raise ValueError(f"valid must be ({T},) for {T} frames, got {valid.shape}")
-        if landmarks is not None:
-            landmarks = np.asarray(landmarks)
-            if landmarks.ndim != 3 or landmarks.shape[0] != T or landmarks.shape[2] != 2:
-                raise ValueError(f"landmarks must be ({T}, K, 2) for {T} frames, got {landmarks.shape}")
         now = valid.copy()
         if self.every > 1:  # one valid frame in K now; the others once their neighbours are known
             for t in np.flatnonzero(valid):
