@@ -226,15 +226,16 @@ def predict_records(model: nn.Module, data: Any, records: list, accelerator: Any
     from ..inference.engine import combine_experts, predict_frame_by_frame, predict_temporal, predict_voice
     from ..inference.runner import FrameRunner
 
+    import os
+
     device = accelerator.device if accelerator is not None else None
+    runtime = runtime or os.environ.get("AVFUSION_RUNTIME") or "auto"  # as predict's default
     spec = serving_for(data, model)
     runner = transform = None
     if model.use_video:
         # 8 images per network call: float32 EmoNet activations at 256x256 are ~70 MB per tensor at 16.
-        import os
-
         runner = FrameRunner(model, precision, compile, device, flip=None, batch_size=data.eval_batch_size or 8,
-                             runtime=runtime or os.environ.get("AVFUSION_RUNTIME") or "auto")
+                             runtime=runtime)
         transform = serving_transform(spec)
     temporal = getattr(model, "fusion", None) is not None
     experts = not temporal and model.use_audio
@@ -244,10 +245,8 @@ def predict_records(model: nn.Module, data: Any, records: list, accelerator: Any
     if experts:
         from ..inference.runner import UtteranceRunner
 
-        import os
-
         voice_runner = UtteranceRunner(model.audio_encoder, precision, device,  # as predict runs it
-                                       runtime=runtime or os.environ.get("AVFUSION_RUNTIME") or "auto",
+                                       runtime=runtime,
                                        window=float(spec.audio_window), sample_rate=int(spec.sample_rate))
     if experts and speech == "auto":
         from ..data.speech import SpeechDetector
