@@ -168,13 +168,30 @@ def build_manifest(
         "preprocessing": _jsonable({"transform": getattr(model, "pretrained_cfg", None) if use_video else None,
                                     **dict(preprocessing or {})}),
         "dataset": _jsonable(dict(dataset or {})),
+        # Models with audio: per-frame speech probabilities beside the features (the speech rule is
+        # applied when the cache is read, so it can change without caching again).
+        "speech": _speech_detector() if use_audio else None,
         "videos": {str(v): video_filename(str(v)) for v in video_ids},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
 # Manifest entries that must agree before new files join an existing cache.
-_MUST_MATCH = ("encoders", "video_dim", "audio_dim", "dtype", "window", "preprocessing")
+_MUST_MATCH = ("encoders", "video_dim", "audio_dim", "dtype", "window", "preprocessing", "speech")
+
+
+def _speech_detector() -> dict[str, Any]:
+    """What computed the cache's speech probabilities (avfusion.data.speech)."""
+    from importlib import metadata
+
+    from .data.speech import CHUNK
+
+    try:
+        version = metadata.version("silero-vad")
+    except metadata.PackageNotFoundError:
+        version = None
+    return {"detector": "silero-vad", "version": version, "chunk_samples": CHUNK,
+            "per_frame": "mean over the 32 ms chunks the frame overlaps"}
 
 
 def merge_manifest(old: Mapping[str, Any], new: Mapping[str, Any], where: PathLike) -> dict[str, Any]:
@@ -430,7 +447,11 @@ def cache_dataset(
         _accumulate(acc, batch, encode_batch(model, batch, device))
         remaining[r] -= 1
         if remaining[r] == 0:
-            save_video_features(out / video_filename(rec.video_id), _finish(acc, rec, manifest, dtype))
+            feats = _finish(acc, rec, manifest, dtype)
+            if model.use_audio and hasattr(dataset, "speech_probabilities"):
+                # Speech is a data step: the per-frame probabilities the speech rule reads later.
+                feats.speech = dataset.speech_probabilities(r) if feats.audio_valid else np.zeros(rec.n_frames, np.float32)
+            save_video_features(out / video_filename(rec.video_id), feats)
             written.append(rec.video_id)
             frames += rec.n_frames
             if bar is not None:

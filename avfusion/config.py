@@ -95,6 +95,10 @@ class FusionConfig:
     # Probability, per clip in training, of dropping a whole modality so the model learns to cope
     # with a missing audio track or missing faces.
     modality_dropout: float = 0.1
+    # Probability, per clip and sense in training, of hiding that sense over a stretch of 20-50 % of
+    # the window (never both senses at one frame), so the model learns to cover for a sense that
+    # drops out for a while (a covered face, a pause in the speech).
+    frame_dropout: float = 0.0
     # Extra expression-classification head (0 = none).
     n_expression: int = 0
     # Normalisation of each incoming feature vector before its projection: "layer" (LayerNorm: for
@@ -118,6 +122,11 @@ class FusionConfig:
     gate: str = "validation"
     # "learned" gate: weight of the heads' own losses (mean over the heads) beside the mixed output's.
     aux_weight: float = 1.0
+    # "validation" gate: also fit, per dimension and head, how long the head stays trusted after
+    # its sense drops out (a decay over the frames since the sense was last seen, or until it is
+    # seen again, within the window): per-frame reliability, fitted on the validation frames with
+    # the weights. False: a head counts only where its sense is present.
+    reliability: bool = False
 
 
 @dataclass
@@ -150,9 +159,20 @@ class ServingSpec:
     # starts; each window's value sits at its centre and frames take the interpolation between.
     audio_window: float = 4.0
     audio_hop: float = 2.0
+    # Speech detection for models that listen (avfusion.data.speech): "vad", the audio of frames
+    # without speech is masked like a video without a track (Silero VAD's per-frame probabilities,
+    # then the rule below: threshold, shortest speech, shortest pause, padding, in seconds); "off",
+    # the whole track counts. Training records what it applied, so predict applies the same.
+    speech: str = "vad"
+    speech_threshold: float = 0.5
+    speech_min: float = 0.25
+    speech_min_silence: float = 0.1
+    speech_pad: float = 0.03
 
 
 COLOURS = ("rgb", "hsv")
+SPEECH_MODES = ("vad", "off")
+
 
 
 def check_serving(s: ServingSpec) -> list[str]:
@@ -179,6 +199,14 @@ def check_serving(s: ServingSpec) -> list[str]:
     if not isinstance(s.audio_window, (int, float)) or not isinstance(s.audio_hop, (int, float)) \
             or not 0 < s.audio_hop <= s.audio_window:
         problems.append(f"serving.audio_hop must be in (0, audio_window], got {s.audio_hop!r} and {s.audio_window!r}")
+    if s.speech not in SPEECH_MODES:
+        problems.append(f"serving.speech must be one of {SPEECH_MODES}, got {s.speech!r}")
+    if not isinstance(s.speech_threshold, (int, float)) or not 0 < s.speech_threshold < 1:
+        problems.append(f"serving.speech_threshold must be in (0, 1), got {s.speech_threshold!r}")
+    for k in ("speech_min", "speech_min_silence", "speech_pad"):
+        v = getattr(s, k)
+        if not isinstance(v, (int, float)) or v < 0:
+            problems.append(f"serving.{k} must be >= 0 seconds, got {v!r}")
     if not isinstance(s.sample_rate, int) or s.sample_rate <= 0:
         problems.append(f"serving.sample_rate must be a positive integer, got {s.sample_rate!r}")
     return problems

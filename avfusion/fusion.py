@@ -162,6 +162,11 @@ class FusionModel(nn.Module):
                 # "validation": one weight per dimension and source, fitted on the validation split
                 # after every epoch (set_mix); saved with the model. An even mix until the first fit.
                 self.register_buffer("mix", torch.full((2, M + 1), 1.0 / (M + 1)))
+                # fusion.reliability: per dimension and source, the frames over which a head stays
+                # trusted after its sense drops out (weight exp(-gap / decay); 0: only where the
+                # sense is present). Fitted with the weights; saved with the model.
+                if cfg.reliability:
+                    self.register_buffer("decay", torch.zeros(2, M + 1))
         expr_width = joint_width if self.joint is not None else d
         self.expr_head = nn.Linear(expr_width, cfg.n_expression) if cfg.n_expression else None
 
@@ -209,11 +214,15 @@ class FusionModel(nn.Module):
                 ok = torch.stack(present, dim=-1).unsqueeze(2)  # (B, T, 1, S)
                 # Padding and frames with no source at all: an even mix (their output is not used).
                 ok = ok | ~ok.any(dim=-1, keepdim=True)
+                gap = source_gaps(present, pad_mask)  # (B, T, S) frames to the sense, inf: not in the window
                 if self.gate is not None:
                     logits = self.gate(joint).view(B, T, 2, len(sources))
                     weights = torch.softmax(logits.masked_fill(~ok, float("-inf")), dim=-1)
                 else:
-                    weights = self.mix.to(joint.dtype) * ok  # (B, T, 2, S): renormalised over present sources
+                    decay = getattr(self, "decay", None)
+                    trust = (reliability(gap, decay) if decay is not None
+                             else (gap == 0).unsqueeze(2).expand(B, T, 2, len(sources))).to(joint.dtype)
+                    weights = self.mix.to(joint.dtype) * trust  # renormalised over the sources trusted
                     total = weights.sum(dim=-1, keepdim=True)
                     even = ok / ok.sum(dim=-1, keepdim=True)
                     weights = torch.where(total > 0, weights / total.clamp(min=1e-12), even)
@@ -221,6 +230,7 @@ class FusionModel(nn.Module):
                 va = (weights * heads).sum(dim=-1)
                 out["gate"] = weights.detach()
                 out["heads"], out["heads_present"] = heads.detach(), torch.stack(present, dim=-1)
+                out["heads_gap"] = gap
             if self.training:
                 names = [*self.modalities, "joint"][: len(sources)]
                 out["aux"] = {n: (s, p) for n, s, p in zip(names, sources, present)} if len(sources) > 1 else {}
@@ -236,13 +246,133 @@ class FusionModel(nn.Module):
         return hasattr(self, "mix")
 
     @torch.no_grad()
-    def set_mix(self, weights: torch.Tensor) -> None:
+    def set_mix(self, weights: torch.Tensor, decay: torch.Tensor | None = None) -> None:
         """Set the per-dimension head weights ``(2, sources)`` (rows: valence, arousal; columns: each
-        sense's head, then the joint head)."""
+        sense's head, then the joint head) and, optionally, their decays in frames (same shape)."""
         w = torch.as_tensor(weights, dtype=self.mix.dtype)
         if w.shape != self.mix.shape or bool((w < 0).any()) or not bool((w.sum(dim=1) > 0).all()):
             raise ValueError(f"mix weights must be {tuple(self.mix.shape)}, non-negative, each row > 0; got {w}")
+        if decay is not None and hasattr(self, "decay"):
+            dc = torch.as_tensor(decay, dtype=self.decay.dtype)
+            if dc.shape != self.decay.shape or bool((dc < 0).any()) or not bool(torch.isfinite(dc).all()):
+                raise ValueError(f"mix decays must be {tuple(self.decay.shape)}, finite and >= 0; got {dc}")
+            self.decay.copy_(dc)
         self.mix.copy_(w / w.sum(dim=1, keepdim=True))
+
+
+def source_gaps(present: list[torch.Tensor], pad_mask: torch.Tensor) -> torch.Tensor:
+    """``(B, T, S)``: for each source (its ``(B, T)`` presence), the frames from each frame to the
+    nearest frame of the window where it is present (0 where it is; inf where it is nowhere in
+    the window). Padding never counts as present."""
+    out = []
+    B, T = pad_mask.shape
+    t = torch.arange(T, device=pad_mask.device).expand(B, T)
+    big = T * 4
+    for p in present:
+        p = p & pad_mask
+        last = torch.where(p, t, torch.full_like(t, -big)).cummax(dim=1).values
+        nxt = torch.where(p, t, torch.full_like(t, 2 * big)).flip(1).cummin(dim=1).values.flip(1)
+        gap = torch.minimum(t - last, nxt - t).float()
+        out.append(torch.where(p.any(dim=1, keepdim=True), gap, torch.full_like(gap, float("inf"))))
+    return torch.stack(out, dim=-1)
+
+
+def reliability(gap: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
+    """Trust ``(B, T, 2, S)`` in each source per dimension from its gap ``(B, T, S)`` (frames to its
+    sense) and ``decay`` ``(2, S)``: 1 where present, ``exp(-gap / decay)`` in a gap (0 with decay 0)."""
+    g = gap.unsqueeze(2)  # (B, T, 1, S)
+    d = decay.to(gap.dtype)
+    return torch.where(g == 0, torch.ones_like(g * d),
+                       torch.where(d > 0, torch.exp(-g / d.clamp(min=1e-6)), torch.zeros_like(g * d)))
+
+
+def mix_weights_numpy(mix: np.ndarray, gap: np.ndarray, decay: np.ndarray) -> np.ndarray:
+    """What the model's validation gate gives, in numpy: ``(N, 2, S)`` per-frame weights from the mix
+    ``(2, S)``, the gaps ``(N, S)`` and decays ``(2, S)``, renormalised over the sources trusted
+    (even over those present when none is)."""
+    g = gap[:, None, :]
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        trust = np.where(g == 0, 1.0, np.where(decay[None] > 0, np.exp(-g / np.maximum(decay[None], 1e-6)), 0.0))
+    w = mix[None] * trust
+    tot = w.sum(-1, keepdims=True)
+    present = (gap == 0)[:, None, :].astype(np.float64)
+    present = np.where(present.sum(-1, keepdims=True) > 0, present, 1.0)
+    even = present / present.sum(-1, keepdims=True)
+    return np.where(tot > 0, w / np.maximum(tot, 1e-12), even)
+
+
+# Decays (frames) the validation fit tries per dimension and source: 0 (only where present) to 2 s at 25 fps.
+DECAYS = (0.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+
+
+def fit_mix_decay(heads: np.ndarray, gap: np.ndarray, target: np.ndarray, step: float = 0.05,
+                  decays: tuple = DECAYS, rounds: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension weights and decays of the heads that maximise CCC on held-out frames.
+
+    heads ``(N, 2, S)``, gap ``(N, S)`` (frames to each head's sense, inf: not in the window; see
+    :func:`source_gaps`), target ``(N, 2)``. Starts from the weights of :func:`fit_mix` (decays 0),
+    then for ``rounds`` rounds tries each source's decay in turn among ``decays``, refitting the
+    weights for each; a change is kept only when it raises the validation CCC. Returns
+    ``(weights (2, S), decays (2, S))``.
+    """
+    S = heads.shape[-1]
+    present = gap == 0
+    w = fit_mix(heads, present, target, step)
+    decay = np.zeros((2, S))
+    for d in range(2):
+        best = _ccc_of(heads, gap, target, w, decay, d)
+        for _ in range(rounds):
+            changed = False
+            for s in range(S):
+                for value in decays:
+                    if value == decay[d, s]:
+                        continue
+                    trial = decay.copy()
+                    trial[d, s] = value
+                    tw = _fit_dim(heads, gap, target, trial, d, step)
+                    c = _ccc_of(heads, gap, target, np.where(np.arange(2)[:, None] == d, tw, w), trial, d)
+                    if c > best + 1e-6:
+                        best, decay, changed = c, trial, True
+                        w = np.where(np.arange(2)[:, None] == d, tw, w)
+            if not changed:
+                break
+    return w, decay
+
+
+def _ccc_of(heads: np.ndarray, gap: np.ndarray, target: np.ndarray, w: np.ndarray, decay: np.ndarray, d: int) -> float:
+    weights = mix_weights_numpy(w, gap, decay)[:, d, :]
+    pred = (weights * np.nan_to_num(heads[:, d, :])).sum(-1)
+    y = target[:, d]
+    mp, my = pred.mean(), y.mean()
+    return float(2 * ((pred - mp) * (y - my)).mean() / (pred.var() + y.var() + (mp - my) ** 2 + 1e-12))
+
+
+def _fit_dim(heads: np.ndarray, gap: np.ndarray, target: np.ndarray, decay: np.ndarray, d: int, step: float) -> np.ndarray:
+    """The best grid weights of dimension ``d`` under ``decay`` (as :func:`fit_mix`, with trust)."""
+    S = heads.shape[-1]
+    n = int(round(1 / step))
+    grid = np.array([c for c in _compositions(n, S)], dtype=np.float64) / n
+    g = gap[:, None, :]
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        trust = np.where(g == 0, 1.0, np.where(decay[None] > 0, np.exp(-g / np.maximum(decay[None], 1e-6)), 0.0))[:, d, :]
+    present = (gap == 0).astype(np.float64)
+    present = np.where(present.sum(-1, keepdims=True) > 0, present, 1.0)
+    even = present / present.sum(-1, keepdims=True)
+    h = np.nan_to_num(heads[:, d, :].astype(np.float64))
+    y = target[:, d].astype(np.float64)
+    best, best_w = -np.inf, grid[0]
+    for chunk in np.array_split(grid, max(1, len(grid) // 32)):
+        w = chunk[:, None, :] * trust[None]
+        tot = w.sum(-1)
+        w = np.where(tot[..., None] > 0, w / np.maximum(tot, 1e-12)[..., None], even[None])
+        pred = (w * h[None]).sum(-1)
+        mp, my = pred.mean(1), y.mean()
+        cov = ((pred - mp[:, None]) * (y - my)[None]).mean(1)
+        ccc = 2 * cov / (pred.var(1) + y.var() + (mp - my) ** 2 + 1e-12)
+        i = int(np.argmax(ccc))
+        if ccc[i] > best + 1e-12:
+            best, best_w = float(ccc[i]), chunk[i]
+    return best_w
 
 
 def fit_mix(heads: np.ndarray, present: np.ndarray, target: np.ndarray, step: float = 0.05) -> np.ndarray:
@@ -287,6 +417,34 @@ def _compositions(n: int, k: int):
     for first in range(n + 1):
         for rest in _compositions(n - first, k - 1):
             yield (first, *rest)
+
+
+def frame_dropout(
+    available: dict[str, torch.Tensor], p: float, generator: torch.Generator | None = None,
+    span: tuple[float, float] = (0.2, 0.5),
+) -> dict[str, torch.Tensor]:
+    """Hide one sense over a stretch of some clips (training only): each clip, with probability
+    ``p``, loses one sense chosen at random over a run of ``span`` (fractions) of its window, never
+    where the other sense is missing too; the model learns to cover for a sense that drops out for
+    a while (a covered face, a pause in the speech)."""
+    mods = list(available)
+    if p <= 0 or len(mods) < 2:
+        return available
+    ref = available[mods[0]]
+    B, T = ref.shape
+    drop = torch.rand(B, generator=generator) < p
+    which = torch.randint(len(mods), (B,), generator=generator)
+    frac = span[0] + (span[1] - span[0]) * torch.rand(B, generator=generator)
+    length = (frac * T).round().long().clamp(min=1, max=T)
+    start = (torch.rand(B, generator=generator) * (T - length + 1).float()).floor().long()
+    t = torch.arange(T)[None]
+    stretch = (t >= start[:, None]) & (t < (start + length)[:, None]) & drop[:, None]
+    out = {}
+    for i, m in enumerate(mods):
+        others = torch.stack([available[o] for o in mods if o != m]).any(dim=0)
+        hide = (stretch & (which == i)[:, None]).to(ref.device) & others
+        out[m] = available[m] & ~hide
+    return out
 
 
 def modality_dropout(

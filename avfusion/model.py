@@ -14,12 +14,12 @@ from torch import nn
 
 from .config import ModelConfig, ServingSpec
 from .encoders import AudioEncoder, VideoEncoder, create_audio_encoder, create_video_encoder
-from .fusion import FusionModel, modality_dropout
+from .fusion import FusionModel, frame_dropout, modality_dropout
 
 MODES = ("av", "video", "audio")
 # Batch keys forward() reads; labels, ids and times stay out of the call.
 MODEL_INPUT_KEYS = ("video", "audio", "frame_times", "audio_lengths", "video_feats", "audio_feats",
-                    "mask", "face_mask", "audio_valid")
+                    "mask", "face_mask", "audio_valid", "audio_frames", "speech")
 
 
 class AVModel(nn.Module):
@@ -137,6 +137,8 @@ class AVModel(nn.Module):
         mask: torch.Tensor | None = None,
         face_mask: torch.Tensor | None = None,
         audio_valid: torch.Tensor | None = None,
+        audio_frames: torch.Tensor | None = None,
+        speech: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
         """Per-frame predictions ``valence``/``arousal`` ``(B, T)`` in [-1, 1].
@@ -144,7 +146,9 @@ class AVModel(nn.Module):
         video: ``(B, T, 3, H, W)`` normalised crops, or video_feats ``(B, T, Cv)`` (cached).
         audio: ``(B, S)`` 16 kHz with frame_times ``(B, T)``, or audio_feats ``(B, T, Ca)`` (cached).
         mask: ``(B, T)`` True for real (non-padding) frames; face_mask ``(B, T)`` a face exists;
-        audio_valid ``(B,)`` the clip has an audio track. Missing masks mean "all present".
+        audio_valid ``(B,)`` the clip has an audio track; audio_frames ``(B, T)`` the frames whose audio
+        counts (speech, by the speech rule; the others are read like frames of a clip without a
+        track); speech ``(B, T)`` the frames' speech probability. Missing masks mean "all present".
         """
         if self.fusion is None and self.use_audio:
             raise ValueError("a model of experts with a voice expert (no temporal part) runs through the inference "
@@ -170,10 +174,15 @@ class AVModel(nn.Module):
                 if audio is None or frame_times is None:
                     raise ValueError("mode needs audio: pass `audio` (B,S) with `frame_times`, or `audio_feats`")
                 audio_feats = self.encode_audio(audio, frame_times, audio_lengths)
-            feats["audio"], available["audio"] = audio_feats, has[:, None].expand(B, T)
+            avail = has[:, None].expand(B, T)
+            if audio_frames is not None:
+                avail = avail & audio_frames.bool()
+            feats["audio"], available["audio"] = audio_feats, avail
         assert self.fusion is not None, "frame-by-frame models need raw video"
         if self.training and self.fusion.cfg.modality_dropout > 0:
             available = modality_dropout(available, self.fusion.cfg.modality_dropout, generator)
+        if self.training and self.fusion.cfg.frame_dropout > 0:
+            available = frame_dropout(available, self.fusion.cfg.frame_dropout, generator)
         dtype = next(self.fusion.parameters()).dtype
         feats = {m: f.to(dtype) for m, f in feats.items()}
         return self.fusion(feats, available, pad)

@@ -267,6 +267,8 @@ def test_cached_features_give_the_raw_clip_loss(dataset_root, clean_cache, tmp_p
     from avfusion.data.build import clip_datasets, load_records
     from avfusion.train.experiment import build_model, load_experiment
     from avfusion.data.features import FeatureDataset, collate_features
+    from avfusion.data.build import serving_for
+    from avfusion.data.speech import serving_rule
 
     if dtype == "float16":
         cache = clean_cache
@@ -281,11 +283,16 @@ def test_cached_features_give_the_raw_clip_loss(dataset_root, clean_cache, tmp_p
     records = load_records(cfg.data)
     made, collate = clip_datasets(cfg.data, {"val": records}, model)
     raw = DataLoader(made["val"], batch_size=3, collate_fn=collate)
-    feats = DataLoader(FeatureDataset(cache, CLIP_LEN), batch_size=3, collate_fn=collate_features)
+    # The same speech rule on both paths (the model's serving spec): the cache stores the speech
+    # probabilities, the raw path computes them.
+    rule = serving_rule(serving_for(cfg.data, model))
+    assert rule is not None
+    feats = DataLoader(FeatureDataset(cache, CLIP_LEN, speech=rule), batch_size=3, collate_fn=collate_features)
 
     loss_raw, b_raw = _first_batch_loss(model, raw)
     loss_feat, b_feat = _first_batch_loss(model, feats)
-    for k in ("valence", "arousal", "mask", "face_mask", "audio_valid", "frame_indices", "timestamps"):
+    for k in ("valence", "arousal", "mask", "face_mask", "audio_valid", "frame_indices", "timestamps",
+              "audio_frames", "speech"):
         assert torch.equal(b_raw[k], b_feat[k]), k
     assert b_raw["video_id"] == b_feat["video_id"]
     with torch.no_grad():

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 COLUMNS = ["video", "frame", "timestamp", "track_id", "face_found", "face_x", "face_y", "face_w", "face_h",
-           "face_score", "speech", "valid", "valence", "arousal", "quadrant"]
+           "face_score", "speech", "speech_prob", "valid", "valence", "arousal", "quadrant"]
 from conftest import NEURAL_AV  # noqa: E402
 
 

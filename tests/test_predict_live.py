@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 FRAME_BY_FRAME = {"mode": "video", "video": {"name": "emonet", "n_expression": 8, "width": 16, "num_modules": 1,
                                              "n_blocks": 1, "frozen": True}, "audio": None, "fusion": None}
 COLUMNS = ["video", "frame", "timestamp", "track_id", "face_found", "face_x", "face_y", "face_w", "face_h",
-           "face_score", "speech", "valid", "valence", "arousal", "quadrant"]
+           "face_score", "speech", "speech_prob", "valid", "valence", "arousal", "quadrant"]
 SECONDS, FPS = 3.0, 25
 
 

@@ -61,6 +61,7 @@ def write_cache(root: Path, n_videos: int = 8, n_frames: int = 30, seed: int = 0
         feats = VideoFeatures(
             video_id=vid, timestamps=t, face_mask=np.ones(n_frames, dtype=bool), fps=25.0,
             video=torch.from_numpy(video), audio=torch.from_numpy(audio), audio_valid=True,
+            speech=np.ones(n_frames, dtype=np.float32),  # every frame speech: all the audio counts
             labels=labels, label_mask=label_mask,
             meta={"actor": f"actor{i // 2}", "group": vid, "dataset": "test"})
         save_video_features(root / video_filename(vid), feats)

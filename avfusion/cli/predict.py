@@ -21,7 +21,7 @@ live CSV grows while it is written: its name (_live) keeps it apart from the fin
 
 Per video: <name>_va.<format>, one row per frame (--faces all: per face and frame) with video,
 frame, timestamp (seconds, from the container), track_id, face_found, face_x/y/w/h (pixels),
-face_score, speech, valid, valence, arousal, quadrant and, for EmoNet models, expr_<class>
+face_score, speech, speech_prob, valid, valence, arousal, quadrant and, for EmoNet models, expr_<class>
 probabilities; rows that are not valid (no face for a video model, no speech for an audio
 model) have empty values. <name>_summary.json: duration, fps, frames with a face, with speech
 and valid, mean/std valence and arousal over valid frames (null without any), seconds per
@@ -82,7 +82,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="main: read the face seen in the most frames (faces are tracked; a warning when several "
                         "people appear); all: one row per face per frame with its track_id (one model pass per face)")
     p.add_argument("--speech", default="auto", choices=("auto", "off"),
-                   help="auto: Silero VAD marks the frames with speech and models that listen ignore audio without "
+                   help="auto: the model's speech rule (what it was trained with) on Silero VAD's per-frame "
+                        "probabilities marks the frames with speech, and models that listen ignore audio without "
                         "speech (as if the video had no track); off: the whole track counts, no speech column")
     p.add_argument("--yunet-model", help="YuNet ONNX file (default: $AVFUSION_HOME or ./pretrained/)")
     p.add_argument("--detect-size", type=int, default=None, metavar="PX",

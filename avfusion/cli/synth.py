@@ -3,6 +3,7 @@ known labels) in the AFEW-VA, Aff-Wild2 and manifest layouts.
 
     avfusion synth --out data/synth --clips 8
     avfusion synth --out data/demo --clips 300 --fps mixed --workers 2
+    avfusion synth --out data/hard --clips 240 --frames 96 --hard
 """
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-pair", action="store_true", help="no _left/_right two-face video")
     p.add_argument("--no-gaps", action="store_true", help="no -5 label gaps / missing crops")
     p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--hard", action="store_true",
+                   help="hard conditions: the lower face covered for stretches, speech pauses over a louder room, "
+                        "clips without an audio track, a weaker brow cue (labels as without it)")
     p.set_defaults(func=run)
     return p
 
@@ -44,7 +48,7 @@ def config_from_args(a: argparse.Namespace) -> Any:
     return SyntheticConfig(
         clips=a.clips, frames=a.frames, fps=a.fps, size=a.size, seed=a.seed,
         clips_per_actor=a.clips_per_actor, audio_rate=a.audio_rate, afew_layout=a.afew_layout,
-        pair=not a.no_pair, gaps=not a.no_gaps, workers=a.workers)
+        pair=not a.no_pair, gaps=not a.no_gaps, workers=a.workers, hard=a.hard)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -75,6 +75,11 @@ class DataConfig:
     # Convert face crops to HSV before normalisation (one of the seed experiments does); None:
     # the model's serving spec, as for face_margin.
     hsv: Optional[bool] = None
+    # Speech detection for models that listen: "vad" (the audio of frames without speech is masked,
+    # Silero VAD's probabilities through the rule of the serving spec), "off" (the whole track
+    # counts); None: the model's serving spec ("vad" for an architecture). Training records it in
+    # the model it exports, so predict masks the same frames.
+    speech: Optional[str] = None
     # Folder written by `avfusion cache`: train on cached per-frame features instead of
     # decoding video (same model code: AVModel reads video_feats/audio_feats directly).
     features: Optional[str] = None
@@ -248,6 +253,10 @@ def serving_for(d: DataConfig, model: Optional[Any], training: bool = False) -> 
         s.face_smoothing = int(smoothing)
     if hsv is not None:
         s.colour = "hsv" if hsv else "rgb"
+    if d.speech is not None:
+        if d.speech not in ("vad", "off"):
+            raise ValueError(f"data.speech must be vad or off, got {d.speech!r}")
+        s.speech = d.speech
     return s
 
 
@@ -314,7 +323,7 @@ def build_datasets(d: DataConfig, model: Optional[Any] = None) -> Datasets:
         raise ValueError(f"{d.root or d.features}: the split leaves no training clip")
     n_labelled = {p: int(sum(int(r.label_mask.sum()) for r in recs)) for p, recs in parts.items()}
     if d.features is not None:
-        datasets, collate_fn = feature_datasets(d, parts)
+        datasets, collate_fn = feature_datasets(d, parts, model)
     else:
         datasets, collate_fn = clip_datasets(d, parts, model)
     return Datasets(train=datasets["train"], val=datasets.get("val"), test=datasets.get("test"),
@@ -332,8 +341,11 @@ def clip_datasets(d: DataConfig, parts: dict[str, list], model: Optional[Any]):
     if pcfg is None and (model is None or model.use_video):
         raise ValueError("raw clips need the model's video encoder preprocessing (pretrained_cfg); "
                          "pass the model, or train on cached features (data.features)")
+    from .speech import serving_rule
+
     spec = serving_for(d, model)
     with_audio = model is None or model.use_audio
+    rule = serving_rule(spec) if with_audio else None
     out = {}
     for part, recs in parts.items():
         if not recs:
@@ -345,14 +357,18 @@ def clip_datasets(d: DataConfig, parts: dict[str, list], model: Optional[Any]):
         out[part] = ClipDataset(
             recs, d.clip_len, stride=d.stride if train else (d.eval_stride or d.clip_len),
             cropper=_croppers(d, spec), transform=transform, with_audio=with_audio,
-            target_fps=d.target_fps, drop_unlabelled=train and d.drop_unlabelled, sample_rate=spec.sample_rate)
+            target_fps=d.target_fps, drop_unlabelled=train and d.drop_unlabelled, sample_rate=spec.sample_rate,
+            speech=rule)
     return out, collate
 
 
-def feature_datasets(d: DataConfig, parts: dict[str, list]):
-    """Cached-feature datasets (one per part) and their collate function."""
+def feature_datasets(d: DataConfig, parts: dict[str, list], model: Optional[Any] = None):
+    """Cached-feature datasets (one per part) and their collate function; models that listen get
+    the speech rule of their serving spec applied to the cache's speech probabilities."""
     from .features import FeatureDataset, collate_features
+    from .speech import serving_rule
 
+    rule = serving_rule(serving_for(d, model)) if model is None or model.use_audio else None
     out = {}
     for part, recs in parts.items():
         if not recs:
@@ -361,7 +377,7 @@ def feature_datasets(d: DataConfig, parts: dict[str, list]):
         out[part] = FeatureDataset(
             d.features, d.clip_len, stride=d.stride if train else (d.eval_stride or d.clip_len),
             video_ids=[r.video_id for r in recs], target_fps=d.target_fps,
-            drop_unlabelled=train and d.drop_unlabelled)
+            drop_unlabelled=train and d.drop_unlabelled, speech=rule)
     return out, collate_features
 
 

@@ -15,6 +15,7 @@ and returns one dict per window; :func:`collate` stacks those into the batch eve
     audio_offsets (B,T) int     sample index of each frame in the row's audio
     valence, arousal (B,T)      0 where unlabelled          mask (B,T) bool: label valid, frame real
     face_mask (B,T) bool        a face crop exists          audio_valid (B,) bool: a track exists
+    speech (B,T) float          speech probability (VAD)    audio_frames (B,T) bool: the frame's audio counts
     video_id list[str]          frame_indices (B,T) int, -1 = padding
     timestamps (B,T) float      seconds in the source video
 """
@@ -38,7 +39,7 @@ from .windows import Window, make_windows, sequence_indices, window_starts, wind
 
 # Keys of a batch, in the order collate writes them.
 BATCH_KEYS = ("video", "audio", "audio_lengths", "frame_times", "audio_offsets", "valence", "arousal",
-              "mask", "face_mask", "audio_valid", "video_id", "frame_indices", "timestamps")
+              "mask", "face_mask", "audio_valid", "audio_frames", "speech", "video_id", "frame_indices", "timestamps")
 
 
 def open_reader(rec: VideoRecord) -> Any:
@@ -108,8 +109,14 @@ class ClipDataset(Dataset):
         crop_size: Optional[int] = None,
         max_open: int = 8,
         audio_cache_seconds: float = 120.0,
+        speech: Optional[Any] = None,
     ) -> None:
         self.records = list(records)
+        # Speech rule (avfusion.data.speech.SpeechRule) for the audio: frames without speech are
+        # masked (``audio_frames``); None: every frame of a track counts.
+        self.speech_rule = speech
+        self._speech: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._detector: Any = None
         self.clip_len = int(clip_len)
         self.target_fps = target_fps
         self.windows = make_windows(self.records, self.clip_len, stride, target_fps, drop_unlabelled)
@@ -145,6 +152,7 @@ class ClipDataset(Dataset):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_readers"], state["_audio"], state["_pid"] = OrderedDict(), OrderedDict(), None
+        state["_detector"] = None
         return state
 
     def _check_process(self) -> None:
@@ -179,6 +187,34 @@ class ClipDataset(Dataset):
         while len(self._audio) > self.max_open:
             self._audio.popitem(last=False)
         return audio
+
+    def speech_probabilities(self, r: int) -> np.ndarray:
+        """Speech probability of every frame of record ``r`` (``(N,)`` float32; zeros without a
+        track), from its whole track: what ``avfusion cache`` stores and predict computes."""
+        return self._speech_of(r)[0]
+
+    def _speech_of(self, r: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(probabilities, frames with speech)`` of record ``r``, once per worker."""
+        if r in self._speech:
+            return self._speech[r]
+        from .audio import AudioDecodeError, load_audio
+        from .speech import SpeechDetector, speech_frames
+
+        rec = self.records[r]
+        times = rec.frame_times()
+        probs = np.zeros(len(times), dtype=np.float32)
+        if self.with_audio and rec.audio_path is not None:
+            try:
+                track = self._track(r)
+            except AudioDecodeError:
+                track = None  # _read_audio warns once and masks the audio
+            if track is not None:
+                if self._detector is None:
+                    self._detector = SpeechDetector()
+                probs = self._detector.frame_probabilities(track, times, self.sample_rate, rec.fps)
+        said = speech_frames(probs, rec.fps, self.speech_rule) if self.speech_rule is not None else np.ones(len(probs), bool)
+        self._speech[r] = (probs, said)
+        return self._speech[r]
 
     def _read_audio(self, r: int, first: int, end: int, duration: float) -> tuple[np.ndarray, bool]:
         rec = self.records[r]
@@ -235,6 +271,13 @@ class ClipDataset(Dataset):
         labels[real] = np.nan_to_num(rec.labels[ridx], nan=0.0)
         face_mask = np.zeros(T, dtype=bool)
         face_mask[real] = face_ok
+        speech, audio_frames = np.zeros(T, dtype=np.float32), np.zeros(T, dtype=bool)
+        if audio_valid:
+            if self.speech_rule is not None:
+                probs, said = self._speech_of(w.record)
+                speech[real], audio_frames[real] = probs[ridx], said[ridx]
+            else:
+                speech[real], audio_frames[real] = 1.0, True
         return {
             "video": video,
             "audio": torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)),
@@ -246,6 +289,8 @@ class ClipDataset(Dataset):
             "mask": torch.from_numpy(mask),
             "face_mask": torch.from_numpy(face_mask),
             "audio_valid": bool(audio_valid),
+            "audio_frames": torch.from_numpy(audio_frames),
+            "speech": torch.from_numpy(speech),
             "video_id": rec.video_id,
             "frame_indices": torch.from_numpy(idx.copy()),
             "timestamps": torch.from_numpy(timestamps.astype(np.float32)),
@@ -266,7 +311,7 @@ def collate(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "audio": audio,
         "audio_lengths": lengths,
     }
-    for k in ("frame_times", "audio_offsets", "valence", "arousal", "mask", "face_mask"):
+    for k in ("frame_times", "audio_offsets", "valence", "arousal", "mask", "face_mask", "audio_frames", "speech"):
         batch[k] = torch.stack([it[k] for it in items])
     batch["audio_valid"] = torch.tensor([bool(it["audio_valid"]) for it in items], dtype=torch.bool)
     batch["video_id"] = [str(it["video_id"]) for it in items]

@@ -15,6 +15,8 @@ A video file holds, for its ``N`` frames:
     labels (N, 2)      float32      valence, arousal (NaN where unlabelled)   } when the dataset
     label_mask (N,)    bool         label valid                               } has labels
     audio_valid (1,)   bool         the video has an audio track
+    speech (N,)        float32      speech probability of the frame (Silero VAD, avfusion.data.speech;
+                                    models with audio; zeros without a track)
 
 and string metadata (video id, fps, actor, group, dataset, encoder hash, window). Every file is
 written through the one atomic writer (:mod:`avfusion.files`: temporary name, fsync, rename): a file that exists is
@@ -23,7 +25,8 @@ complete, so an interrupted run can be resumed by skipping existing files.
 :class:`FeatureDataset` cuts windows of T frames exactly as :class:`~avfusion.data.clips.ClipDataset`
 does (same :func:`~avfusion.data.windows.make_windows`, padding, masks and batch keys) but yields
 ``video_feats`` / ``audio_feats`` instead of ``video`` / ``audio``; :func:`collate_features` stacks
-them. :class:`~avfusion.model.AVModel` reads those keys in place of its encoders' outputs.
+them. With a speech rule it applies the rule to each video's stored probabilities, as predict does
+to the probabilities it computes (``audio_frames``: the frames whose audio counts). :class:`~avfusion.model.AVModel` reads those keys in place of its encoders' outputs.
 """
 from __future__ import annotations
 
@@ -52,7 +55,7 @@ ENCODERS_NAME = "encoders.safetensors"
 SUFFIX = ".safetensors"
 # Batch keys of cached-feature batches, in the order collate_features writes them.
 FEATURE_BATCH_KEYS = ("video_feats", "audio_feats", "valence", "arousal", "mask", "face_mask",
-                      "audio_valid", "video_id", "frame_indices", "timestamps")
+                      "audio_valid", "audio_frames", "speech", "video_id", "frame_indices", "timestamps")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -100,6 +103,8 @@ class VideoFeatures:
     video: Optional[torch.Tensor] = None
     audio: Optional[torch.Tensor] = None
     audio_valid: bool = False
+    # Speech probability per frame (None: not computed, a cache written before avfusion 0.3).
+    speech: Optional[np.ndarray] = None
     labels: Optional[np.ndarray] = None
     label_mask: Optional[np.ndarray] = None
     meta: dict[str, str] = field(default_factory=dict)
@@ -114,7 +119,7 @@ class VideoFeatures:
         """Refuse inconsistent lengths (a truncated or hand-edited file)."""
         n = self.n_frames
         parts = {"face_mask": self.face_mask, "video": self.video, "audio": self.audio,
-                 "labels": self.labels, "label_mask": self.label_mask}
+                 "labels": self.labels, "label_mask": self.label_mask, "speech": self.speech}
         for name, arr in parts.items():
             if arr is not None and arr.shape[0] != n:
                 raise ValueError(f"{where}: '{name}' has {arr.shape[0]} frames, timestamps have {n}")
@@ -138,6 +143,8 @@ def encode_video_features(feats: VideoFeatures) -> bytes:
         tensors["video"] = feats.video.detach().cpu().contiguous()
     if feats.audio is not None:
         tensors["audio"] = feats.audio.detach().cpu().contiguous()
+    if feats.speech is not None:
+        tensors["speech"] = torch.as_tensor(np.asarray(feats.speech, dtype=np.float32))
     if feats.labels is not None:
         tensors["labels"] = torch.as_tensor(np.asarray(feats.labels, dtype=np.float32))
         tensors["label_mask"] = torch.as_tensor(np.asarray(feats.label_mask, dtype=bool))
@@ -206,6 +213,7 @@ def load_video_features(path: PathLike, arrays_only: bool = False) -> VideoFeatu
         video=get.get("video"),
         audio=get.get("audio"),
         audio_valid=bool(get["audio_valid"].reshape(-1)[0]),
+        speech=get["speech"].numpy().astype(np.float32) if "speech" in get else None,
         labels=get["labels"].numpy() if "labels" in get else None,
         label_mask=get["label_mask"].numpy().astype(bool) if "label_mask" in get else None,
         meta={k: v for k, v in meta.items() if k not in ("format", "version", "video_id", "fps")},
@@ -215,7 +223,7 @@ def load_video_features(path: PathLike, arrays_only: bool = False) -> VideoFeatu
         if not feats.stored:
             raise ValueError(f"{path}: neither 'video' nor 'audio' features")
         n = feats.n_frames
-        for name, arr in (("face_mask", feats.face_mask), ("labels", feats.labels)):
+        for name, arr in (("face_mask", feats.face_mask), ("labels", feats.labels), ("speech", feats.speech)):
             if arr is not None and arr.shape[0] != n:
                 raise ValueError(f"{path}: '{name}' has {arr.shape[0]} frames, timestamps have {n}")
     else:
@@ -308,7 +316,10 @@ class FeatureDataset(Dataset):
         drop_unlabelled: bool = False,
         dtype: torch.dtype = torch.float32,
         max_open: int = 16,
+        speech: Optional[Any] = None,
     ) -> None:
+        from .speech import speech_frames
+
         self.cache_dir = Path(cache_dir)
         self.manifest = read_manifest(self.cache_dir)
         files: dict[str, str] = dict(self.manifest.get("videos", {}))
@@ -326,6 +337,10 @@ class FeatureDataset(Dataset):
                 "with the same arguments to complete it")
         self.records: list[VideoRecord] = []
         self.audio_valid: list[bool] = []
+        # Per video: speech probability and the frames whose audio counts (the speech rule's).
+        self.speech: list[np.ndarray] = []
+        self.audio_frames: list[np.ndarray] = []
+        self.speech_rule = speech
         has: set[str] = set()
         for v, p in zip(ids, self.paths):
             feats = load_video_features(p, arrays_only=True)
@@ -333,6 +348,16 @@ class FeatureDataset(Dataset):
                 raise ValueError(f"{p}: holds video {feats.video_id!r}, the manifest says {v!r}")
             self.records.append(_record_from_features(feats, p))
             self.audio_valid.append(feats.audio_valid)
+            n = feats.n_frames
+            probs = feats.speech
+            if speech is not None and "audio" in feats.stored and feats.audio_valid and probs is None:
+                raise ValueError(f"{p}: no speech probabilities in this cache (written before avfusion 0.3); "
+                                 "cache again into a new folder, or train with data.speech=off")
+            if probs is None or not feats.audio_valid:
+                probs = np.full(n, 1.0 if feats.audio_valid else 0.0, dtype=np.float32)
+            said = speech_frames(probs, feats.fps, speech) if speech is not None else np.ones(n, dtype=bool)
+            self.speech.append(probs.astype(np.float32))
+            self.audio_frames.append(said & bool(feats.audio_valid))
             has.update(feats.stored)
         self.has_video = "video" in has
         self.has_audio = "audio" in has
@@ -400,12 +425,17 @@ class FeatureDataset(Dataset):
         labels[real] = np.nan_to_num(rec.labels[ridx], nan=0.0)
         face_mask = np.zeros(T, dtype=bool)
         face_mask[real] = rec.face_mask[ridx]
+        speech, audio_frames = np.zeros(T, dtype=np.float32), np.zeros(T, dtype=bool)
+        speech[real] = self.speech[w.record][ridx]
+        audio_frames[real] = self.audio_frames[w.record][ridx]
         out.update({
             "valence": torch.from_numpy(labels[:, 0].copy()),
             "arousal": torch.from_numpy(labels[:, 1].copy()),
             "mask": torch.from_numpy(mask),
             "face_mask": torch.from_numpy(face_mask),
             "audio_valid": bool(self.audio_valid[w.record]),
+            "audio_frames": torch.from_numpy(audio_frames),
+            "speech": torch.from_numpy(speech),
             "video_id": rec.video_id,
             "frame_indices": torch.from_numpy(idx.copy()),
             "timestamps": torch.from_numpy(timestamps.astype(np.float32)),
@@ -419,7 +449,7 @@ def collate_features(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         raise ValueError("collate_features: empty batch")
     batch: dict[str, Any] = {}
     for k in ("video_feats", "audio_feats", "valence", "arousal", "mask", "face_mask", "frame_indices",
-              "timestamps"):
+              "timestamps", "audio_frames", "speech"):
         if k in items[0]:
             batch[k] = torch.stack([it[k] for it in items])
     batch["audio_valid"] = torch.tensor([bool(it["audio_valid"]) for it in items], dtype=torch.bool)

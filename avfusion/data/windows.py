@@ -132,6 +132,7 @@ def window_inputs(
     use_audio: bool = False,
     has_audio: bool = False,
     sample_rate: int = 16000,
+    speech: Optional[np.ndarray] = None,
 ) -> dict[str, torch.Tensor]:
     """The model inputs of a batch of windows over one video's per-frame arrays.
 
@@ -139,9 +140,11 @@ def window_inputs(
     frame's start and end; ``face_mask`` (N,); ``video_feats`` (N, C) per-frame video features;
     ``audio`` the whole track at ``sample_rate`` (None: masked, as a video without a track), cut per
     window by :func:`window_times` exactly as training cuts it; ``audio_frames`` (N,) the frames
-    whose audio counts (speech): a window without any gets its audio masked (None: all count).
+    whose audio counts (speech; None: all count), the others read like frames of a video without a
+    track, exactly as the datasets give them; ``speech`` (N,) the frames' speech probability.
     Returns ``mask``, ``face_mask`` (B, T), ``video_feats`` (B, T, C), and for models with audio
-    ``audio`` (B, S) zero padded, ``audio_lengths`` (B,), ``frame_times`` (B, T), ``audio_valid`` (B,).
+    ``audio`` (B, S) zero padded, ``audio_lengths`` (B,), ``frame_times`` (B, T), ``audio_valid`` (B,),
+    ``audio_frames`` and ``speech`` (B, T).
     """
     from .audio import slice_audio
 
@@ -158,9 +161,14 @@ def window_inputs(
         out["video_feats"] = torch.from_numpy(vf)
     if use_audio:
         segs, rel, ok = [], [], []
+        present = has_audio and audio is not None
+        af = np.zeros((B, T), dtype=bool)
+        sp = np.zeros((B, T), dtype=np.float32)
+        if present:
+            af[real] = True if audio_frames is None else np.asarray(audio_frames, dtype=bool)[windows[real]]
+            sp[real] = 1.0 if speech is None else np.asarray(speech, dtype=np.float32)[windows[real]]
         for idx in windows:
             wt, first, end = window_times(timestamps, end_times, idx, period, sample_rate)
-            present = has_audio and audio is not None
             segs.append(slice_audio(audio, first, end).astype(np.float32) if present
                         else np.zeros(end - first, dtype=np.float32))
             rel.append(wt - first / sample_rate)
@@ -172,7 +180,8 @@ def window_inputs(
             wave[k, : len(a)] = torch.from_numpy(a)
         out.update(audio=wave, audio_lengths=lengths,
                    frame_times=torch.from_numpy(np.stack(rel).astype(np.float32)),
-                   audio_valid=torch.tensor(ok, dtype=torch.bool))
+                   audio_valid=torch.tensor(ok, dtype=torch.bool), audio_frames=torch.from_numpy(af),
+                   speech=torch.from_numpy(sp))
     return out
 
 

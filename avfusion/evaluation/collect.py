@@ -20,19 +20,35 @@ from ..metrics import moving_average
 MASKABLE = ("audio", "video")
 
 
-def mask_modality(batch: Mapping[str, Any], which: Optional[str]) -> dict[str, Any]:
+def mask_modality(batch: Mapping[str, Any], which: Optional[str],
+                  stretch: Optional[Mapping[str, tuple[int, int]]] = None) -> dict[str, Any]:
     """A copy of ``batch`` whose ``which`` modality ("audio" or "video") is marked absent for the
     model, as when a video has no audio track or no face is found: measures how an audio-visual
-    model copes with one sense missing. The batch's own masks (what is scored) are not changed."""
+    model copes with one sense missing. ``stretch`` (video id -> ``[start, end)`` frames) hides it
+    over that stretch of each video only (the face blanked, the audio silenced for a while). The
+    batch's own masks (what is scored) are not changed."""
     out = dict(batch)
     if which is None:
         return out
     if which not in MASKABLE:
         raise ValueError(f"mask must be one of {MASKABLE}, got {which!r}")
+    if stretch is None:
+        if which == "audio":
+            out["audio_valid"] = torch.zeros_like(batch["audio_valid"], dtype=torch.bool)
+        else:
+            out["face_mask"] = torch.zeros_like(batch["face_mask"], dtype=torch.bool)
+        return out
+    idx = batch["frame_indices"]
+    lo = torch.tensor([stretch.get(str(v), (0, 0))[0] for v in batch["video_id"]], device=idx.device)[:, None]
+    hi = torch.tensor([stretch.get(str(v), (0, 0))[1] for v in batch["video_id"]], device=idx.device)[:, None]
+    hide = (idx >= lo) & (idx < hi)
     if which == "audio":
-        out["audio_valid"] = torch.zeros_like(batch["audio_valid"], dtype=torch.bool)
+        frames = batch.get("audio_frames")
+        if frames is None:
+            frames = batch["audio_valid"][:, None].expand_as(idx)
+        out["audio_frames"] = frames.bool() & ~hide
     else:
-        out["face_mask"] = torch.zeros_like(batch["face_mask"], dtype=torch.bool)
+        out["face_mask"] = batch["face_mask"].bool() & ~hide
     return out
 
 
@@ -51,6 +67,7 @@ def predict_loader(
     progress: bool = False,
     require_labelled: bool = True,
     mask: Optional[str] = None,
+    stretch: Optional[Mapping[str, tuple[int, int]]] = None,
 ) -> dict[str, VideoPrediction]:
     """Run ``model`` (an :class:`~avfusion.model.AVModel`, or one an Accelerator prepared) over
     every batch and stitch per video (``overlap``: see :class:`PredictionCollector`). The model runs
@@ -59,7 +76,8 @@ def predict_loader(
     With an ``accelerator`` the loader must be prepared by it: each process predicts its share and
     ``gather_for_metrics`` hands every process all rows (the duplicates that even batches add at
     the end are dropped), so every process returns the same result.
-    ``mask`` ("audio" | "video") hides that modality from the model (:func:`mask_modality`).
+    ``mask`` ("audio" | "video") hides that modality from the model (:func:`mask_modality`), over
+    ``stretch`` (video id -> ``[start, end)``) only when given.
     """
     net = accelerator.unwrap_model(model) if accelerator is not None else model
     was_training = net.training
@@ -74,7 +92,7 @@ def predict_loader(
         it = tqdm(loader, desc="evaluating", unit="batch")
     for batch in it:
         batch = _to_device(batch, device)
-        out = net.forward_batch(mask_modality(batch, mask))
+        out = net.forward_batch(mask_modality(batch, mask, stretch))
         rows = batch_rows(batch, out)
         if accelerator is not None:
             rows = accelerator.gather_for_metrics(rows, use_gather_object=True)

@@ -210,10 +210,11 @@ def predict_records(model: nn.Module, data: Any, records: list, accelerator: Any
     the model's serving spec and the data config say for its face mode (dataset landmarks,
     detection, ...), every frame through the per-frame network once; a temporal model then runs
     over non-overlapping windows of ``data.clip_len`` (each frame scored once) with each window's
-    audio. Frames without a face get 0 from a frame-by-frame model (what the window path gives
-    them), scored unless ``face_only``. A model of experts (a face and / or a voice expert, no
-    temporal part) gets each expert's values as its heads (``heads`` (N, 2, 2): face, voice), the
-    voice heard where Silero VAD finds speech (``speech="off"``: the whole track), as in predict.
+    audio, masked where the model's speech rule finds no speech on Silero VAD's per-frame
+    probabilities (``speech="off"``: the whole track), as in predict and in training. Frames without
+    a face get 0 from a frame-by-frame model (what the window path gives them), scored unless
+    ``face_only``. A model of experts (a face and / or a voice expert, no temporal part) gets each
+    expert's values as its heads (``heads`` (N, 2, 2): face, voice).
     Under several processes each takes every n-th record and all are gathered.
     """
     import warnings
@@ -248,10 +249,12 @@ def predict_records(model: nn.Module, data: Any, records: list, accelerator: Any
         voice_runner = UtteranceRunner(model.audio_encoder, precision, device,  # as predict runs it
                                        runtime=runtime,
                                        window=float(spec.audio_window), sample_rate=int(spec.sample_rate))
-    if experts and speech == "auto":
-        from ..data.speech import SpeechDetector
+    rule = None
+    if model.use_audio and speech == "auto":
+        from ..data.speech import SpeechDetector, serving_rule
 
-        detector = SpeechDetector()
+        rule = serving_rule(spec)  # the model's own: the frames it was trained to hear, as predict
+        detector = SpeechDetector() if rule is not None else None
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     mine = records[rank::world]
     bar = None
@@ -272,6 +275,15 @@ def predict_records(model: nn.Module, data: Any, records: list, accelerator: Any
                         audio = load_audio(rec.audio_path, spec.sample_rate)
                     except AudioDecodeError as err:
                         warnings.warn(f"{err}; audio of {rec.video_id!r} treated as missing", RuntimeWarning)
+                said = probs = None
+                if audio is not None and detector is not None:
+                    from ..data.speech import speech_frames
+
+                    times = np.asarray(reader.timestamps, dtype=np.float64)
+                    probs = detector.frame_probabilities(audio, times, spec.sample_rate, rec.fps)
+                    said = speech_frames(probs, rec.fps, rule)
+                    if temporal and not said.any():
+                        audio = None  # no speech at all: masked like a video without a track, as predict
                 if not temporal:
                     out = None
                     if model.use_video:
@@ -281,16 +293,13 @@ def predict_records(model: nn.Module, data: Any, records: list, accelerator: Any
                         times = np.asarray(reader.timestamps, dtype=np.float64)
                         voice = None
                         if audio is not None:
-                            from ..data.speech import frame_speech
-
-                            said = frame_speech(detector.segments(audio, spec.sample_rate), times) if detector else None
                             voice = predict_voice(voice_runner, audio, times, spec.sample_rate,
                                                   spec.audio_window, spec.audio_hop, said)
                         out = combine_experts(out, voice, times, model.experts_mix)
                 else:
                     out = predict_temporal(model, runner, reader, cropper, transform, data.clip_len, audio,
                                            spec.sample_rate, landmarks=rec.landmarks, face_valid=rec.face_mask,
-                                           progress=tick, hop=data.clip_len)
+                                           progress=tick, hop=data.clip_len, audio_frames=said, speech=probs)
             finally:
                 reader.close()
             target = np.where(rec.label_mask[:, None], rec.labels, np.nan)

@@ -37,6 +37,9 @@ class VideoPrediction:
     # A gated fusion's heads: (N, 2, S) each head's prediction and (N, S) where it was present.
     heads: Optional[np.ndarray] = None
     heads_present: Optional[np.ndarray] = None
+    # (N, S) frames from each frame to each head's sense in its window (inf: not in it; the
+    # smallest over overlapping windows).
+    heads_gap: Optional[np.ndarray] = None
 
     @property
     def n_frames(self) -> int:
@@ -68,6 +71,8 @@ def batch_rows(batch: Mapping[str, Any], out: Mapping[str, torch.Tensor]) -> lis
     }
     if out.get("heads") is not None:
         arrays["heads"], arrays["heads_present"] = np_(out["heads"]), np_(out["heads_present"]).astype(bool)
+        if out.get("heads_gap") is not None:
+            arrays["heads_gap"] = np_(out["heads_gap"])
     return [{"video_id": str(v), **{k: a[b] for k, a in arrays.items()}} for b, v in enumerate(batch["video_id"])]
 
 
@@ -133,6 +138,9 @@ class PredictionCollector:
             if with_heads:
                 hsum = np.zeros((n, *rows[0]["heads"].shape[1:]))
                 hpresent = np.zeros((n, rows[0]["heads"].shape[-1]), dtype=bool)
+            with_gap = with_heads and all("heads_gap" in r for r in rows)
+            if with_gap:
+                hgap = np.full((n, rows[0]["heads"].shape[-1]), np.inf)
             for r in rows:
                 ok = r["frame_indices"] >= 0
                 idx = r["frame_indices"][ok]
@@ -151,6 +159,8 @@ class PredictionCollector:
                 if with_heads:
                     np.add.at(hsum, idx, r["heads"][ok])
                     hpresent[idx] |= r["heads_present"][ok]
+                if with_gap:
+                    np.minimum.at(hgap, idx, r["heads_gap"][ok])
             if self.overlap == "error" and (counts > 1).any():
                 f = int(np.flatnonzero(counts > 1)[0])
                 raise ValueError(
@@ -164,7 +174,7 @@ class PredictionCollector:
                 heads = np.where(counts[:, None, None] > 0, hsum / np.maximum(counts, 1)[:, None, None],
                                  np.nan) if with_heads else None
             out[vid] = VideoPrediction(vid, pred, target, label, face, ts, counts, heads,
-                                       hpresent if with_heads else None)
+                                       hpresent if with_heads else None, hgap if with_gap else None)
         return out
 
 

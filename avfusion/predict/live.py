@@ -63,6 +63,7 @@ def stream_rows(predictor: Any, source: PathLike, realtime: Optional[bool] = Non
                        "track_id": 0 if fc.face_mask[k] else -1, "face_found": bool(fc.face_mask[k]),
                        "face_x": float(box[0]), "face_y": float(box[1]), "face_w": float(box[2]),
                        "face_h": float(box[3]), "face_score": float(fc.scores[k]), "speech": None,
+                       "speech_prob": float("nan"),
                        "valid": bool(valid[k]), "valence": float(va[k, 0]), "arousal": float(va[k, 1]),
                        "quadrant": quads[k]}
                 if expr_cols is not None:

@@ -54,7 +54,7 @@ SPEECH = ("auto", "off")
 # Every table's columns, in order; ``expr_<name>`` columns follow for models with expression
 # probabilities (EmoNet). ``track_id`` -1 and NaN box: no face in this row.
 COLUMNS = ("video", "frame", "timestamp", "track_id", "face_found", "face_x", "face_y", "face_w", "face_h",
-           "face_score", "speech", "valid", "valence", "arousal", "quadrant")
+           "face_score", "speech", "speech_prob", "valid", "valence", "arousal", "quadrant")
 # A second face track shorter than this (seconds) is not worth a warning (a false detection).
 MIN_TRACK_SECONDS = 0.5
 # YuNet on one frame in this many of a file (a steady face interpolated between; see
@@ -271,10 +271,14 @@ class Predictor:
         self.stride, self.smooth, self.chunk = int(stride), int(smooth), int(chunk)
         self.face_backend, self.faces, self.speech = face_backend, faces, speech
         self.speech_detector = None
+        self.speech_rule = None
         if self.model.use_audio and speech == "auto":
-            from ..data.speech import SpeechDetector
+            from ..data.speech import SpeechDetector, serving_rule
 
-            self.speech_detector = SpeechDetector()
+            # The model's own rule: the frames it was trained to hear (serving spec).
+            self.speech_rule = serving_rule(self.serving)
+            if self.speech_rule is not None:
+                self.speech_detector = SpeechDetector()
         self.runner: Optional[FrameRunner] = None
         self.voice_runner = None
         if self.model.use_audio and not self.temporal:  # the voice expert, in the precision asked
@@ -342,7 +346,8 @@ class Predictor:
         return FaceTracker(max_gap=max(1, int(round(fps))), min_score=self.cropper.min_score)  # 1 s
 
     def _one_pass(self, reader: Any, audio: Optional[np.ndarray], speech: Optional[np.ndarray],
-                  tick: Optional[Callable[[int], None]], voice: Any) -> tuple[VideoOutputs, list, Callable]:
+                  tick: Optional[Callable[[int], None]], voice: Any,
+                  speech_prob: Optional[np.ndarray] = None) -> tuple[VideoOutputs, list, Callable]:
         """The model on the largest face of each frame with the face tracker fed the same
         detections; returns the outputs, the tracks and ``agrees(track)``: whether the largest
         face was that track's face on every computed frame (then the outputs are that track's)."""
@@ -354,7 +359,8 @@ class Predictor:
                 tracker.update(int(i), dets)
                 chosen[int(i)] = box
 
-        out = self._pass(reader, audio, speech, self.cropper, None, tick, voice, listener=listen)
+        out = self._pass(reader, audio, speech, self.cropper, None, tick, voice, listener=listen,
+                         speech_prob=speech_prob)
         n = len(reader)
         at = np.array(sorted(chosen), dtype=np.int64)
         got = np.stack([chosen[i] for i in at]) if len(at) else np.zeros((0, 4))
@@ -370,7 +376,7 @@ class Predictor:
 
     def _pass(self, reader: Any, audio: Optional[np.ndarray], audio_frames: Optional[np.ndarray], cropper: Any,
               corners: Optional[np.ndarray], progress: Optional[Callable[[int], None]],
-              voice: Any = None, listener: Any = None) -> VideoOutputs:
+              voice: Any = None, listener: Any = None, speech_prob: Optional[np.ndarray] = None) -> VideoOutputs:
         """The model over the whole video, reading the face that ``corners`` (a track) locate;
         ``voice``: the voice expert's values over the track (models of experts); ``listener``
         sees every frame's detections (the face tracker of the one pass)."""
@@ -385,7 +391,7 @@ class Predictor:
             return combine_experts(face, voice, np.asarray(reader.timestamps, dtype=np.float64), self.model.experts_mix)
         return predict_temporal(self.model, self.runner, reader, cropper, self.transform, self.clip_len, audio,
                                 self.serving.sample_rate, landmarks=corners, chunk=self.chunk, progress=progress,
-                                audio_frames=audio_frames, hop=self._hop, listener=listener)
+                                audio_frames=audio_frames, hop=self._hop, listener=listener, speech=speech_prob)
 
     def _voice(self, audio: Optional[np.ndarray], speech: Optional[np.ndarray], times: np.ndarray) -> Any:
         """The voice expert over the whole track (None without audio)."""
@@ -399,11 +405,17 @@ class Predictor:
     def _hop(self) -> int:
         return int(self.serving.hop or max(1, self.clip_len // 2))
 
-    def _speech(self, audio: Optional[np.ndarray], times: np.ndarray, where: str) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
-        """Frames with speech (None: not looked for) and the audio the model gets (None: masked)."""
+    def _speech(self, audio: Optional[np.ndarray], times: np.ndarray, where: str,
+                fps: Optional[float] = None) -> tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]]:
+        """Frames with speech (None: not looked for), the audio the model gets (None: masked) and the
+        frames' speech probabilities (None: not looked for): the model's speech rule on Silero's
+        per-frame probabilities, as ``avfusion cache`` stores them for training."""
         if self.speech_detector is None or audio is None:
-            return None, audio
-        speech = _frame_speech(self.speech_detector.segments(audio, self.serving.sample_rate), times)
+            return None, audio, None
+        from ..data.speech import speech_frames
+
+        probs = self.speech_detector.frame_probabilities(audio, times, self.serving.sample_rate, fps or None)
+        speech = speech_frames(probs, fps or 25.0, self.speech_rule)
         if not speech.any():
             if self.model.use_video:
                 warnings.warn(f"{where}: no speech in the audio track; predicting from the face alone (audio masked)",
@@ -411,11 +423,11 @@ class Predictor:
             else:
                 warnings.warn(f"{where}: no speech in the audio track; the audio-only model ({self.name}) has "
                               "nothing to read (no valid frame)", RuntimeWarning, stacklevel=4)
-            return speech, None
-        return speech, audio
+            return speech, None, probs
+        return speech, audio, probs
 
     def _frame_table(self, out: VideoOutputs, track: Any, heard: np.ndarray, speech: Optional[np.ndarray],
-                     video: str) -> pd.DataFrame:
+                     video: str, speech_prob: Optional[np.ndarray] = None) -> pd.DataFrame:
         """One pass's rows, one per frame (see :data:`COLUMNS`)."""
         from ..metrics import moving_average
 
@@ -452,6 +464,8 @@ class Predictor:
             "face_x": boxes[:, 0], "face_y": boxes[:, 1], "face_w": boxes[:, 2], "face_h": boxes[:, 3],
             "face_score": scores,
             "speech": pd.array(speech, dtype="boolean") if speech is not None else pd.array([pd.NA] * n, dtype="boolean"),
+            "speech_prob": (np.asarray(speech_prob, dtype=np.float64) if speech_prob is not None
+                            else np.full(n, np.nan)),
             "valid": valid,
             "valence": va[:, 0],
             "arousal": va[:, 1],
@@ -476,7 +490,7 @@ class Predictor:
         times = np.asarray(reader.timestamps, dtype=np.float64)
         ends = np.asarray(reader.frame_end_times, dtype=np.float64)
         fps = float(getattr(reader, "fps", 0) or 0.0)
-        speech, audio = self._speech(audio, times, where)
+        speech, audio, speech_prob = self._speech(audio, times, where, fps)
         if audio is None:
             heard = np.zeros(n, dtype=bool)
         elif speech is not None:
@@ -500,11 +514,11 @@ class Predictor:
             # face is the main track on every frame (one person in view, the usual case) the pass
             # is the answer; otherwise the main track is read once more from its boxes (no second
             # detection).
-            out, tracks, agrees = self._one_pass(reader, audio, speech, tick, voice)
+            out, tracks, agrees = self._one_pass(reader, audio, speech, tick, voice, speech_prob)
             main = main_track(tracks)
             if agrees(main):
                 passes.append((main, None, None))
-                tables.append(self._frame_table(out, main, heard, speech, video))
+                tables.append(self._frame_table(out, main, heard, speech, video, speech_prob))
             else:
                 passes.append((main, self.cropper.with_detector(TrackBoxDetector()),
                                main.corners(n) if main is not None else np.full((n, 2, 2), np.nan)))
@@ -522,8 +536,8 @@ class Predictor:
                 bar.total = n * (1 + len(passes))
                 bar.refresh()
         for t, cropper, corners in passes[len(tables):]:
-            out = self._pass(reader, audio, speech, cropper, corners, tick, voice)
-            tables.append(self._frame_table(out, t, heard, speech, video))
+            out = self._pass(reader, audio, speech, cropper, corners, tick, voice, speech_prob=speech_prob)
+            tables.append(self._frame_table(out, t, heard, speech, video, speech_prob))
         main_table = tables[0]
 
         long_enough = max(3, int(math.ceil(MIN_TRACK_SECONDS * (fps or 25.0) / self.stride)))
@@ -698,12 +712,6 @@ def _serving(model: nn.Module, name: str, clip_len: Optional[int], margin: Optio
     if spec.hop is not None and spec.hop > spec.clip_len:
         spec = dataclasses.replace(spec, hop=None)
     return spec
-
-
-def _frame_speech(segments: np.ndarray, times: np.ndarray) -> np.ndarray:
-    from ..data.speech import frame_speech
-
-    return frame_speech(segments, times)
 
 
 def _fill_between(values: np.ndarray, where: np.ndarray) -> None:

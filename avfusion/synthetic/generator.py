@@ -13,6 +13,11 @@ What carries the labels (and what is deliberately noise):
 - nuisance per actor: skin, hair and shirt colours, face size, speaker pitch, formant scale, tilt
   and level; per clip: background, position, lighting, resting mouth shape, background noise.
 
+With ``hard=True`` (``avfusion synth --hard``) part of the clips meet the conditions of real footage
+(:data:`HARD`): a hand or a microphone over the mouth for stretches, pauses in the speech over a
+louder room, no audio track at all; the brows follow valence more weakly. ``metadata.json`` records
+per clip what was done (``hard``: ``occluded`` and ``speaking`` frame runs, ``has_audio``).
+
 Everything is drawn with OpenCV on numpy and written as real files (H.264 + AAC mp4 via PyAV, PNG,
 JPEG, json, csv, txt). The layouts are those of docs/FORMATS.md:
 
@@ -86,6 +91,10 @@ class SyntheticConfig:
     val_fraction: float = 0.25
     # Worker processes (clips are independent); 1 = in process.
     workers: int = 1
+    # The hard conditions of real footage (see HARD below): the lower face covered for stretches in
+    # part of the clips, pauses in the speech over a louder room, some clips without an audio track,
+    # weaker brow cue. Labels are drawn exactly as without it.
+    hard: bool = False
 
 
 @dataclass
@@ -100,6 +109,17 @@ class Actor:
     formant_scale: float  # vocal-tract length: scales all formants
     tilt: float  # speaker's spectral tilt offset
     gain_db: float
+
+
+# What ``hard=True`` changes. Occlusion: every other clip has 1-2 stretches (each 15-30 % of the clip)
+# in which a hand or a microphone covers the mouth and the chin. Pauses: the voice is silent for about
+# a third of the time (stretches of 0.4-1.2 s) while the room noise goes on, 10-16 dB louder than in
+# the normal data. No audio: clips with index % 6 == 3 (one in six, never a two-face video) have no
+# audio track. Weaker cues: the brows follow valence at 40 % of the normal tilt, so that with the
+# mouth covered the face says little about valence; the eyes open with arousal as in the normal data.
+HARD = {"occluded_every": 2, "occlusions": (1, 2), "occlusion_len": (0.15, 0.30), "pause_fraction": 1 / 3,
+        "pause_len": (0.4, 1.2), "noise_db": (-40.0, -24.0), "no_audio_every": 6, "no_audio_at": 3,
+        "brow_scale": 0.4}
 
 
 def parse_fps(value: Union[str, float, Fraction]) -> Optional[Fraction]:
@@ -181,6 +201,7 @@ def face_landmarks(
     mouth_open: float,
     eye_open: float,
     rest_curve: float = 0.0,
+    brow_scale: float = 1.0,
 ) -> np.ndarray:
     """68 landmarks ``(68, 2)`` of the drawn face in face units (half-width 1, centre 0, y down).
 
@@ -194,7 +215,7 @@ def face_landmarks(
     # Brows 17-21 (image left, outer -> inner) and 22-26 (inner -> outer). Valence tilts them
     # (inner ends down when negative: a frown); arousal raises them a little.
     raise_ = -0.02 * arousal
-    tilt = -0.14 * valence
+    tilt = -0.14 * brow_scale * valence
     xs = np.linspace(-0.78, -0.18, 5)
     u = (xs - xs[0]) / (xs[-1] - xs[0])  # 0 outer .. 1 inner
     arch = -0.05 * np.sin(np.pi * u)
@@ -438,9 +459,10 @@ def synth_voice(
 
 
 def _write_mp4(
-    path: Path, frames_bgr: list[np.ndarray], fps: Fraction, audio: np.ndarray, sample_rate: int
+    path: Path, frames_bgr: list[np.ndarray], fps: Fraction, audio: Optional[np.ndarray], sample_rate: int
 ) -> None:
-    """H.264 (yuv420p) + AAC mp4 with PyAV; frame ``k`` at ``k / fps`` exactly."""
+    """H.264 (yuv420p) + AAC mp4 with PyAV (no audio track for ``audio=None``); frame ``k`` at
+    ``k / fps`` exactly."""
     import av
 
     h, w = frames_bgr[0].shape[:2]
@@ -452,16 +474,19 @@ def _write_mp4(
         # x264's macroblock-tree rate control made run-to-run differences on small frames (64-96 px)
         # here; without it the same frames always give the same bytes.
         vs.options = {"preset": "veryfast", "crf": "18", "x264-params": "mbtree=0"}
-        ast = container.add_stream("aac", rate=sample_rate)
-        ast.layout = "mono"
-        ast.codec_context.bit_rate = 64000
+        ast = None
+        if audio is not None:
+            ast = container.add_stream("aac", rate=sample_rate)
+            ast.layout = "mono"
+            ast.codec_context.bit_rate = 64000
         for i, img in enumerate(frames_bgr):
             mux_video_frame(container, vs, img, i)
         for packet in vs.encode():
             container.mux(packet)
-        mux_audio(container, ast, audio, sample_rate)
-        for packet in ast.encode():
-            container.mux(packet)
+        if ast is not None:
+            mux_audio(container, ast, audio, sample_rate)
+            for packet in ast.encode():
+                container.mux(packet)
 
 
 def mux_video_frame(container: Any, stream: Any, img_bgr: np.ndarray, pts: int) -> None:
@@ -514,6 +539,67 @@ class _Person:
     params: dict = field(default_factory=dict)
 
 
+def hard_conditions(seed: int, index: int, n_frames: int, fps: Fraction, audio_rate: int,
+                    two_faces: bool = False) -> dict:
+    """The hard conditions of clip ``index`` (:data:`HARD`), drawn from ``SeedSequence([seed, index,
+    2])`` so that the labels, faces and voices are those of the normal data.
+
+    Returns ``occluded (T,)`` bool, ``occluder`` ``(T,)`` int (0 none, 1 a hand, 2 a microphone),
+    ``active (S,)`` in [0, 1] (the voice's on/off envelope, 20 ms ramps), ``has_audio`` and the
+    room noise level ``noise_db``.
+    """
+    rng = _rng(seed, index, 2)
+    T = n_frames
+    n_samples = int(round(Fraction(n_frames) / fps * audio_rate))
+    occluded = np.zeros(T, bool)
+    occluder = np.zeros(T, np.int64)
+    if index % HARD["occluded_every"] == 0 and T >= 8:
+        for _ in range(int(rng.integers(HARD["occlusions"][0], HARD["occlusions"][1] + 1))):
+            length = max(2, int(round(rng.uniform(*HARD["occlusion_len"]) * T)))
+            start = int(rng.integers(0, max(1, T - length)))
+            occluded[start : start + length] = True
+            occluder[start : start + length] = int(rng.integers(1, 3))
+    active = np.ones(n_samples)
+    dur = n_samples / float(audio_rate)
+    target = HARD["pause_fraction"] * dur
+    for _ in range(64):
+        if float((active < 0.5).sum()) / audio_rate >= target:
+            break
+        length = rng.uniform(*HARD["pause_len"])
+        start = rng.uniform(-0.2, dur - 0.2)
+        a, b = int(max(0.0, start) * audio_rate), int(min(dur, start + length) * audio_rate)
+        active[a:b] = 0.0
+    ramp = max(1, int(0.02 * audio_rate))
+    active = np.convolve(np.pad(active, ramp, mode="edge"), np.ones(2 * ramp + 1) / (2 * ramp + 1), "same")[ramp:-ramp]
+    has_audio = two_faces or index % HARD["no_audio_every"] != HARD["no_audio_at"]
+    return {"occluded": occluded, "occluder": occluder, "active": np.clip(active, 0.0, 1.0),
+            "has_audio": bool(has_audio), "noise_db": float(rng.uniform(*HARD["noise_db"]))}
+
+
+def draw_occluder(img: np.ndarray, kind: int, actor: Actor, centre: tuple[float, float], radius: float,
+                  roll: float, light: float) -> None:
+    """Cover the mouth and chin of the face at ``centre`` (in place): 1 a hand, 2 a microphone."""
+    import cv2
+
+    aa = cv2.LINE_AA
+    deg = math.degrees(roll)
+    if kind == 1:  # a hand in front of the mouth: a palm and four finger creases, a little darker
+        palm = place(np.array([[0.05, 0.78]]), centre, radius, roll)[0]
+        cv2.ellipse(img, _pt(palm), _axes(0.85 * radius, 0.6 * radius), deg, 0, 360,
+                    _bgr(actor.skin, 0.88 * light), -1, aa, _SHIFT)
+        for y in (0.52, 0.68, 0.84, 1.0):
+            line = place(np.array([[-0.7, y], [0.75, y + 0.03]]), centre, radius, roll)
+            cv2.polylines(img, [_fx(line)], False, _bgr(actor.skin, 0.62 * light), 1, aa, _SHIFT)
+    else:  # a hand-held microphone: the handle from below, a grille over the mouth
+        handle = place(np.array([[-0.13, 0.8], [0.13, 0.8], [0.16, 3.0], [-0.16, 3.0]]), centre, radius, roll)
+        cv2.fillPoly(img, [_fx(handle)], (35, 35, 38), aa, _SHIFT)
+        head = place(np.array([[0.0, 0.62]]), centre, radius, roll)[0]
+        cv2.circle(img, _pt(head), _axes(0.46 * radius, 0)[0], (90, 92, 96), -1, aa, _SHIFT)
+        for y in (0.42, 0.56, 0.70, 0.84):
+            line = place(np.array([[-0.4, y], [0.4, y]]), centre, radius, roll)
+            cv2.polylines(img, [_fx(line)], False, (55, 55, 60), 1, aa, _SHIFT)
+
+
 def render_clip(
     index: int,
     seed: int,
@@ -522,8 +608,10 @@ def render_clip(
     fps: Fraction,
     size: int,
     audio_rate: int,
+    hard: Optional[dict] = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
-    """Draw one video (one face, or two side by side).
+    """Draw one video (one face, or two side by side), under the conditions ``hard`` of
+    :func:`hard_conditions` if given.
 
     Returns BGR frames (each ``(H, W, 3)`` uint8), per person landmarks ``(T, 68, 2)`` in pixels,
     and the audio ``(S,)`` float64, ``S = round(T / fps * audio_rate)``.
@@ -544,6 +632,8 @@ def render_clip(
         actives = [turn, 1 - turn]
     else:
         actives = [None]
+    if hard is not None:  # pauses in the speech: every voice stops with them
+        actives = [hard["active"] if a is None else a * hard["active"] for a in actives]
     for person, act in zip(persons, actives):
         sig, env = synth_voice(
             rng, person.actor, person.valence, person.arousal, float(fps), audio_rate, n_samples, act
@@ -551,6 +641,8 @@ def render_clip(
         audio += sig
         envs.append(np.interp(t_frames, t_audio, env))
     noise_db = rng.uniform(-50, -34)
+    if hard is not None:
+        noise_db = hard["noise_db"]
     audio += rng.normal(0, 10 ** (noise_db / 20), n_samples)
     audio /= max(1.0, float(np.max(np.abs(audio))) / 0.9)  # limit peaks; keep loudness differences
 
@@ -585,9 +677,12 @@ def render_clip(
         img = background.copy()
         for k, person in enumerate(persons):
             r, xs, ys, roll, eye, mouth, rest = poses[k]
-            local = face_landmarks(person.valence[i], person.arousal[i], mouth[i], eye[i], rest)
+            local = face_landmarks(person.valence[i], person.arousal[i], mouth[i], eye[i], rest,
+                                   HARD["brow_scale"] if hard is not None else 1.0)
             lm = place(local, (xs[i], ys[i]), r, roll[i])
             draw_face(img, lm, person.actor, (xs[i], ys[i]), r, roll[i], light)
+            if hard is not None and hard["occluded"][i]:
+                draw_occluder(img, int(hard["occluder"][i]), person.actor, (xs[i], ys[i]), r, roll[i], light)
             landmarks[k][i] = lm
         frames.append(img)
     return frames, landmarks, audio
@@ -618,9 +713,19 @@ def _write_clip(
     """Render one video and write it with its clip(s) in every layout; returns metadata records."""
     import cv2
 
-    frames, landmarks, audio = render_clip(index, cfg.seed, persons, cfg.frames, fps, cfg.size, cfg.audio_rate)
+    hard = (hard_conditions(cfg.seed, index, cfg.frames, fps, cfg.audio_rate, len(persons) > 1)
+            if cfg.hard else None)
+    frames, landmarks, audio = render_clip(index, cfg.seed, persons, cfg.frames, fps, cfg.size, cfg.audio_rate, hard)
     video_rel = Path("videos") / f"{video_stem}.mp4"
-    _write_mp4(out / video_rel, frames, fps, audio, cfg.audio_rate)
+    has_audio = hard is None or hard["has_audio"]
+    _write_mp4(out / video_rel, frames, fps, audio if has_audio else None, cfg.audio_rate)
+    conditions = {}
+    if hard is not None:  # what the hard conditions did to this clip, per frame
+        t_audio = np.arange(len(audio)) / float(cfg.audio_rate)
+        t_frames = np.arange(cfg.frames) / float(fps)
+        voiced = np.interp(t_frames, t_audio, hard["active"]) >= 0.5 if has_audio else np.zeros(cfg.frames, bool)
+        conditions = {"has_audio": has_audio, "noise_db": round(hard["noise_db"], 2),
+                      "occluded": _runs(hard["occluded"]), "speaking": _runs(voiced)}
     records = []
     ann_set = AFFWILD_SETS[1] if val_set else AFFWILD_SETS[0]
     for person, lms, number in zip(persons, landmarks, numbers):
@@ -697,8 +802,16 @@ def _write_clip(
                 "valence": [float(x) / 10 for x in vi],
                 "arousal": [float(x) / 10 for x in ai],
             }
+            | ({"hard": conditions} if conditions else {})
         )
     return records
+
+
+def _runs(mask: np.ndarray) -> list[list[int]]:
+    """``[start, end)`` frame runs where ``mask`` is True."""
+    m = np.concatenate([[False], np.asarray(mask, bool), [False]])
+    edges = np.flatnonzero(m[1:] != m[:-1])
+    return [[int(a), int(b)] for a, b in zip(edges[::2], edges[1::2])]
 
 
 def _job(args: tuple) -> list[dict]:

@@ -41,7 +41,7 @@ from ..caching import use_feature_cache
 from ..data.build import Datasets, build_datasets, serving_for
 from ..files import write_text_atomic
 from ..evaluation import predict_loader, split_metrics
-from ..fusion import fit_mix
+from ..fusion import fit_mix, fit_mix_decay
 from ..model import AVModel
 from ..runlock import (OWNER_NAME, RunFolderError, changes_text, check_output_folder, identity_changes, read_owner,
                        run_lock, write_owner)
@@ -167,9 +167,10 @@ def loss_weights(model: nn.Module) -> tuple[float, float]:
     return 1.0, float(fusion.cfg.aux_weight)
 
 
-def fit_head_mix(model: nn.Module, videos: dict[str, Any]) -> Optional[list[list[float]]]:
+def fit_head_mix(model: nn.Module, videos: dict[str, Any]) -> Any:
     """Fit a gated fusion's per-dimension head weights on stitched validation predictions (each
-    scored frame's heads and target); None when the model has no such weights."""
+    scored frame's heads and target); None when the model has no such weights. With
+    ``fusion.reliability`` the decays too: ``{"weights", "decay"}``; else the weights."""
     fusion = getattr(getattr(model, "module", model), "fusion", None)
     if fusion is None or not getattr(fusion, "fitted_mix", False):
         return None
@@ -179,6 +180,12 @@ def fit_head_mix(model: nn.Module, videos: dict[str, Any]) -> Optional[list[list
     heads = np.concatenate([v.heads[v.scored] for v in scored])
     present = np.concatenate([v.heads_present[v.scored] for v in scored])
     target = np.concatenate([v.target[v.scored] for v in scored])
+    if hasattr(fusion, "decay") and all(v.heads_gap is not None for v in scored):
+        # Per-frame reliability: the weights and how long each head stays trusted in a gap.
+        gap = np.concatenate([v.heads_gap[v.scored] for v in scored])
+        w, decay = fit_mix_decay(heads, gap, target)
+        fusion.set_mix(torch.from_numpy(w), torch.from_numpy(decay))
+        return {"weights": fusion.mix.tolist(), "decay": fusion.decay.tolist()}
     w = fit_mix(heads, present, target)
     fusion.set_mix(torch.from_numpy(w))
     return fusion.mix.tolist()
@@ -439,8 +446,12 @@ def fit(accelerator: Any, cfg: ExperimentConfig, resume: Optional[str] = None,
             mix = fit_head_mix(model, res.videos)
             if mix is not None:  # the heads' weights fitted on this split: its metrics with them
                 res = evaluate(accelerator, model, eval_dl, loss_fn, overlap, val_frames)
-                row.update({"mix_valence": json.dumps([round(w, 2) for w in mix[0]]),
-                            "mix_arousal": json.dumps([round(w, 2) for w in mix[1]])})
+                weights = mix["weights"] if isinstance(mix, dict) else mix
+                row.update({"mix_valence": json.dumps([round(w, 2) for w in weights[0]]),
+                            "mix_arousal": json.dumps([round(w, 2) for w in weights[1]])})
+                if isinstance(mix, dict):
+                    row.update({"decay_valence": json.dumps([round(w, 1) for w in mix["decay"][0]]),
+                                "decay_arousal": json.dumps([round(w, 1) for w in mix["decay"][1]])})
             row.update({f"val_{k}": v for k, v in res.metrics.items()})
             final_eval = res.metrics
             score = res.metrics[SELECT_METRIC]
