@@ -714,6 +714,7 @@ def write_feature_cache(root: Path, lengths: list[int] | np.ndarray, video_dim: 
 
         f = VideoFeatures(video_id=vid, timestamps=np.arange(n) / 25.0, face_mask=np.ones(n, dtype=bool), fps=25.0,
                           video=feats(video_dim), audio=feats(audio_dim), audio_valid=bool(audio_dim),
+                          speech=np.ones(n, dtype=np.float32) if audio_dim else None,  # speech throughout
                           labels=rng.uniform(-1, 1, (n, 2)).astype(np.float32), label_mask=np.ones(n, dtype=bool),
                           meta={"actor": f"actor{i // 4}", "group": vid, "dataset": "bench"})
         save_video_features(root / video_filename(vid), f)

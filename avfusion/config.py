@@ -174,6 +174,16 @@ COLOURS = ("rgb", "hsv")
 SPEECH_MODES = ("vad", "off")
 
 
+def speech_mode(value: Any) -> str:
+    """``"vad"`` or ``"off"`` from a config value (YAML reads a bare ``off`` as false, ``on`` as true)."""
+    text = str(value).strip().lower()
+    if text in ("vad", "on", "true", "yes", "1"):
+        return "vad"
+    if text in ("off", "false", "no", "0", "none"):
+        return "off"
+    raise ValueError(f"speech must be one of {', '.join(SPEECH_MODES)}, got {value!r}")
+
+
 
 def check_serving(s: ServingSpec) -> list[str]:
     """Problems of a serving spec, as phrases naming the field."""
@@ -199,7 +209,9 @@ def check_serving(s: ServingSpec) -> list[str]:
     if not isinstance(s.audio_window, (int, float)) or not isinstance(s.audio_hop, (int, float)) \
             or not 0 < s.audio_hop <= s.audio_window:
         problems.append(f"serving.audio_hop must be in (0, audio_window], got {s.audio_hop!r} and {s.audio_window!r}")
-    if s.speech not in SPEECH_MODES:
+    try:
+        speech_mode(s.speech)
+    except ValueError:
         problems.append(f"serving.speech must be one of {SPEECH_MODES}, got {s.speech!r}")
     if not isinstance(s.speech_threshold, (int, float)) or not 0 < s.speech_threshold < 1:
         problems.append(f"serving.speech_threshold must be in (0, 1), got {s.speech_threshold!r}")

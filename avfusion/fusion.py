@@ -222,10 +222,12 @@ class FusionModel(nn.Module):
                     decay = getattr(self, "decay", None)
                     trust = (reliability(gap, decay) if decay is not None
                              else (gap == 0).unsqueeze(2).expand(B, T, 2, len(sources))).to(joint.dtype)
-                    weights = self.mix.to(joint.dtype) * trust  # renormalised over the sources trusted
+                    mix = self.mix.to(joint.dtype)
+                    weights = mix * trust  # renormalised over the sources trusted
                     total = weights.sum(dim=-1, keepdim=True)
-                    even = ok / ok.sum(dim=-1, keepdim=True)
-                    weights = torch.where(total > 0, weights / total.clamp(min=1e-12), even)
+                    # No source trusted at a frame (both senses missing there): every head still has
+                    # a value from its context in the window; the fitted mix of all of them.
+                    weights = torch.where(total > 0, weights / total.clamp(min=1e-12), mix.expand_as(weights))
                 heads = torch.stack(sources, dim=-1)  # (B, T, 2, S)
                 va = (weights * heads).sum(dim=-1)
                 out["gate"] = weights.detach()
@@ -295,10 +297,7 @@ def mix_weights_numpy(mix: np.ndarray, gap: np.ndarray, decay: np.ndarray) -> np
         trust = np.where(g == 0, 1.0, np.where(decay[None] > 0, np.exp(-g / np.maximum(decay[None], 1e-6)), 0.0))
     w = mix[None] * trust
     tot = w.sum(-1, keepdims=True)
-    present = (gap == 0)[:, None, :].astype(np.float64)
-    present = np.where(present.sum(-1, keepdims=True) > 0, present, 1.0)
-    even = present / present.sum(-1, keepdims=True)
-    return np.where(tot > 0, w / np.maximum(tot, 1e-12), even)
+    return np.where(tot > 0, w / np.maximum(tot, 1e-12), np.broadcast_to(mix[None], w.shape))
 
 
 # Decays (frames) the validation fit tries per dimension and source: 0 (only where present) to 2 s at 25 fps.
@@ -355,16 +354,14 @@ def _fit_dim(heads: np.ndarray, gap: np.ndarray, target: np.ndarray, decay: np.n
     g = gap[:, None, :]
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         trust = np.where(g == 0, 1.0, np.where(decay[None] > 0, np.exp(-g / np.maximum(decay[None], 1e-6)), 0.0))[:, d, :]
-    present = (gap == 0).astype(np.float64)
-    present = np.where(present.sum(-1, keepdims=True) > 0, present, 1.0)
-    even = present / present.sum(-1, keepdims=True)
     h = np.nan_to_num(heads[:, d, :].astype(np.float64))
     y = target[:, d].astype(np.float64)
     best, best_w = -np.inf, grid[0]
     for chunk in np.array_split(grid, max(1, len(grid) // 32)):
         w = chunk[:, None, :] * trust[None]
         tot = w.sum(-1)
-        w = np.where(tot[..., None] > 0, w / np.maximum(tot, 1e-12)[..., None], even[None])
+        w = np.where(tot[..., None] > 0, w / np.maximum(tot, 1e-12)[..., None],
+                     np.broadcast_to(chunk[:, None, :], w.shape))
         pred = (w * h[None]).sum(-1)
         mp, my = pred.mean(1), y.mean()
         cov = ((pred - mp[:, None]) * (y - my)[None]).mean(1)
@@ -380,7 +377,7 @@ def fit_mix(heads: np.ndarray, present: np.ndarray, target: np.ndarray, step: fl
 
     heads ``(N, 2, S)`` each head's prediction, present ``(N, S)`` bool, target ``(N, 2)``: the scored
     frames of the validation split. Weights on a grid of ``step`` over the simplex, renormalised per
-    frame over the heads present there, as the model mixes them. Returns ``(2, S)``; ties keep the
+    frame over the heads present there (all of them where none is), as the model mixes them. Returns ``(2, S)``; ties keep the
     earlier (smaller joint-head) grid point.
     """
     S = heads.shape[-1]
@@ -395,8 +392,9 @@ def fit_mix(heads: np.ndarray, present: np.ndarray, target: np.ndarray, step: fl
         for chunk in np.array_split(grid, max(1, len(grid) // 32)):
             w = chunk[:, None, :] * p[None]  # (G, N, S)
             tot = w.sum(-1)
-            even = p / np.maximum(p.sum(-1, keepdims=True), 1)
-            w = np.where(tot[..., None] > 0, w / np.maximum(tot, 1e-12)[..., None], even[None])
+            # A frame with no head present takes the mix of all of them (as the model does).
+            w = np.where(tot[..., None] > 0, w / np.maximum(tot, 1e-12)[..., None],
+                         np.broadcast_to(chunk[:, None, :], w.shape))
             pred = (w * h[None]).sum(-1)  # (G, N)
             mp, my = pred.mean(1), y.mean()
             vp, vy = pred.var(1), y.var()

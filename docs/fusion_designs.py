@@ -32,6 +32,10 @@ VARIANTS = {
     "gated_gru": ("gated, bidirectional GRU, head weights fitted on validation (the tiny model)", []),
     "gated_lstm": ("gated, bidirectional LSTM, head weights fitted on validation",
                    ["model_overrides.fusion.temporal=lstm"]),
+    "gated_gru_reliability": ("gated, bidirectional GRU, head weights and per-frame reliability fitted on validation",
+                              ["model_overrides.fusion.reliability=true"]),
+    "gated_gru_reliability_fd": ("gated, bidirectional GRU, per-frame reliability, frame-level modality dropout 0.3",
+                                 ["model_overrides.fusion.reliability=true", "model_overrides.fusion.frame_dropout=0.3"]),
 }
 
 

@@ -550,10 +550,13 @@ def test_reader_used_after_fork_reopens_in_the_child(tmp_path):
     parent = v.get_batch([0, 1])
     pid = os.fork()
     if pid == 0:  # child: exit code 0 only if the frames decode and match the parent's view
-        try:
-            ok = np.array_equal(v.get_batch([0, 1]), parent)
+        code = 2  # whatever happens here, the child leaves through os._exit: it must never return
+        try:      # into the test runner it was forked from (under pytest-xdist it shares its pipes)
+            code = 0 if np.array_equal(v.get_batch([0, 1]), parent) else 1
+        except BaseException:
+            code = 3
         finally:
-            os._exit(0 if ok else 1)
+            os._exit(code)
     deadline = time.time() + 30
     while time.time() < deadline:
         done, status = os.waitpid(pid, os.WNOHANG)

@@ -130,3 +130,63 @@ def test_single_sense_models_and_bad_options():
         model_of(design="late")
     with pytest.raises(ValueError, match="even"):
         model_of(temporal="gru", d_model=15, n_heads=1)
+
+
+def test_gaps_to_each_sense_and_the_trust_they_give():
+    from avfusion.fusion import reliability, source_gaps
+
+    pad = torch.tensor([[True] * 8 + [False] * 2])
+    seen = torch.tensor([[True, True, False, False, False, True, True, True, True, True]])
+    never = torch.zeros(1, 10, dtype=torch.bool)
+    gap = source_gaps([seen, never], pad)
+    assert gap[0, :, 0].tolist()[:8] == [0, 0, 1, 2, 1, 0, 0, 0]  # to the nearest frame it is seen
+    assert torch.isinf(gap[0, :, 1]).all()  # nowhere in the window
+    trust = reliability(gap, torch.tensor([[0.0, 4.0], [2.0, 4.0]]))  # (B, T, 2 dims, S)
+    assert trust[0, 3, 0, 0] == 0 and trust[0, 0, 0, 0] == 1  # decay 0: only where present
+    assert trust[0, 3, 1, 0] == pytest.approx(np.exp(-2 / 2.0))
+    assert (trust[0, :, :, 1] == 0).all()
+
+
+def test_fitted_decay_lets_a_head_cover_the_gaps_of_its_sense_when_it_knows_them():
+    """Two heads that each know arousal about as well, one of them also through its sense's pauses
+    (its context: a recurrent audio branch across a pause): averaging them is best, in the pauses
+    too, which only a decay allows; without one the mix drops the voice head there."""
+    from avfusion.fusion import fit_mix_decay, mix_weights_numpy
+
+    rng = np.random.default_rng(0)
+    N = 3000
+    y = rng.uniform(-1, 1, (N, 2))
+    gap = np.zeros((N, 3))
+    gap[:, 1] = np.where(rng.random(N) < 0.4, rng.integers(1, 6, N), 0)  # the voice pauses
+    gap[:, 2] = np.maximum(gap[:, 0], gap[:, 1])
+    heads = y[:, :, None] + 0.4 * rng.normal(0, 1, (N, 2, 3))  # independent errors
+    heads[:, :, 2] = rng.normal(0, 1, (N, 2))  # a joint head that knows nothing
+    w, decay = fit_mix_decay(heads, gap, y)
+    assert decay[1, 1] > 0 and w[1, 2] <= 0.1
+    pauses = gap[:, 1] > 0
+    assert mix_weights_numpy(w, gap, decay)[pauses, 1, 1].mean() > 0.3  # the voice head heard in its pauses
+    assert mix_weights_numpy(w, gap, np.zeros((2, 3)))[pauses, 1, 1].max() == 0  # not without a decay
+    model = model_of(design="gated", reliability=True).eval()
+    model.fusion.set_mix(torch.from_numpy(w), torch.from_numpy(decay))
+    assert "fusion.decay" in model.state_dict()
+    with pytest.raises(ValueError, match="decays"):
+        model.fusion.set_mix(torch.from_numpy(w), torch.full((2, 3), -1.0))
+
+
+def test_frame_dropout_hides_one_sense_over_a_stretch_never_both():
+    from avfusion.fusion import frame_dropout
+
+    B, T = 64, 20
+    avail = {"video": torch.ones(B, T, dtype=torch.bool), "audio": torch.ones(B, T, dtype=torch.bool)}
+    avail["audio"][:8, 5:10] = False  # a real pause: the face is never hidden there
+    out = frame_dropout(avail, 1.0, torch.Generator().manual_seed(0))
+    assert (out["video"] | out["audio"]).all()  # at every frame one sense stays
+    assert out["video"][:8, 5:10].all()
+    lost = {m: avail[m] & ~out[m] for m in avail}
+    n_lost = lost["video"].sum(1) + lost["audio"].sum(1)
+    assert (n_lost > 0).all() and not (lost["video"].any(1) & lost["audio"].any(1)).any()  # one sense per clip
+    for b in range(8, B):  # a single run of 20-50 % of the window
+        m = lost["video"][b] | lost["audio"][b]
+        idx = torch.nonzero(m).squeeze(1)
+        assert 4 <= len(idx) <= 10 and int(idx[-1] - idx[0]) + 1 == len(idx)
+    assert frame_dropout(avail, 0.0) is avail

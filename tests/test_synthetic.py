@@ -306,3 +306,49 @@ def test_the_three_loaders_read_back_the_same_labels(dataset: tuple[Path, dict])
             np.testing.assert_array_equal(r.label_mask, ~gap)
             np.testing.assert_allclose(r.labels[~gap], truth[~gap], atol=1e-6)
         assert w.fps == pytest.approx(c["fps"]) and m.fps == pytest.approx(c["fps"])
+
+
+def test_hard_variant_covers_mouths_pauses_voices_and_drops_a_track(tmp_path: Path) -> None:
+    """``synth --hard``: the same labels as the normal data; a hand or a microphone over the mouth in
+    the occluded stretches; the voice silent in its pauses while the room noise goes on; clip
+    index 3 written without an audio track."""
+    argv = ["--clips", "4", "--frames", "60", "--size", "64", "--no-pair", "--no-gaps", "--clips-per-actor", "1"]
+    normal = _cli().main(argv + ["--out", str(tmp_path / "normal")])
+    hard = _cli().main(argv + ["--out", str(tmp_path / "hard"), "--hard"])
+    assert "hard" not in normal["clips"][0]
+    for a, b in zip(normal["clips"], hard["clips"]):
+        assert a["valence"] == b["valence"] and a["arousal"] == b["arousal"]  # labels as without --hard
+    by_id = {c["id"]: c for c in hard["clips"]}
+    assert not by_id["004"]["hard"]["has_audio"] and by_id["004"]["hard"]["speaking"] == []
+    with av.open(str(tmp_path / "hard" / by_id["004"]["video"])) as c:
+        assert not c.streams.audio
+    occluded = [c for c in hard["clips"] if c["hard"]["occluded"]]
+    assert occluded and all(c["hard"]["occluded"] == [] for c in hard["clips"] if c not in occluded)
+    for clip in occluded:
+        (start, end), frames = clip["hard"]["occluded"][0], VideoFile(tmp_path / "hard" / clip["video"])
+        lms = json.loads((tmp_path / "hard" / clip["afew_dir"] / f"{clip['id']}.json").read_text())["frames"]
+        for k, covered in ((start, True), (end if end < 60 else start - 1, False)):
+            if k < 0:
+                continue
+            img = frames.get_batch([k])[0]  # RGB
+            x, y = np.rint(np.mean(lms[f"{k:05d}"]["landmarks"][48:68], axis=0)).astype(int)
+            patch = img[y - 2 : y + 3, x - 3 : x + 4].astype(int)
+            red = int((patch[..., 0] - (patch[..., 1] + patch[..., 2]) // 2).max())
+            assert (red < 70) == covered, (clip["id"], k, covered, red)  # the lips' red shows unless covered
+    talking = [c for c in hard["clips"] if c["hard"]["has_audio"]]
+    fractions = []
+    for clip in talking:
+        audio = load_audio(tmp_path / "hard" / clip["video"], 16000)
+        per_frame = np.array([np.sqrt(np.mean(audio[int(k / 25 * 16000) : int((k + 1) / 25 * 16000)] ** 2) + 1e-12)
+                              for k in range(60)])
+        said = np.zeros(60, bool)
+        for a, b in clip["hard"]["speaking"]:
+            said[a:b] = True
+        fractions.append(1 - said.mean())
+        room = 10 ** (clip["hard"]["noise_db"] / 20)  # the noise's RMS
+        inner = ~said & (np.convolve((~said).astype(float), np.ones(5), "same") == 5)  # pause frames away from its edges
+        if inner.any():  # in a pause the room noise alone, the voice silent
+            np.testing.assert_allclose(per_frame[inner], room, rtol=0.35)
+        if said.any():
+            assert per_frame[said].max() > 1.5 * room
+    assert 0.15 < np.mean(fractions) < 0.6  # about a third of the time without speech

@@ -76,6 +76,23 @@ def run_safely(run: Run, args: argparse.Namespace, name: str) -> int:
 
     previous = warnings.showwarning
     warnings.showwarning = one_line_warning
+    previous_hook = sys.unraisablehook
+
+    def interrupt_again(unraisable: Any) -> None:
+        # Ctrl-C that lands in a destructor (a decoder's __del__) would be printed as "Exception
+        # ignored ... Traceback" and then lost; hand it to the main thread again instead, so the
+        # command stops at the next statement and reports it once.
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            import _thread
+            import threading
+
+            # From another thread, once this hook has returned (raised here it would be reported
+            # from the hook itself).
+            threading.Timer(0.01, _thread.interrupt_main).start()
+            return
+        previous_hook(unraisable)
+
+    sys.unraisablehook = interrupt_again
     try:
         result = run(args)
     except KeyboardInterrupt:
@@ -95,6 +112,7 @@ def run_safely(run: Run, args: argparse.Namespace, name: str) -> int:
         return 2
     finally:
         warnings.showwarning = previous
+        sys.unraisablehook = previous_hook
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 

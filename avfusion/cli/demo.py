@@ -147,7 +147,8 @@ def _mid_stretch(out: Path, feats: Path, cfg: Any, overrides: list[str]) -> dict
         fused = predict_loader(models["av"], loader, n, mask=hidden, stretch=span)
         single = predict_loader(models[remains], DataLoader(
             build_datasets(exp.data, models[remains]).test, batch_size=16, collate_fn=collate_features_or_clips(test)), n)
-        for name, preds in ((f"av_{hidden}_blanked_mid", fused), (f"{remains}_only_mid", single)):
+        fused_name = "av_face_blanked_mid" if hidden == "video" else "av_audio_silenced_mid"
+        for name, preds in ((fused_name, fused), (f"{remains}_only_mid", single)):
             p, t = [], []
             for v, (a, b) in span.items():
                 sel = np.zeros(n[v], dtype=bool)

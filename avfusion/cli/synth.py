@@ -37,7 +37,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--hard", action="store_true",
                    help="hard conditions: the lower face covered for stretches, speech pauses over a louder room, "
-                        "clips without an audio track, a weaker brow cue (labels as without it)")
+                        "clips without an audio track; the eyes say more of arousal (labels as without it)")
     p.set_defaults(func=run)
     return p
 

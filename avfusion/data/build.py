@@ -254,9 +254,12 @@ def serving_for(d: DataConfig, model: Optional[Any], training: bool = False) -> 
     if hsv is not None:
         s.colour = "hsv" if hsv else "rgb"
     if d.speech is not None:
-        if d.speech not in ("vad", "off"):
-            raise ValueError(f"data.speech must be vad or off, got {d.speech!r}")
-        s.speech = d.speech
+        from ..config import speech_mode
+
+        try:
+            s.speech = speech_mode(d.speech)
+        except ValueError:
+            raise ValueError(f"data.speech must be vad or off, got {d.speech!r}") from None
     return s
 
 

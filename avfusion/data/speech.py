@@ -210,7 +210,9 @@ class SpeechRule:
 def serving_rule(spec: Any) -> Optional[SpeechRule]:
     """The rule of a model's serving spec (:class:`~avfusion.config.ServingSpec`); None when its
     speech detection is ``off`` (the whole track counts)."""
-    if getattr(spec, "speech", "vad") == "off":
+    from ..config import speech_mode
+
+    if speech_mode(getattr(spec, "speech", "vad")) == "off":
         return None
     return SpeechRule(float(spec.speech_threshold), float(spec.speech_min), float(spec.speech_min_silence),
                       float(spec.speech_pad))

@@ -15,7 +15,8 @@ What carries the labels (and what is deliberately noise):
 
 With ``hard=True`` (``avfusion synth --hard``) part of the clips meet the conditions of real footage
 (:data:`HARD`): a hand or a microphone over the mouth for stretches, pauses in the speech over a
-louder room, no audio track at all; the brows follow valence more weakly. ``metadata.json`` records
+louder room, no audio track at all; the eyes follow arousal more strongly, so that the face can
+cover a pause. ``metadata.json`` records
 per clip what was done (``hard``: ``occluded`` and ``speaking`` frame runs, ``has_audio``).
 
 Everything is drawn with OpenCV on numpy and written as real files (H.264 + AAC mp4 via PyAV, PNG,
@@ -92,8 +93,8 @@ class SyntheticConfig:
     # Worker processes (clips are independent); 1 = in process.
     workers: int = 1
     # The hard conditions of real footage (see HARD below): the lower face covered for stretches in
-    # part of the clips, pauses in the speech over a louder room, some clips without an audio track,
-    # weaker brow cue. Labels are drawn exactly as without it.
+    # part of the clips, pauses in the speech over a louder room, some clips without an audio track;
+    # the eyes say more of arousal. Labels are drawn exactly as without it.
     hard: bool = False
 
 
@@ -112,14 +113,15 @@ class Actor:
 
 
 # What ``hard=True`` changes. Occlusion: every other clip has 1-2 stretches (each 15-30 % of the clip)
-# in which a hand or a microphone covers the mouth and the chin. Pauses: the voice is silent for about
-# a third of the time (stretches of 0.4-1.2 s) while the room noise goes on, 10-16 dB louder than in
-# the normal data. No audio: clips with index % 6 == 3 (one in six, never a two-face video) have no
-# audio track. Weaker cues: the brows follow valence at 40 % of the normal tilt, so that with the
-# mouth covered the face says little about valence; the eyes open with arousal as in the normal data.
+# in which a hand or a microphone covers the mouth and the chin (the brows still show). Pauses: the
+# voice is silent for about a third of the time (stretches of 0.3-0.8 s) while the room noise goes
+# on, a little louder than in the normal data. No audio: clips with index % 12 == 3 (one in twelve,
+# never a two-face video) have no audio track. Cues: the eyes open and the brows rise with arousal
+# 2.5 times as much as in the normal data, a weak cue but one a model of the face can learn (in the
+# normal data the face says next to nothing about arousal), so that the face can cover a pause.
 HARD = {"occluded_every": 2, "occlusions": (1, 2), "occlusion_len": (0.15, 0.30), "pause_fraction": 1 / 3,
-        "pause_len": (0.4, 1.2), "noise_db": (-40.0, -24.0), "no_audio_every": 6, "no_audio_at": 3,
-        "brow_scale": 0.4}
+        "pause_len": (0.3, 0.8), "noise_db": (-48.0, -36.0), "no_audio_every": 12, "no_audio_at": 3,
+        "brow_scale": 1.0, "arousal_scale": 2.5}
 
 
 def parse_fps(value: Union[str, float, Fraction]) -> Optional[Fraction]:
@@ -202,6 +204,7 @@ def face_landmarks(
     eye_open: float,
     rest_curve: float = 0.0,
     brow_scale: float = 1.0,
+    arousal_scale: float = 1.0,
 ) -> np.ndarray:
     """68 landmarks ``(68, 2)`` of the drawn face in face units (half-width 1, centre 0, y down).
 
@@ -214,7 +217,7 @@ def face_landmarks(
     pts[0:17, 1] = -1.25 * np.sin(phi)
     # Brows 17-21 (image left, outer -> inner) and 22-26 (inner -> outer). Valence tilts them
     # (inner ends down when negative: a frown); arousal raises them a little.
-    raise_ = -0.02 * arousal
+    raise_ = -0.02 * arousal_scale * arousal
     tilt = -0.14 * brow_scale * valence
     xs = np.linspace(-0.78, -0.18, 5)
     u = (xs - xs[0]) / (xs[-1] - xs[0])  # 0 outer .. 1 inner
@@ -563,9 +566,10 @@ def hard_conditions(seed: int, index: int, n_frames: int, fps: Fraction, audio_r
     dur = n_samples / float(audio_rate)
     target = HARD["pause_fraction"] * dur
     for _ in range(64):
-        if float((active < 0.5).sum()) / audio_rate >= target:
+        missing = target - float((active < 0.5).sum()) / audio_rate
+        if missing <= 0.1:
             break
-        length = rng.uniform(*HARD["pause_len"])
+        length = min(rng.uniform(*HARD["pause_len"]), max(HARD["pause_len"][0], missing))
         start = rng.uniform(-0.2, dur - 0.2)
         a, b = int(max(0.0, start) * audio_rate), int(min(dur, start + length) * audio_rate)
         active[a:b] = 0.0
@@ -659,7 +663,8 @@ def render_clip(
         my = 0.6 * amp * smooth_noise(rng, t_frames, 0.3, 1.2)
         roll = (0.04 + 0.08 * a01) * smooth_noise(rng, t_frames, 0.2, 1.0)
         # Eyes: opening rises weakly with arousal, with per-frame jitter and blinks.
-        eye = np.clip(rng.uniform(0.45, 0.65) + 0.08 * person.arousal + rng.normal(0, 0.12, n_frames), 0.05, 1.0)
+        eye_gain = 0.08 * (HARD["arousal_scale"] if hard is not None else 1.0)
+        eye = np.clip(rng.uniform(0.45, 0.65) + eye_gain * person.arousal + rng.normal(0, 0.12, n_frames), 0.05, 1.0)
         for b in np.flatnonzero(rng.random(n_frames) < 0.04):
             eye[b : b + 3] = 0.0
         mouth_scale = rng.uniform(0.6, 1.0)
@@ -678,7 +683,7 @@ def render_clip(
         for k, person in enumerate(persons):
             r, xs, ys, roll, eye, mouth, rest = poses[k]
             local = face_landmarks(person.valence[i], person.arousal[i], mouth[i], eye[i], rest,
-                                   HARD["brow_scale"] if hard is not None else 1.0)
+                                   *((HARD["brow_scale"], HARD["arousal_scale"]) if hard is not None else (1.0, 1.0)))
             lm = place(local, (xs[i], ys[i]), r, roll[i])
             draw_face(img, lm, person.actor, (xs[i], ys[i]), r, roll[i], light)
             if hard is not None and hard["occluded"][i]:
