@@ -19,7 +19,7 @@ from .fusion import FusionModel, frame_dropout, modality_dropout
 MODES = ("av", "video", "audio")
 # Batch keys forward() reads; labels, ids and times stay out of the call.
 MODEL_INPUT_KEYS = ("video", "audio", "frame_times", "audio_lengths", "video_feats", "audio_feats",
-                    "mask", "face_mask", "audio_valid", "audio_frames", "speech")
+                    "mask", "face_mask", "audio_valid", "audio_frames")
 
 
 class AVModel(nn.Module):
@@ -138,7 +138,6 @@ class AVModel(nn.Module):
         face_mask: torch.Tensor | None = None,
         audio_valid: torch.Tensor | None = None,
         audio_frames: torch.Tensor | None = None,
-        speech: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
         """Per-frame predictions ``valence``/``arousal`` ``(B, T)`` in [-1, 1].
@@ -148,7 +147,7 @@ class AVModel(nn.Module):
         mask: ``(B, T)`` True for real (non-padding) frames; face_mask ``(B, T)`` a face exists;
         audio_valid ``(B,)`` the clip has an audio track; audio_frames ``(B, T)`` the frames whose audio
         counts (speech, by the speech rule; the others are read like frames of a clip without a
-        track); speech ``(B, T)`` the frames' speech probability. Missing masks mean "all present".
+        track). Missing masks mean "all present".
         """
         if self.fusion is None and self.use_audio:
             raise ValueError("a model of experts with a voice expert (no temporal part) runs through the inference "

@@ -36,6 +36,12 @@ VARIANTS = {
                               ["model_overrides.fusion.reliability=true"]),
     "gated_gru_reliability_fd": ("gated, bidirectional GRU, per-frame reliability, frame-level modality dropout 0.3",
                                  ["model_overrides.fusion.reliability=true", "model_overrides.fusion.frame_dropout=0.3"]),
+    # Speech detection off (the whole track heard, pauses included), with its audio-only reference.
+    "speech_off_reliability_fd": ("as above, speech detection off (the whole track counts)",
+                                  ["data.speech=off", "model_overrides.fusion.reliability=true",
+                                   "model_overrides.fusion.frame_dropout=0.3"]),
+    "speech_off_audio_only": ("*reference: audio-only model, speech detection off*",
+                              ["data.speech=off", "model_overrides.mode=audio"]),
 }
 
 

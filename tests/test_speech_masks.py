@@ -70,12 +70,12 @@ def test_cache_stores_what_predict_computes_and_both_mask_the_same_frames(hard_d
     from avfusion.predict import Predictor
     from avfusion.train.experiment import build_model, load_experiment
 
-    cfg = load_experiment("tiny_synthetic", [f"data.root={hard_data}", f"data.clip_len={T}"])
+    cfg = load_experiment("tiny_synthetic", [f"data.root={hard_data}", f"data.clip_len={T}", "data.speech=vad"])
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     model.cfg.serving = serving_for(cfg.data, model, training=True)  # as training records it
     rule = serving_rule(model.serving)
-    assert rule is not None  # the tiny experiment trains with speech detection on
+    assert rule is not None  # trained with speech detection on
     cache = tmp_path / "cache"
     cache_features(model, cfg.data, cache, dtype="float32", cpu=True)
     records = sorted(load_records(cfg.data), key=lambda r: r.video_id)
@@ -111,15 +111,16 @@ def test_cache_stores_what_predict_computes_and_both_mask_the_same_frames(hard_d
 
 def test_training_data_masks_the_frames_the_serving_spec_says(hard_data, tmp_path):
     """A model trained with ``data.speech=off`` records it, and its datasets keep every frame's
-    audio; the default (``vad``) masks the pauses in the raw and the cached path alike."""
+    audio; ``vad`` (an architecture's default) masks the pauses."""
     from avfusion.data.build import DataConfig, clip_datasets, feature_datasets, load_records, serving_for
     from avfusion.train.experiment import build_model, load_experiment
 
-    cfg = load_experiment("tiny_synthetic", [f"data.root={hard_data}"])
+    cfg = load_experiment("tiny_synthetic", [f"data.root={hard_data}", "data.speech=null"])
     model = build_model(cfg)
+    assert model.serving.speech == "vad"  # the architecture's default
     records = load_records(cfg.data)
     vad, _ = clip_datasets(cfg.data, {"val": records}, model)
-    off_cfg = DataConfig(**{**cfg.data.__dict__, "speech": "off"})
+    off_cfg = DataConfig(**{**cfg.data.__dict__, "speech": False})  # YAML's bare off
     off, _ = clip_datasets(off_cfg, {"val": records}, model)
     assert serving_for(off_cfg, model, training=True).speech == "off"
     assert serving_for(cfg.data, model, training=True).speech == "vad"

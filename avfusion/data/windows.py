@@ -132,7 +132,6 @@ def window_inputs(
     use_audio: bool = False,
     has_audio: bool = False,
     sample_rate: int = 16000,
-    speech: Optional[np.ndarray] = None,
 ) -> dict[str, torch.Tensor]:
     """The model inputs of a batch of windows over one video's per-frame arrays.
 
@@ -141,10 +140,10 @@ def window_inputs(
     ``audio`` the whole track at ``sample_rate`` (None: masked, as a video without a track), cut per
     window by :func:`window_times` exactly as training cuts it; ``audio_frames`` (N,) the frames
     whose audio counts (speech; None: all count), the others read like frames of a video without a
-    track, exactly as the datasets give them; ``speech`` (N,) the frames' speech probability.
+    track, exactly as the datasets give them.
     Returns ``mask``, ``face_mask`` (B, T), ``video_feats`` (B, T, C), and for models with audio
     ``audio`` (B, S) zero padded, ``audio_lengths`` (B,), ``frame_times`` (B, T), ``audio_valid`` (B,),
-    ``audio_frames`` and ``speech`` (B, T).
+    ``audio_frames`` (B, T).
     """
     from .audio import slice_audio
 
@@ -163,10 +162,8 @@ def window_inputs(
         segs, rel, ok = [], [], []
         present = has_audio and audio is not None
         af = np.zeros((B, T), dtype=bool)
-        sp = np.zeros((B, T), dtype=np.float32)
         if present:
             af[real] = True if audio_frames is None else np.asarray(audio_frames, dtype=bool)[windows[real]]
-            sp[real] = 1.0 if speech is None else np.asarray(speech, dtype=np.float32)[windows[real]]
         for idx in windows:
             wt, first, end = window_times(timestamps, end_times, idx, period, sample_rate)
             segs.append(slice_audio(audio, first, end).astype(np.float32) if present
@@ -180,8 +177,7 @@ def window_inputs(
             wave[k, : len(a)] = torch.from_numpy(a)
         out.update(audio=wave, audio_lengths=lengths,
                    frame_times=torch.from_numpy(np.stack(rel).astype(np.float32)),
-                   audio_valid=torch.tensor(ok, dtype=torch.bool), audio_frames=torch.from_numpy(af),
-                   speech=torch.from_numpy(sp))
+                   audio_valid=torch.tensor(ok, dtype=torch.bool), audio_frames=torch.from_numpy(af))
     return out
 
 

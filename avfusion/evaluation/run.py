@@ -275,7 +275,7 @@ def predict_records(model: nn.Module, data: Any, records: list, accelerator: Any
                         audio = load_audio(rec.audio_path, spec.sample_rate)
                     except AudioDecodeError as err:
                         warnings.warn(f"{err}; audio of {rec.video_id!r} treated as missing", RuntimeWarning)
-                said = probs = None
+                said = None
                 if audio is not None and detector is not None:
                     from ..data.speech import speech_frames
 
@@ -299,7 +299,7 @@ def predict_records(model: nn.Module, data: Any, records: list, accelerator: Any
                 else:
                     out = predict_temporal(model, runner, reader, cropper, transform, data.clip_len, audio,
                                            spec.sample_rate, landmarks=rec.landmarks, face_valid=rec.face_mask,
-                                           progress=tick, hop=data.clip_len, audio_frames=said, speech=probs)
+                                           progress=tick, hop=data.clip_len, audio_frames=said)
             finally:
                 reader.close()
             target = np.where(rec.label_mask[:, None], rec.labels, np.nan)

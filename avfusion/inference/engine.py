@@ -328,7 +328,6 @@ def predict_temporal(
     hop: Optional[int] = None,
     windows: Optional[np.ndarray] = None,
     listener: Optional[Callable[[np.ndarray, list, np.ndarray], None]] = None,
-    speech: Optional[np.ndarray] = None,
 ) -> VideoOutputs:
     """Valence/arousal of every frame from a model with a fusion module (see the module doc).
 
@@ -336,8 +335,7 @@ def predict_temporal(
     ``sample_rate``, or None when the video has none (the audio is then masked, as in training).
     ``audio_frames`` (N,) bool: the frames whose audio counts (speech, by the model's speech rule);
     the others are read like frames of a video without a track, as the datasets give them in
-    training; ``speech`` (N,) the frames' speech probability. None: the whole track counts. Windows of ``clip_len`` frames start
-    every ``hop`` frames (default ``clip_len // 2``; ``clip_len``: the evaluation protocol), or are
+    training. None: the whole track counts. Windows of ``clip_len`` frames start every ``hop`` frames (default ``clip_len // 2``; ``clip_len``: the evaluation protocol), or are
     given as ``windows`` (W, T) frame indices (``-1`` padding).
     """
     n = len(reader)
@@ -361,7 +359,7 @@ def predict_temporal(
     for b in range(0, len(windows), window_batch):
         idx = windows[b : b + window_batch]
         inputs = window_inputs(idx, times, ends, period, face, feats, audio, audio_frames, use_audio, has_audio,
-                               sample_rate, speech)
+                               sample_rate)
         pred = _fusion(model, inputs)
         for k in range(len(idx)):
             collector.add_window("v", idx[k], pred[k])

@@ -346,8 +346,7 @@ class Predictor:
         return FaceTracker(max_gap=max(1, int(round(fps))), min_score=self.cropper.min_score)  # 1 s
 
     def _one_pass(self, reader: Any, audio: Optional[np.ndarray], speech: Optional[np.ndarray],
-                  tick: Optional[Callable[[int], None]], voice: Any,
-                  speech_prob: Optional[np.ndarray] = None) -> tuple[VideoOutputs, list, Callable]:
+                  tick: Optional[Callable[[int], None]], voice: Any) -> tuple[VideoOutputs, list, Callable]:
         """The model on the largest face of each frame with the face tracker fed the same
         detections; returns the outputs, the tracks and ``agrees(track)``: whether the largest
         face was that track's face on every computed frame (then the outputs are that track's)."""
@@ -359,8 +358,7 @@ class Predictor:
                 tracker.update(int(i), dets)
                 chosen[int(i)] = box
 
-        out = self._pass(reader, audio, speech, self.cropper, None, tick, voice, listener=listen,
-                         speech_prob=speech_prob)
+        out = self._pass(reader, audio, speech, self.cropper, None, tick, voice, listener=listen)
         n = len(reader)
         at = np.array(sorted(chosen), dtype=np.int64)
         got = np.stack([chosen[i] for i in at]) if len(at) else np.zeros((0, 4))
@@ -376,7 +374,7 @@ class Predictor:
 
     def _pass(self, reader: Any, audio: Optional[np.ndarray], audio_frames: Optional[np.ndarray], cropper: Any,
               corners: Optional[np.ndarray], progress: Optional[Callable[[int], None]],
-              voice: Any = None, listener: Any = None, speech_prob: Optional[np.ndarray] = None) -> VideoOutputs:
+              voice: Any = None, listener: Any = None) -> VideoOutputs:
         """The model over the whole video, reading the face that ``corners`` (a track) locate;
         ``voice``: the voice expert's values over the track (models of experts); ``listener``
         sees every frame's detections (the face tracker of the one pass)."""
@@ -391,7 +389,7 @@ class Predictor:
             return combine_experts(face, voice, np.asarray(reader.timestamps, dtype=np.float64), self.model.experts_mix)
         return predict_temporal(self.model, self.runner, reader, cropper, self.transform, self.clip_len, audio,
                                 self.serving.sample_rate, landmarks=corners, chunk=self.chunk, progress=progress,
-                                audio_frames=audio_frames, hop=self._hop, listener=listener, speech=speech_prob)
+                                audio_frames=audio_frames, hop=self._hop, listener=listener)
 
     def _voice(self, audio: Optional[np.ndarray], speech: Optional[np.ndarray], times: np.ndarray) -> Any:
         """The voice expert over the whole track (None without audio)."""
@@ -514,7 +512,7 @@ class Predictor:
             # face is the main track on every frame (one person in view, the usual case) the pass
             # is the answer; otherwise the main track is read once more from its boxes (no second
             # detection).
-            out, tracks, agrees = self._one_pass(reader, audio, speech, tick, voice, speech_prob)
+            out, tracks, agrees = self._one_pass(reader, audio, speech, tick, voice)
             main = main_track(tracks)
             if agrees(main):
                 passes.append((main, None, None))
@@ -536,7 +534,7 @@ class Predictor:
                 bar.total = n * (1 + len(passes))
                 bar.refresh()
         for t, cropper, corners in passes[len(tables):]:
-            out = self._pass(reader, audio, speech, cropper, corners, tick, voice, speech_prob=speech_prob)
+            out = self._pass(reader, audio, speech, cropper, corners, tick, voice)
             tables.append(self._frame_table(out, t, heard, speech, video, speech_prob))
         main_table = tables[0]
 
