@@ -20,7 +20,15 @@ CNN + LSTM systems over short clips):
   though every head fits the training clips; ``learned`` reads a per-frame gate from the joint
   features instead, trained with the mixed output's loss plus ``fusion.aux_weight`` times the
   heads'. A missing sense removes its head and the joint head from the mix, so the model falls
-  back to the sense that is there.
+  back to the sense that is there. With ``fusion.reliability`` the mix is per frame: each head's
+  weight is scaled by its trust, 1 where its sense is present and ``exp(-gap / decay)`` in a gap
+  of its sense (``gap``: frames to the nearest frame of the window where the sense is present,
+  :func:`source_gaps`), the decays fitted per dimension and head on the validation frames with the
+  weights (:func:`fit_mix_decay`): a recurrent audio branch still knows the arousal of a short
+  pause from the speech around it. A frame where no head is trusted takes the fitted mix of all.
+
+Training can hide a whole sense of some clips (``fusion.modality_dropout``) and one sense over a
+stretch of a window (``fusion.frame_dropout``, :func:`frame_dropout`), never both at one frame.
 
 Every head ends in tanh: valence and arousal live in [-1, 1], and so does any convex mix of them.
 """
@@ -225,9 +233,13 @@ class FusionModel(nn.Module):
                     mix = self.mix.to(joint.dtype)
                     weights = mix * trust  # renormalised over the sources trusted
                     total = weights.sum(dim=-1, keepdim=True)
-                    # No source trusted at a frame (both senses missing there): every head still has
-                    # a value from its context in the window; the fitted mix of all of them.
-                    weights = torch.where(total > 0, weights / total.clamp(min=1e-12), mix.expand_as(weights))
+                    # Where the trusted heads all have weight 0 (the sense there was never picked for
+                    # this dimension): an even mix of the heads present; where no head is present
+                    # (both senses missing), the fitted mix of all (each has a value from its context).
+                    ok_present = torch.stack(present, dim=-1).unsqueeze(2).to(joint.dtype)  # (B, T, 1, S)
+                    n_present = ok_present.sum(dim=-1, keepdim=True)
+                    fallback = torch.where(n_present > 0, ok_present / n_present.clamp(min=1), mix.expand_as(weights))
+                    weights = torch.where(total > 0, weights / total.clamp(min=1e-12), fallback)
                 heads = torch.stack(sources, dim=-1)  # (B, T, 2, S)
                 va = (weights * heads).sum(dim=-1)
                 out["gate"] = weights.detach()
@@ -297,7 +309,15 @@ def mix_weights_numpy(mix: np.ndarray, gap: np.ndarray, decay: np.ndarray) -> np
         trust = np.where(g == 0, 1.0, np.where(decay[None] > 0, np.exp(-g / np.maximum(decay[None], 1e-6)), 0.0))
     w = mix[None] * trust
     tot = w.sum(-1, keepdims=True)
-    return np.where(tot > 0, w / np.maximum(tot, 1e-12), np.broadcast_to(mix[None], w.shape))
+    return np.where(tot > 0, w / np.maximum(tot, 1e-12), _fallback((gap == 0)[:, None, :], mix[None], w.shape))
+
+
+def _fallback(present: np.ndarray, mix: np.ndarray, shape: tuple) -> np.ndarray:
+    """Weights where the trusted heads all weigh 0: even over the heads ``present`` (bool, last
+    axis the heads, broadcastable to ``shape``), the ``mix`` (broadcastable too) where none is."""
+    p = present.astype(np.float64)
+    n = p.sum(-1, keepdims=True)
+    return np.where(n > 0, np.broadcast_to(p / np.maximum(n, 1), shape), np.broadcast_to(mix, shape))
 
 
 # Decays (frames) the validation fit tries per dimension and source: 0 (only where present) to 2 s at 25 fps.
@@ -361,7 +381,7 @@ def _fit_dim(heads: np.ndarray, gap: np.ndarray, target: np.ndarray, decay: np.n
         w = chunk[:, None, :] * trust[None]
         tot = w.sum(-1)
         w = np.where(tot[..., None] > 0, w / np.maximum(tot, 1e-12)[..., None],
-                     np.broadcast_to(chunk[:, None, :], w.shape))
+                     _fallback(gap == 0, chunk[:, None, :], w.shape))
         pred = (w * h[None]).sum(-1)
         mp, my = pred.mean(1), y.mean()
         cov = ((pred - mp[:, None]) * (y - my)[None]).mean(1)
@@ -392,9 +412,10 @@ def fit_mix(heads: np.ndarray, present: np.ndarray, target: np.ndarray, step: fl
         for chunk in np.array_split(grid, max(1, len(grid) // 32)):
             w = chunk[:, None, :] * p[None]  # (G, N, S)
             tot = w.sum(-1)
-            # A frame with no head present takes the mix of all of them (as the model does).
+            # As the model mixes: even over the heads present where those all weigh 0, the mix
+            # of all of them where none is present.
             w = np.where(tot[..., None] > 0, w / np.maximum(tot, 1e-12)[..., None],
-                         np.broadcast_to(chunk[:, None, :], w.shape))
+                         _fallback(present, chunk[:, None, :], w.shape))
             pred = (w * h[None]).sum(-1)  # (G, N)
             mp, my = pred.mean(1), y.mean()
             vp, vy = pred.var(1), y.var()

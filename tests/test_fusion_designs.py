@@ -190,3 +190,18 @@ def test_frame_dropout_hides_one_sense_over_a_stretch_never_both():
         idx = torch.nonzero(m).squeeze(1)
         assert 4 <= len(idx) <= 10 and int(idx[-1] - idx[0]) + 1 == len(idx)
     assert frame_dropout(avail, 0.0) is avail
+
+
+def test_a_sense_alone_is_heard_even_where_the_mix_never_picked_it():
+    """Valence fitted to the joint head alone: where the face is missing the joint head is not
+    there, and the output is the voice head (the sense present), not a mix over absent heads."""
+    model = model_of(design="gated").eval()
+    model.fusion.set_mix(torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]]))
+    x = inputs()
+    face = torch.ones(2, 10, dtype=torch.bool)
+    face[:, 3:7] = False
+    out = model(**x, face_mask=face)
+    torch.testing.assert_close(out["valence"][:, 3:7], out["heads"][:, 3:7, 0, 1])  # the voice head
+    torch.testing.assert_close(out["valence"][:, :3], out["heads"][:, :3, 0, 2])    # the joint head
+    none = model(**x, face_mask=face, audio_valid=torch.zeros(2, dtype=torch.bool))
+    torch.testing.assert_close(none["valence"][:, 3:7], none["heads"][:, 3:7, 0, 2])  # nothing present: the mix
