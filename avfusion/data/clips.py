@@ -15,7 +15,8 @@ and returns one dict per window; :func:`collate` stacks those into the batch eve
     audio_offsets (B,T) int     sample index of each frame in the row's audio
     valence, arousal (B,T)      0 where unlabelled          mask (B,T) bool: label valid, frame real
     face_mask (B,T) bool        a face crop exists          audio_valid (B,) bool: a track exists
-    speech (B,T) float          speech probability (VAD)    audio_frames (B,T) bool: the frame's audio counts
+    speech (B,T) float          speech probability (VAD; 1 with speech detection off, 0 without a track)
+    audio_frames (B,T) bool     the frame's audio counts (speech by the speech rule)
     video_id list[str]          frame_indices (B,T) int, -1 = padding
     timestamps (B,T) float      seconds in the source video
 """
@@ -204,8 +205,9 @@ class ClipDataset(Dataset):
         times = rec.frame_times()
         probs = np.zeros(len(times), dtype=np.float32)
         if self.with_audio and rec.audio_path is not None:
-            try:
-                track = self._track(r)
+            try:  # the whole track once; a long one is not kept in the per-worker cache
+                long = len(times) and float(times[-1]) > self.audio_cache_seconds
+                track = load_audio(rec.audio_path, self.sample_rate) if long else self._track(r)
             except AudioDecodeError:
                 track = None  # _read_audio warns once and masks the audio
             if track is not None:
