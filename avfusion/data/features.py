@@ -353,7 +353,8 @@ class FeatureDataset(Dataset):
             if speech is not None and "audio" in feats.stored and feats.audio_valid and probs is None:
                 raise ValueError(f"{p}: no speech probabilities in this cache (written before avfusion 0.3); "
                                  "cache again into a new folder, or train with data.speech=off")
-            if probs is None or not feats.audio_valid:
+            if probs is None or not feats.audio_valid or speech is None:
+                # As ClipDataset gives them: 1 with speech detection off, 0 without a track.
                 probs = np.full(n, 1.0 if feats.audio_valid else 0.0, dtype=np.float32)
             said = speech_frames(probs, feats.fps, speech) if speech is not None else np.ones(n, dtype=bool)
             self.speech.append(probs.astype(np.float32))
