@@ -304,12 +304,16 @@ def mix_weights_numpy(mix: np.ndarray, gap: np.ndarray, decay: np.ndarray) -> np
     """What the model's validation gate gives, in numpy: ``(N, 2, S)`` per-frame weights from the mix
     ``(2, S)``, the gaps ``(N, S)`` and decays ``(2, S)``, renormalised over the sources trusted
     (even over those present when none is)."""
-    g = gap[:, None, :]
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        trust = np.where(g == 0, 1.0, np.where(decay[None] > 0, np.exp(-g / np.maximum(decay[None], 1e-6)), 0.0))
-    w = mix[None] * trust
+    w = mix[None] * _trust_numpy(gap, decay)
     tot = w.sum(-1, keepdims=True)
     return np.where(tot > 0, w / np.maximum(tot, 1e-12), _fallback((gap == 0)[:, None, :], mix[None], w.shape))
+
+
+def _trust_numpy(gap: np.ndarray, decay: np.ndarray) -> np.ndarray:
+    """:func:`reliability` in numpy: ``(N, 2, S)`` from gaps ``(N, S)`` and decays ``(2, S)``."""
+    g = gap[:, None, :]
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return np.where(g == 0, 1.0, np.where(decay[None] > 0, np.exp(-g / np.maximum(decay[None], 1e-6)), 0.0))
 
 
 def _fallback(present: np.ndarray, mix: np.ndarray, shape: tuple) -> np.ndarray:
@@ -371,9 +375,7 @@ def _fit_dim(heads: np.ndarray, gap: np.ndarray, target: np.ndarray, decay: np.n
     S = heads.shape[-1]
     n = int(round(1 / step))
     grid = np.array([c for c in _compositions(n, S)], dtype=np.float64) / n
-    g = gap[:, None, :]
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        trust = np.where(g == 0, 1.0, np.where(decay[None] > 0, np.exp(-g / np.maximum(decay[None], 1e-6)), 0.0))[:, d, :]
+    trust = _trust_numpy(gap, decay)[:, d, :]
     h = np.nan_to_num(heads[:, d, :].astype(np.float64))
     y = target[:, d].astype(np.float64)
     best, best_w = -np.inf, grid[0]
@@ -400,32 +402,9 @@ def fit_mix(heads: np.ndarray, present: np.ndarray, target: np.ndarray, step: fl
     frame over the heads present there (all of them where none is), as the model mixes them. Returns ``(2, S)``; ties keep the
     earlier (smaller joint-head) grid point.
     """
-    S = heads.shape[-1]
-    n = int(round(1 / step))
-    grid = np.array([c for c in _compositions(n, S)], dtype=np.float64) / n  # (G, S)
-    out = np.zeros((2, S))
-    p = present.astype(np.float64)
-    for d in range(2):
-        h = np.nan_to_num(heads[:, d, :].astype(np.float64))  # (N, S)
-        y = target[:, d].astype(np.float64)
-        best, best_w = -np.inf, grid[0]
-        for chunk in np.array_split(grid, max(1, len(grid) // 32)):
-            w = chunk[:, None, :] * p[None]  # (G, N, S)
-            tot = w.sum(-1)
-            # As the model mixes: even over the heads present where those all weigh 0, the mix
-            # of all of them where none is present.
-            w = np.where(tot[..., None] > 0, w / np.maximum(tot, 1e-12)[..., None],
-                         _fallback(present, chunk[:, None, :], w.shape))
-            pred = (w * h[None]).sum(-1)  # (G, N)
-            mp, my = pred.mean(1), y.mean()
-            vp, vy = pred.var(1), y.var()
-            cov = ((pred - mp[:, None]) * (y - my)[None]).mean(1)
-            ccc = 2 * cov / (vp + vy + (mp - my) ** 2 + 1e-12)
-            i = int(np.argmax(ccc))
-            if ccc[i] > best + 1e-12:
-                best, best_w = float(ccc[i]), chunk[i]
-        out[d] = best_w
-    return out
+    gap = np.where(np.asarray(present, dtype=bool), 0.0, np.inf)
+    no_decay = np.zeros((2, heads.shape[-1]))
+    return np.stack([_fit_dim(heads, gap, target, no_decay, d, step) for d in range(2)])
 
 
 def _compositions(n: int, k: int):

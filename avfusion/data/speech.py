@@ -232,26 +232,27 @@ def speech_frames(probs: np.ndarray, fps: float, rule: Optional[SpeechRule] = No
             state = p[k] >= rule.threshold
         on[k] = state
     fps = float(fps) if fps and fps > 0 else 25.0
-    runs = _runs(on)
+    runs = frame_runs(on)
     # Close short pauses, then drop short speech, then pad.
     gap = int(np.ceil(rule.min_silence * fps - 1e-9))
     for (a0, b0), (a1, _) in zip(runs[:-1], runs[1:]):
         if a1 - b0 < gap:
             on[b0:a1] = True
     shortest = int(np.ceil(rule.min_speech * fps - 1e-9))
-    for a, b in _runs(on):
+    for a, b in frame_runs(on):
         if b - a < shortest:
             on[a:b] = False
     pad = int(np.ceil(rule.pad * fps - 1e-9))
     if pad:
         out = on.copy()
-        for a, b in _runs(on):
+        for a, b in frame_runs(on):
             out[max(0, a - pad) : min(n, b + pad)] = True
         on = out
     return on
 
 
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+def frame_runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """``[start, end)`` runs of frames where ``mask`` is True."""
     m = np.concatenate([[False], np.asarray(mask, bool), [False]])
     edges = np.flatnonzero(m[1:] != m[:-1])
     return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
@@ -266,5 +267,5 @@ def frame_speech(segments: np.ndarray, times: np.ndarray) -> np.ndarray:
     return out
 
 
-__all__ = ["SpeechDetector", "SpeechRule", "serving_rule", "speech_frames", "chunks_to_frames", "frame_spans", "frame_speech",
+__all__ = ["SpeechDetector", "SpeechRule", "serving_rule", "speech_frames", "frame_runs", "chunks_to_frames", "frame_spans", "frame_speech",
            "SILENCE_PEAK", "VAD_SAMPLE_RATE", "CHUNK"]

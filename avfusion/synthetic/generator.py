@@ -53,6 +53,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from ..data.speech import frame_runs
 from ..files import atomic_path, write_text_atomic
 
 PathLike = Union[str, Path]
@@ -730,7 +731,8 @@ def _write_clip(
         t_frames = np.arange(cfg.frames) / float(fps)
         voiced = np.interp(t_frames, t_audio, hard["active"]) >= 0.5 if has_audio else np.zeros(cfg.frames, bool)
         conditions = {"has_audio": has_audio, "noise_db": round(hard["noise_db"], 2),
-                      "occluded": _runs(hard["occluded"]), "speaking": _runs(voiced)}
+                      "occluded": [list(r) for r in frame_runs(hard["occluded"])],
+                      "speaking": [list(r) for r in frame_runs(voiced)]}
     records = []
     ann_set = AFFWILD_SETS[1] if val_set else AFFWILD_SETS[0]
     for person, lms, number in zip(persons, landmarks, numbers):
@@ -811,12 +813,6 @@ def _write_clip(
         )
     return records
 
-
-def _runs(mask: np.ndarray) -> list[list[int]]:
-    """``[start, end)`` frame runs where ``mask`` is True."""
-    m = np.concatenate([[False], np.asarray(mask, bool), [False]])
-    edges = np.flatnonzero(m[1:] != m[:-1])
-    return [[int(a), int(b)] for a, b in zip(edges[::2], edges[1::2])]
 
 
 def _job(args: tuple) -> list[dict]:
