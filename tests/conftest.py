@@ -4,7 +4,9 @@ import math
 import zlib
 from pathlib import Path
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -14,7 +16,10 @@ import torch
 # runtime keeps results the same on every CPU and no test converts a network for OpenVINO. Downloads
 # and converted-model caches go to a folder of this session, never the user's ~/.cache.
 os.environ.setdefault("AVFUSION_RUNTIME", "torch")
-os.environ.setdefault("AVFUSION_HOME", tempfile.mkdtemp(prefix="avfusion-test-home-"))
+if "AVFUSION_HOME" not in os.environ:
+    _SESSION_HOME = tempfile.mkdtemp(prefix="avfusion-test-home-")
+    os.environ["AVFUSION_HOME"] = _SESSION_HOME
+    atexit.register(shutil.rmtree, _SESSION_HOME, ignore_errors=True)
 
 # Layout, weight recipe, input recipe and outputs of the official EmoNet (from its parity reference).
 EMONET_REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "emonet_reference.json").read_text())

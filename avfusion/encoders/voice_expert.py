@@ -28,7 +28,7 @@ from torch import nn
 from ..config import AudioEncoderConfig
 from ..timing import conv_output_length
 from ..weights import key_problems, load_strict, read_weights
-from .wav2vec2 import Wav2Vec2Encoder
+from .wav2vec2 import Wav2Vec2Encoder, wave_lengths
 
 OUTPUTS = ("arousal", "dominance", "valence")
 # The architecture fields of the published config.json (transformers 4.17): what Wav2Vec2Model and
@@ -215,15 +215,7 @@ class VoiceExpertEncoder(Wav2Vec2Encoder):
         -> (B, hidden): ``last_hidden_state`` averaged over each row's real feature frames. An
         unpadded row is run exactly as the published model card runs it (no attention mask).
         """
-        if wave.ndim != 2:
-            raise ValueError(f"wave must be (B, S), got {tuple(wave.shape)}")
-        batch, n_samples = wave.shape
-        if wave_mask is None:
-            lengths = torch.full((batch,), n_samples, dtype=torch.long, device=wave.device)
-        else:
-            if wave_mask.shape != wave.shape:
-                raise ValueError(f"wave_mask {tuple(wave_mask.shape)} must match wave {tuple(wave.shape)}")
-            lengths = wave_mask.long().sum(1)
+        lengths = wave_lengths(wave, wave_mask)
         x = self._prepare(wave, lengths).to(self.model.dtype)
         padded = bool((lengths != x.shape[1]).any())
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):

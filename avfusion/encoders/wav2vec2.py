@@ -28,6 +28,18 @@ def _read_preprocessor(folder: Path) -> dict:
         return json.load(f)
 
 
+def wave_lengths(wave: torch.Tensor, wave_mask: "torch.Tensor | None") -> torch.Tensor:
+    """(B,) real samples of each row of ``wave`` (B, S): all of them without ``wave_mask``, else the
+    mask's count (True on real samples, padding at the end); a wave of another shape is refused."""
+    if wave.ndim != 2:
+        raise ValueError(f"wave must be (B, S), got {tuple(wave.shape)}")
+    if wave_mask is None:
+        return torch.full((wave.shape[0],), wave.shape[1], dtype=torch.long, device=wave.device)
+    if wave_mask.shape != wave.shape:
+        raise ValueError(f"wave_mask {tuple(wave_mask.shape)} must match wave {tuple(wave.shape)}")
+    return wave_mask.long().sum(1)
+
+
 class Wav2Vec2Encoder(AudioEncoder):
     """Wav2Vec2Model features of one hidden layer, or a learned softmax-weighted sum of all of them.
 
@@ -150,15 +162,7 @@ class Wav2Vec2Encoder(AudioEncoder):
         Returns the selected (or weighted) features (B, N, C) at 50 Hz and the number of real
         feature frames per row (B,).
         """
-        if wave.ndim != 2:
-            raise ValueError(f"wave must be (B, S), got {tuple(wave.shape)}")
-        batch, n_samples = wave.shape
-        if wave_mask is None:
-            lengths = torch.full((batch,), n_samples, dtype=torch.long, device=wave.device)
-        else:
-            if wave_mask.shape != wave.shape:
-                raise ValueError(f"wave_mask {tuple(wave_mask.shape)} must match wave {tuple(wave.shape)}")
-            lengths = wave_mask.long().sum(1)
+        lengths = wave_lengths(wave, wave_mask)
         x = self._prepare(wave, lengths).to(self.model.dtype)
         attention_mask = None
         if self.use_attention_mask:
@@ -169,7 +173,7 @@ class Wav2Vec2Encoder(AudioEncoder):
             attention_mask = (torch.arange(x.shape[1], device=x.device)[None, :] < attend[:, None]).long()
 
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            if attention_mask is None and batch > 1 and bool((lengths != lengths.max()).any()):
+            if attention_mask is None and len(lengths) > 1 and bool((lengths != lengths.max()).any()):
                 # Without an attention mask (group-norm models such as wav2vec2-base) padding would
                 # enter the first layer's normalisation statistics and the attention: each row runs
                 # alone at its own length, so its features do not depend on the batch.
