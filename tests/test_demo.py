@@ -7,10 +7,10 @@ from avfusion.cli.main import main
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end(tmp_path, capsys):
+def test_demo_runs_end_to_end(tmp_path, capsys, one_thread):
     """The hard variant (CI runs the normal one from the README's command)."""
     out = tmp_path / "demo"
-    assert main(["demo", "--hard", "--out", str(out), "--clips", "16", "--frames", "32", "--epochs", "2",
+    assert main(["demo", "--hard", "--out", str(out), "--clips", "16", "--frames", "32", "--epochs", "1",
                  "--workers", "1", "--no-plots"]) == 0
     printed = capsys.readouterr().out
     assert "| audio-visual |" in printed and "| video only |" in printed and "| audio only |" in printed

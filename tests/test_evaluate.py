@@ -287,11 +287,12 @@ def test_full_size_emonet8_with_parity_weights_zero_shot(synthetic_root, tmp_pat
 
     tree = tmp_path / "AFEW-VA"
     clips = {}
-    for clip in sorted((synthetic_root / "AFEW-VA").iterdir())[:2]:  # 2 clips, their first 4 frames
+    full_len = 2  # frames per clip: each costs two full-size forwards (the image and its mirror)
+    for clip in sorted((synthetic_root / "AFEW-VA").iterdir())[:2]:  # 2 clips, their first 2 frames
         dst = tree / clip.name
         dst.mkdir(parents=True)
         doc = json.loads((clip / f"{clip.name}.json").read_text())
-        doc["frames"] = {k: v for k, v in sorted(doc["frames"].items())[:CLIP_LEN]}
+        doc["frames"] = {k: v for k, v in sorted(doc["frames"].items())[:full_len]}
         for k in doc["frames"]:
             (dst / f"{k}.png").write_bytes((clip / f"{k}.png").read_bytes())
         (dst / f"{clip.name}.json").write_text(json.dumps(doc))
@@ -300,7 +301,7 @@ def test_full_size_emonet8_with_parity_weights_zero_shot(synthetic_root, tmp_pat
 
     out = tmp_path / "eval"
     evaluate_script.main(["--model", "emonet_8", "--checkpoint", str(weights), "--data-kind", "afew_va",
-                          "--root", str(tree), "--clip-len", str(CLIP_LEN), "--smooth", str(SMOOTH),
+                          "--root", str(tree), "--clip-len", str(full_len), "--smooth", str(SMOOTH),
                           "--threshold", str(THRESHOLD), "--out", str(out), "--cpu", "--no-plots",
                           "--precision", "fp32"])
     printed = capsys.readouterr().out

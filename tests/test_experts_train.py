@@ -23,7 +23,7 @@ def world(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("experts-train")
     root = tmp / "data"
-    generate_dataset(root, SyntheticConfig(clips=8, frames=16, size=64, pair=False, gaps=False, clips_per_actor=2))
+    generate_dataset(root, SyntheticConfig(clips=4, frames=8, size=64, pair=False, gaps=False, clips_per_actor=2))
     old = os.environ.get("AVFUSION_HOME")
     os.environ["AVFUSION_HOME"] = str(tmp / "home")
     try:

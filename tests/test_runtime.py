@@ -133,9 +133,10 @@ def test_auto_follows_the_measured_table(monkeypatch):
     assert runner.resolve_runtime("auto", "cpu", "bf16", network="emonet") == "torch"
 
 
-def test_non_finite_openvino_outputs_are_refused(tmp_path, monkeypatch):
+def test_non_finite_openvino_outputs_are_refused(shared_cache, monkeypatch):
     """openvino 2026.4 in bf16 gives NaN for some networks (the MAE ViT, wav2vec2): the runner
-    refuses to run rather than fill a table with NaN."""
+    refuses to run rather than fill a table with NaN. (The shared cache: the check is on the
+    outputs, whether the graph was just converted or read back.)"""
     pytest.importorskip("openvino")
     from avfusion.inference import openvino_net
     from avfusion.inference.runner import FrameRunner
@@ -145,7 +146,7 @@ def test_non_finite_openvino_outputs_are_refused(tmp_path, monkeypatch):
 
     monkeypatch.setattr(openvino_net.OpenVINONet, "__call__", nan_outputs)
     with pytest.raises(ValueError, match="non-finite outputs for EmoNetEncoder; use precision fp32 or runtime torch"):
-        FrameRunner(make(FRAME_BY_FRAME), "bf16", runtime="openvino", cache_dir=tmp_path)
+        FrameRunner(make(FRAME_BY_FRAME), "bf16", runtime="openvino", cache_dir=shared_cache)
 
 
 def test_runtime_errors_are_one_line():
@@ -163,31 +164,49 @@ def test_runtime_errors_are_one_line():
     assert "torch" in FrameRunner(avfusion.create_model("tiny"), runtime="auto").description
 
 
+@pytest.fixture(scope="module")
+def voice_expert(tmp_path_factory):
+    """The voice expert (tiny audEERING layout) and an OpenVINO cache holding its graph: the first
+    runner converts it, once for both precisions (the graph is float32; the precision is applied
+    when OpenVINO compiles it)."""
+    pytest.importorskip("openvino")
+    from expert_files import w2v2_reference, write_w2v2_folder
+
+    from avfusion.encoders.voice_expert import VoiceExpertEncoder
+    from avfusion.inference.runner import UtteranceRunner
+
+    tmp = tmp_path_factory.mktemp("voice_expert")
+    enc = VoiceExpertEncoder.from_pretrained(write_w2v2_folder(tmp / "w", tiny=True,
+                                                               reference=w2v2_reference(seed=1, tiny=True)))
+    first = UtteranceRunner(enc, "fp32", runtime="openvino", cache_dir=tmp / "cache", window=0.5)
+    assert first.runtime == "openvino" and first.openvino.converted
+    return enc, tmp / "cache", first
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_voice_expert_under_openvino_matches_torch(precision, tmp_path):
+def test_voice_expert_under_openvino_matches_torch(precision, voice_expert):
     """The voice expert (tiny audEERING layout) through UtteranceRunner: OpenVINO's outputs equal
     torch's at the same precision within the runtime's deviation (bf16: the tiny random network
     moves ~20 % from float32 under torch's bf16 as under OpenVINO's, so bf16 is held to torch
     bf16), on waves of the traced length and of another (the converted graph takes any length);
-    a second runner reads the cached graph."""
-    from expert_files import w2v2_reference, write_w2v2_folder
-
-    from avfusion.encoders.voice_expert import VoiceExpertEncoder
+    runners after the first (the fixture's, which converts) read the cached graph."""
     from avfusion.inference.hardware import cpu_has_fast_bf16
     from avfusion.inference.runner import UtteranceRunner
 
     if precision == "bf16" and not cpu_has_fast_bf16():
         pytest.skip("bf16 needs a CPU that computes it natively")
-    enc = VoiceExpertEncoder.from_pretrained(write_w2v2_folder(tmp_path / "w", tiny=True,
-                                                               reference=w2v2_reference(seed=1, tiny=True)))
+    enc, cache, first = voice_expert
     ref = UtteranceRunner(enc, precision, runtime="torch")
-    ov = UtteranceRunner(enc, precision, runtime="openvino", cache_dir=tmp_path / "cache", window=0.5)
-    assert ov.runtime == "openvino" and ov.openvino.converted
+    ov = UtteranceRunner(enc, precision, runtime="openvino", cache_dir=cache, window=0.5)
+    assert ov.runtime == "openvino" and not ov.openvino.converted
     g = torch.Generator().manual_seed(3)
     for samples in (8000, 5600):
         wave = torch.randn(2, samples, generator=g) * 0.2
-        got, want = ov.utterance(wave), ref.utterance(wave)
-        dev = max(float((got[k] - want[k]).abs().max() / want[k].abs().max()) for k in ("arousal", "valence"))
-        assert dev < TOLERANCE[precision], (samples, dev)
-    again = UtteranceRunner(enc, precision, runtime="openvino", cache_dir=tmp_path / "cache", window=0.5)
+        want = ref.utterance(wave)
+        # The runner that converted (fp32) and the one that read the cache, at this precision.
+        for runner in ([first, ov] if precision == "fp32" else [ov]):
+            got = runner.utterance(wave)
+            dev = max(float((got[k] - want[k]).abs().max() / want[k].abs().max()) for k in ("arousal", "valence"))
+            assert dev < TOLERANCE[precision], (samples, dev)
+    again = UtteranceRunner(enc, precision, runtime="openvino", cache_dir=cache, window=0.5)
     assert not again.openvino.converted
