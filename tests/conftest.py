@@ -20,6 +20,10 @@ if "AVFUSION_HOME" not in os.environ:
     _SESSION_HOME = tempfile.mkdtemp(prefix="avfusion-test-home-")
     os.environ["AVFUSION_HOME"] = _SESSION_HOME
     atexit.register(shutil.rmtree, _SESSION_HOME, ignore_errors=True)
+# Under pytest-xdist (README's test command: a worker per core) each worker computes on one
+# thread, so two workers do not fight over two cores with four threads.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 # Layout, weight recipe, input recipe and outputs of the official EmoNet (from its parity reference).
 EMONET_REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "emonet_reference.json").read_text())
