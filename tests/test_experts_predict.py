@@ -148,3 +148,51 @@ def test_each_expert_alone(setup):
                       str(tmp / "face"), "--no-plot", "--quiet", "--stride", "3"])
     face = pd.read_csv(tmp / "face" / "talk_va.csv")
     assert face["valid"].mean() > 0.9 and len([c for c in face.columns if c.startswith("expr_")]) == 8
+
+
+def test_voice_beside_the_face_pass_changes_nothing_and_stops_with_it(setup, monkeypatch):
+    """The voice expert runs in a thread beside the face pass (av_experts): the table equals the one
+    computed with the voice first; an error in the face pass stops the voice thread, and an error in
+    the voice reaches the caller."""
+    import threading
+
+    import avfusion.predict.predictor as P
+
+    tmp, (video, _, _) = setup
+    p = P.Predictor("av_experts", yunet_model=YUNET, stride=3)
+    together = p.predict_video(video, plot=False)
+
+    class First:  # the voice over the whole track first, then the face pass
+        def __init__(self, work):
+            self.value = work(None)
+
+        def result(self):
+            return self.value
+
+        def stop(self):
+            pass
+
+    with monkeypatch.context() as m:
+        m.setattr(P, "_Background", First)
+        pd.testing.assert_frame_equal(p.predict_video(video, plot=False), together)
+
+    def voices() -> list:
+        return [t for t in threading.enumerate() if t.name == "avfusion-voice"]
+
+    def face_fails(*args, **kwargs):
+        raise RuntimeError("the face pass failed")
+
+    with monkeypatch.context() as m:
+        m.setattr(P, "predict_frame_by_frame", face_fails)
+        with pytest.raises(RuntimeError, match="the face pass failed"):
+            p.predict_video(video, plot=False)
+    assert not voices()
+
+    def voice_fails(wave):
+        raise ValueError("the voice failed")
+
+    with monkeypatch.context() as m:
+        m.setattr(p.voice_runner, "utterance", voice_fails)
+        with pytest.raises(ValueError, match="the voice failed"):
+            p.predict_video(video, plot=False)
+    assert not voices()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -386,18 +387,27 @@ class Predictor:
                                               listener=listener)
             if not self.model.use_audio:
                 return face
+            if isinstance(voice, _Background):  # computed beside the face pass
+                voice = voice.result()
             return combine_experts(face, voice, np.asarray(reader.timestamps, dtype=np.float64), self.model.experts_mix)
         return predict_temporal(self.model, self.runner, reader, cropper, self.transform, self.clip_len, audio,
                                 self.serving.sample_rate, landmarks=corners, chunk=self.chunk, progress=progress,
                                 audio_frames=audio_frames, hop=self._hop, listener=listener)
 
-    def _voice(self, audio: Optional[np.ndarray], speech: Optional[np.ndarray], times: np.ndarray) -> Any:
-        """The voice expert over the whole track (None without audio)."""
+    def _voice(self, audio: Optional[np.ndarray], speech: Optional[np.ndarray], times: np.ndarray,
+               stop: Optional[threading.Event] = None) -> Any:
+        """The voice expert over the whole track (None without audio); ``stop`` set: it ends at the
+        next batch of windows (the caller has stopped)."""
         if audio is None or self.temporal or not self.model.use_audio:
             return None
         sv = self.serving
+
+        def check(_: int) -> None:
+            if stop is not None and stop.is_set():
+                raise _Stopped
+
         return predict_voice(self.voice_runner, audio, times, sv.sample_rate, sv.audio_window, sv.audio_hop,
-                             speech)
+                             speech, progress=check)
 
     @property
     def _hop(self) -> int:
@@ -500,43 +510,52 @@ class Predictor:
         tracks: list = []
         passes: list[tuple[Any, Any, Optional[np.ndarray]]] = []  # (track, cropper, corners)
         main = None
-        voice = self._voice(audio, speech, times)  # once per video, whatever the faces
-        tables = []
-        if not self.model.use_video:
-            passes.append((None, None, None))
-        elif self.face_backend == "full":
-            passes.append((None, self.cropper, None))
-        elif self.faces == "main":
-            # One pass: the decoding thread detects each frame once, links the faces into tracks
-            # and crops the largest face while the network runs on the previous frames. When that
-            # face is the main track on every frame (one person in view, the usual case) the pass
-            # is the answer; otherwise the main track is read once more from its boxes (no second
-            # detection).
-            out, tracks, agrees = self._one_pass(reader, audio, speech, tick, voice)
-            main = main_track(tracks)
-            if agrees(main):
-                passes.append((main, None, None))
-                tables.append(self._frame_table(out, main, heard, speech, video, speech_prob))
-            else:
-                passes.append((main, self.cropper.with_detector(TrackBoxDetector()),
-                               main.corners(n) if main is not None else np.full((n, 2, 2), np.nan)))
-                if bar is not None:
-                    bar.total = 2 * n
-                    bar.refresh()
+        # The voice expert: once per video, whatever the faces; beside the face pass where there is
+        # one (a thread: the networks release the GIL), joined where the pass combines the experts.
+        if self.model.use_video and audio is not None and not self.temporal and self.model.use_audio:
+            voice: Any = _Background(lambda stop: self._voice(audio, speech, times, stop))
         else:
-            tracks = self._track_faces(reader, model_frames(n, self.stride), tick)
-            main = main_track(tracks)
-            cropper = self.cropper.with_detector(TrackBoxDetector())
-            chosen = [main] + [t for t in tracks if t is not main] if main is not None else [None]
-            for t in chosen:
-                passes.append((t, cropper, t.corners(n) if t is not None else np.full((n, 2, 2), np.nan)))
-            if bar is not None:
-                bar.total = n * (1 + len(passes))
-                bar.refresh()
-        for t, cropper, corners in passes[len(tables):]:
-            out = self._pass(reader, audio, speech, cropper, corners, tick, voice)
-            tables.append(self._frame_table(out, t, heard, speech, video, speech_prob))
-        main_table = tables[0]
+            voice = self._voice(audio, speech, times)
+        try:
+            tables = []
+            if not self.model.use_video:
+                passes.append((None, None, None))
+            elif self.face_backend == "full":
+                passes.append((None, self.cropper, None))
+            elif self.faces == "main":
+                # One pass: the decoding thread detects each frame once, links the faces into tracks
+                # and crops the largest face while the network runs on the previous frames. When that
+                # face is the main track on every frame (one person in view, the usual case) the pass
+                # is the answer; otherwise the main track is read once more from its boxes (no second
+                # detection).
+                out, tracks, agrees = self._one_pass(reader, audio, speech, tick, voice)
+                main = main_track(tracks)
+                if agrees(main):
+                    passes.append((main, None, None))
+                    tables.append(self._frame_table(out, main, heard, speech, video, speech_prob))
+                else:
+                    passes.append((main, self.cropper.with_detector(TrackBoxDetector()),
+                                   main.corners(n) if main is not None else np.full((n, 2, 2), np.nan)))
+                    if bar is not None:
+                        bar.total = 2 * n
+                        bar.refresh()
+            else:
+                tracks = self._track_faces(reader, model_frames(n, self.stride), tick)
+                main = main_track(tracks)
+                cropper = self.cropper.with_detector(TrackBoxDetector())
+                chosen = [main] + [t for t in tracks if t is not main] if main is not None else [None]
+                for t in chosen:
+                    passes.append((t, cropper, t.corners(n) if t is not None else np.full((n, 2, 2), np.nan)))
+                if bar is not None:
+                    bar.total = n * (1 + len(passes))
+                    bar.refresh()
+            for t, cropper, corners in passes[len(tables):]:
+                out = self._pass(reader, audio, speech, cropper, corners, tick, voice)
+                tables.append(self._frame_table(out, t, heard, speech, video, speech_prob))
+            main_table = tables[0]
+        finally:
+            if isinstance(voice, _Background):  # an error or Ctrl-C in the face pass: the voice stops too
+                voice.stop()
 
         long_enough = max(3, int(math.ceil(MIN_TRACK_SECONDS * (fps or 25.0) / self.stride)))
         people = [t for t in tracks if t.n_frames >= long_enough]
@@ -710,6 +729,41 @@ def _serving(model: nn.Module, name: str, clip_len: Optional[int], margin: Optio
     if spec.hop is not None and spec.hop > spec.clip_len:
         spec = dataclasses.replace(spec, hop=None)
     return spec
+
+
+class _Stopped(Exception):
+    """The background voice pass was told to stop."""
+
+
+class _Background:
+    """``work(stop)`` in a thread started now; :meth:`result` waits for its value (its error is
+    raised in the caller), :meth:`stop` asks it to end and waits for it."""
+
+    def __init__(self, work: Callable[[threading.Event], Any]) -> None:
+        self._stop = threading.Event()
+        self._value: Any = None
+        self._error: Optional[BaseException] = None
+
+        def run() -> None:
+            try:
+                self._value = work(self._stop)
+            except _Stopped:
+                pass
+            except BaseException as e:  # raised in the caller by result()
+                self._error = e
+
+        self._thread = threading.Thread(target=run, name="avfusion-voice", daemon=True)
+        self._thread.start()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _fill_between(values: np.ndarray, where: np.ndarray) -> None:
