@@ -270,8 +270,10 @@ def test_exported_model_on_raw_clips_and_cached_features(synthetic_root, tmp_pat
 def test_full_size_emonet8_with_parity_weights_zero_shot(synthetic_root, tmp_path, capsys):
     """The official architecture at full size, filled with the parity reference's synthetic
     weights and saved like emonet_8.pth (``module.`` prefix), zero-shot on a 2-clip AFEW-VA tree:
-    the script's table and metrics equal numpy on a direct run of the network (those weights give
-    outputs of order 1e4, so after clipping to [-1, 1] many clips are constant and score CCC 0).
+    the script's table and metrics equal numpy on a direct run of the network. The recipe's
+    outputs are of order 1e4 (all clipped to -1), so the valence and arousal rows of the last layer
+    are rescaled and recentred on these frames (outputs within [-0.5, 0.5], none clipped): a wrong
+    full-size forward or a wrongly loaded file gives other values, not the same saturated ones.
     A full-size network: both cores (the module's other tests are tiny and single-threaded)."""
     from conftest import EMONET_REFERENCE, synthetic_state_dict
 
@@ -280,10 +282,9 @@ def test_full_size_emonet8_with_parity_weights_zero_shot(synthetic_root, tmp_pat
     from avfusion.encoders.emonet import EmoNet
 
     layout = EMONET_REFERENCE["models"]["emonet_8"]["state_dict"]
-    weights = tmp_path / "emonet_8.pth"
-    torch.save(synthetic_state_dict(layout, prefix="module."), weights)
+    state = synthetic_state_dict(layout)
     net = EmoNet(n_expression=8).eval()
-    net.load_state_dict(synthetic_state_dict(layout), strict=True)
+    net.load_state_dict(state, strict=True)
 
     tree = tmp_path / "AFEW-VA"
     clips = {}
@@ -297,7 +298,19 @@ def test_full_size_emonet8_with_parity_weights_zero_shot(synthetic_root, tmp_pat
             (dst / f"{k}.png").write_bytes((clip / f"{k}.png").read_bytes())
         (dst / f"{clip.name}.json").write_text(json.dumps(doc))
         frames, labels, lms = read_clip(dst)
-        clips[clip.name] = (np.clip(emonet_va(net, crop_windows(frames, lms)), -1, 1), labels)
+        clips[clip.name] = (crop_windows(frames, lms), labels)
+    raw = np.concatenate([emonet_va(net, crops) for crops, _ in clips.values()])  # (N, 2), unclipped
+    centre = raw.mean(axis=0)
+    scale = 0.5 / np.maximum(np.abs(raw - centre).max(axis=0), 1e-12)
+    for d, row in enumerate((8, 9)):  # the head's valence and arousal outputs (after 8 expressions)
+        state["emo_fc_2.3.weight"][row] *= float(scale[d])
+        state["emo_fc_2.3.bias"][row] = float(scale[d]) * (state["emo_fc_2.3.bias"][row] - float(centre[d]))
+    net.load_state_dict(state, strict=True)
+    weights = tmp_path / "emonet_8.pth"
+    torch.save({f"module.{k}": v for k, v in state.items()}, weights)
+    clips = {name: (emonet_va(net, crops), labels) for name, (crops, labels) in clips.items()}
+    pred = np.concatenate([p for p, _ in clips.values()])
+    assert np.abs(pred).max() < 0.51 and np.ptp(pred, axis=0).min() > 0.5  # spread out, none clipped
 
     out = tmp_path / "eval"
     evaluate_script.main(["--model", "emonet_8", "--checkpoint", str(weights), "--data-kind", "afew_va",
