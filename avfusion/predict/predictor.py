@@ -17,7 +17,9 @@ track without speech (digital silence, music, noise) is masked entirely (one war
 The frames go through :mod:`avfusion.inference`: decoded in chunks by a worker thread, the model's
 per-frame network run once per frame with a face in the chosen precision, and, for temporal
 models, the fusion model over half-overlapping windows of those per-frame features with the audio
-each window spans. Memory does not grow with the video's length.
+each window spans. Memory does not grow with the video's length. Models of experts (``av_experts``)
+run the voice expert over the track in a thread beside the face pass (the networks release the
+GIL; the values are those of the two run one after the other) and mix the two per frame.
 
 A row is ``valid`` when the model saw something at that frame: the face (video models) or speech
 (audio models; with ``speech="off"``, any audio). Rows that are not valid have NaN values and are
