@@ -25,8 +25,9 @@ machine is shared):
 
 DIR/bench.json and DIR/bench.md (default DIR: benchmarks) are rewritten after every stage; both
 start with the machine (CPU model, family/model id, flags, torch and openvino versions, threads).
-``avfusion bench readme`` puts bench.md between the README's ``<!-- bench:start -->`` and
-``<!-- bench:end -->`` markers. ``--quick`` runs in a few minutes on 2 cores and lists what it skips.
+``avfusion bench readme`` puts bench.md's opening (machine, summary) and its end-to-end table of
+the pretrained models between the README's ``<!-- bench:start -->`` and ``<!-- bench:end -->``
+markers, with a link to bench.md for the other tables. ``--quick`` runs in a few minutes on 2 cores and lists what it skips.
 (``python scripts/benchmark.py ...`` is the same command.)
 """
 from __future__ import annotations
@@ -968,8 +969,9 @@ def _summary(stages: dict) -> dict:
     return s
 
 
-def bench_markdown(result: dict) -> str:
-    """bench.md: the machine first, then the summary and each stage's table."""
+def _head(result: dict) -> list[str]:
+    """The machine, the run, its summary and (busy machine) the load: what opens bench.md and the
+    README's section."""
     lines = [f"_{machine_line(result['machine'])}. `{result.get('command', 'avfusion bench')}`, "
              f"{result['date'][:16].replace('T', ' ')}, {result.get('total_s', 0):.0f} s"
              + (f"; {result['note']}" if result.get("note") else "") + "._", ""]
@@ -999,20 +1001,31 @@ def bench_markdown(result: dict) -> str:
         lines += [f"**Busy machine:** the 1-minute load average reached {max(loads):.1f} on {m['cores']} cores during "
                   "this run (other jobs), so its speeds are lower than an idle machine's; ratios measured in the "
                   "same stage suffer less.", ""]
+    return lines
+
+
+def _stage(result: dict, stage: str) -> list[str]:
+    """One stage's title, table, notes and load (nothing for a stage the run skipped)."""
+    r = result["stages"].get(stage)
+    if r is None:
+        return []
+    lines = [f"### {STAGE_TITLES[stage]}", ""]
+    if "error" in r:
+        return lines + [f"Not measured: {r['error']}", ""]
+    lines += [r["table"], ""]
+    for note in r.get("notes", []):
+        lines += [note, ""]
+    load = r.get("loadavg_1min_before_after")
+    if load and load[0] is not None:
+        lines += [f"_{r.get('seconds', 0):.0f} s; 1-minute load average {load[0]:.1f} before, {load[1]:.1f} after._", ""]
+    return lines
+
+
+def bench_markdown(result: dict) -> str:
+    """bench.md: the machine first, then the summary and each stage's table."""
+    lines = _head(result)
     for stage in STAGES:
-        r = result["stages"].get(stage)
-        if r is None:
-            continue
-        lines += [f"### {STAGE_TITLES[stage]}", ""]
-        if "error" in r:
-            lines += [f"Not measured: {r['error']}", ""]
-            continue
-        lines += [r["table"], ""]
-        for note in r.get("notes", []):
-            lines += [note, ""]
-        load = r.get("loadavg_1min_before_after")
-        if load and load[0] is not None:
-            lines += [f"_{r.get('seconds', 0):.0f} s; 1-minute load average {load[0]:.1f} before, {load[1]:.1f} after._", ""]
+        lines += _stage(result, stage)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -1091,9 +1104,17 @@ def run_all(o: argparse.Namespace) -> dict:
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
+# The one table the README shows: the models a user runs, end to end; bench.md has every table.
+README_STAGE = "experts"
+
+
 def readme_section(result: dict) -> str:
-    """The README's performance section from a run's bench.json: its bench.md."""
-    return bench_markdown(result)
+    """The README's performance section from a run's bench.json: bench.md's opening (machine,
+    summary) and its end-to-end table of the pretrained models, then where the other tables are."""
+    lines = _head(result) + _stage(result, README_STAGE)
+    lines += ["Every table of this run (the per-frame networks under each runtime and precision, predict / bare, "
+              "audio, decoding, training, caching, CUDA): [benchmarks/bench.md](benchmarks/bench.md).", ""]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def update_readme(readme: Path, bench: Path) -> Path:

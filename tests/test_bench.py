@@ -38,8 +38,8 @@ def test_whole_bench_writes_json_markdown_and_readme(tmp_path, one_thread):
     assert data["machine"]["cpu"] in first and "torch " in first and "openvino " in first and "threads" in first
     assert "| decord, batches of 32 (get_batch) |" in md and "CUDA: not run" in md and "per 1M frames" in md
     text = readme.read_text()
-    assert "old" not in text and text.endswith(f"{README_END}\nafter\n") and "### Decoding 720p video" in text
-    assert md.rstrip() in text
+    assert "old" not in text and text.endswith(f"{README_END}\nafter\n") and first in text
+    assert "### Decoding 720p video" not in text and "benchmarks/bench.md" in text  # the README: one table, a link
 
 
 def test_frames_stage_times_the_runner_under_each_runtime(tmp_path, one_thread):
@@ -65,7 +65,7 @@ def test_frames_stage_times_the_runner_under_each_runtime(tmp_path, one_thread):
         assert max(ov[0]["deviation"]) < 1e-4 and all(r["x_torch_same_precision"] > 0 for r in ov)
 
 
-def test_readme_section_is_the_runs_markdown(tmp_path):
+def test_readme_section_is_the_runs_opening_and_end_to_end_table(tmp_path):
     from avfusion.bench import README_END, README_START, bench_markdown, update_readme
 
     run = {"machine": {"cpu": "Some CPU", "cpu_id": "GenuineIntel family 6 model 207", "cpu_class": "amx",
@@ -76,7 +76,8 @@ def test_readme_section_is_the_runs_markdown(tmp_path):
            "summary": {"emonet_batch16_x_torch_fp32": {"torch_fp32": 1.0, "openvino_bf16": 4.5},
                        "predict_over_bare": {"emonet_8, stride 1, openvino": 0.9}},
            "stages": {"frames": {"table": "| e |\n|---|\n| 7 |", "notes": ["a note."]},
-                      "predict": {"error": "RuntimeError: boom"}}}
+                      "predict": {"error": "RuntimeError: boom"},
+                      "experts": {"table": "| x |\n|---|\n| 3 |", "notes": ["experts note."]}}}
     (tmp_path / "bench.json").write_text(json.dumps(run))
     readme = tmp_path / "README.md"
     readme.write_text(f"before\n{README_START}\nold\n{README_END}\nafter\n")
@@ -85,9 +86,17 @@ def test_readme_section_is_the_runs_markdown(tmp_path):
     md = bench_markdown(run)
     assert md.startswith("_Some CPU (GenuineIntel family 6 model 207), 2 cores, class amx (avx512_bf16, amx_bf16); "
                          "torch 2.x, openvino not installed, 2 threads.")
-    assert text == f"before\n{README_START}\n{md.rstrip()}\n{README_END}\nafter\n"
     assert "OpenVINO bf16 4.50×" in md and "0.90 (emonet_8, stride 1, openvino)" in md
     assert "Quick mode skips: compile." in md and "Not measured: RuntimeError: boom" in md
+    assert "| 7 |" in md and "| 3 |" in md  # bench.md: every stage
+    # The README: bench.md's opening (machine, summary) and the experts' table, then a link to bench.md.
+    section = text.split(README_START + "\n", 1)[1].split("\n" + README_END, 1)[0]
+    assert text.startswith("before\n") and text.endswith(f"{README_END}\nafter\n")
+    head = md.split("### ", 1)[0].rstrip()
+    assert section.startswith(head) and "0.90 (emonet_8, stride 1, openvino)" in section
+    experts = md.split("### The pretrained experts", 1)[1].split("\n### ", 1)[0]
+    assert ("### The pretrained experts" + experts).rstrip() in section
+    assert "| 7 |" not in section and "boom" not in section and "benchmarks/bench.md" in section
     with pytest.raises(FileNotFoundError, match="avfusion bench"):
         update_readme(readme, tmp_path / "missing.json")
     (tmp_path / "old.json").write_text(json.dumps({"predict_12s": {"table": "| a |"}}))
