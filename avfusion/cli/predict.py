@@ -89,9 +89,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--detect-size", type=int, default=None, metavar="PX",
                    help="longer side frames are shrunk to for face detection (default 320; 640 or more for faces "
                         "under ~1/30 of the frame; 0: full resolution)")
-    p.add_argument("--detect-every", type=int, default=2, metavar="K",
-                   help="detect faces on one frame in K, a steady face interpolated between (default 2; 1: every "
-                        "frame; live: every frame)")
+    p.add_argument("--detect-every", type=int, default=4, metavar="K",
+                   help="detect faces on one frame in K, a steady face interpolated between (default 4; "
+                        "1: every frame; live: every frame)")
     p.add_argument("--clip-len", type=int, help="frames per window of a temporal model (default: its serving spec, "
                                                  "the window it was trained with)")
     p.add_argument("--hop", type=int, help="frames between window starts of a temporal model (default: half a "

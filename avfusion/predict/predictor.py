@@ -62,7 +62,7 @@ COLUMNS = ("video", "frame", "timestamp", "track_id", "face_found", "face_x", "f
 MIN_TRACK_SECONDS = 0.5
 # YuNet on one frame in this many of a file (a steady face interpolated between; see
 # avfusion.data.faces.StreamingCropper): half the detection cost, the same faces.
-DETECT_EVERY = 2
+DETECT_EVERY = 4
 
 
 def check_options(stride: int = 1, smooth: int = 1, batch_size: int = 16, face_backend: str = "yunet",
@@ -202,7 +202,7 @@ class Predictor:
         yunet_model: the YuNet ONNX file (default: ``$AVFUSION_HOME`` or ``./pretrained``).
         detect_size: the longer side frames are shrunk to for YuNet (default 320; larger for
             faces under ~1/30 of the frame; 0: the frame as it is).
-        detect_every: YuNet on one computed frame in K (default 2; 1: every frame); a steady
+        detect_every: YuNet on one computed frame in K (default 4; 1: every frame); a steady
             single face is interpolated between, anything else is detected (live: every frame).
         face_margin, face_smoothing: crop margin (fraction of the face size per side) and box
             smoothing (frames, centred); default: the model's serving spec (another value gives a
