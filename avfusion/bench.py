@@ -551,14 +551,54 @@ def stage_experts(o: argparse.Namespace, shared: dict) -> dict:
         desc = ", ".join(x.description for x in (p.runner, p.voice_runner) if x is not None)
         rows.append({"variant": name, "runtime": runtime, "description": desc, "frames_per_s": fps,
                      "realtime_factor": fps["median"] / 25.0, "construct_s": construct})
+        if p.voice_runner is not None and model is voice_model:  # the voice over a long track as well
+            rows.append(_voice_long_track(o, p, runtime, desc, runs))
     table = markdown_table([dict(r, fps=fmt_spread(r["frames_per_s"])) for r in rows], [
         ("variant", "predict_video (cpu)", ""), ("description", "runners", ""), ("fps", "video frames/s", ""),
         ("realtime_factor", "× real time (25 fps)", ".2f"), ("construct_s", "Predictor construction (s)", ".1f")])
+    sv = voice_model.serving
+    covered = _voice_coverage(o.video_seconds, sv.audio_window, sv.audio_hop)
     notes = [f"Video: {o.video_seconds:g} s ({n_frames} frames), 1280x720, 25 fps, with audio; faces: "
              f"{'YuNet' if yunet else 'the full frame (no YuNet file found)'}; precision auto; batch {PREDICT_BATCH}; "
-             "speech off (the voice runs over the whole track: windows of 4 s every 2 s). Full-size architectures, "
-             "random weights. '× real time' of the voice-only row: seconds of video (and audio) per second."]
+             f"speech off (the voice runs over the whole track: windows of {sv.audio_window:g} s every "
+             f"{sv.audio_hop:g} s, which cover {covered:.2f}x a {o.video_seconds:g} s track and "
+             f"{_voice_coverage(_long_track_s(o), sv.audio_window, sv.audio_hop):.2f}x a {_long_track_s(o):g} s one). "
+             "Full-size architectures, random weights. '× real time' of the voice rows: seconds of video (and "
+             f"audio) per second; the '{_long_track_s(o):g} s track' row times `predict_voice` alone (the voice "
+             "runner over the windows of a synthetic wave), in frames/s of a 25 fps video of that length."]
     return {"rows": rows, "table": table, "notes": notes}
+
+
+LONG_TRACK_S = 60.0  # seconds: the voice-only row over a long track (the windows' overlap as on real videos)
+
+
+def _long_track_s(o: argparse.Namespace) -> float:
+    return LONG_TRACK_S / 2 if o.quick else LONG_TRACK_S
+
+
+def _voice_coverage(seconds: float, window: float, hop: float) -> float:
+    """How many times the voice's windows cover a track of ``seconds`` (its cost over one pass)."""
+    from .inference.engine import voice_windows
+
+    spans = voice_windows(seconds, window, hop)
+    return float((spans[:, 1] - spans[:, 0]).sum() / seconds)
+
+
+def _voice_long_track(o: argparse.Namespace, p: Any, runtime: str, desc: str, runs: int) -> dict:
+    """The voice expert's runner over a synthetic :data:`LONG_TRACK_S` s wave (speech off), timed."""
+    from .inference.engine import predict_voice
+
+    sv = p.serving
+    seconds = _long_track_s(o)
+    rng = np.random.default_rng(0)
+    wave = (0.1 * rng.standard_normal(int(seconds * sv.sample_rate))).astype(np.float32)
+    times = np.arange(int(seconds * 25)) / 25.0
+    [(times_s, first)] = time_interleaved(
+        [lambda: predict_voice(p.voice_runner, wave, times, sv.sample_rate, sv.audio_window, sv.audio_hop)],
+        runs - 1 if runs > 1 else 0)
+    fps = rates(times_s or [first], len(times))
+    return {"variant": f"w2v2_msp_dim (voice only, {seconds:g} s track)", "runtime": runtime, "description": desc,
+            "frames_per_s": fps, "realtime_factor": fps["median"] / 25.0, "construct_s": 0.0}
 
 
 # --- audio ----------------------------------------------------------------------------------------

@@ -157,8 +157,11 @@ class ServingSpec:
     precision: str = "fp32"
     # Utterance-level voice models (w2v2_msp_dim): seconds of audio per window and between window
     # starts; each window's value sits at its centre and frames take the interpolation between.
+    # A hop of 3 s runs the network over 1.33x the track (2 s: 2x; the voice's cost is its network),
+    # and its values follow changes over ~6 s: the scale of the labels it was trained on
+    # (MSP-Podcast rates whole speaking turns, 2.75-11 s).
     audio_window: float = 4.0
-    audio_hop: float = 2.0
+    audio_hop: float = 3.0
     # Speech detection for models that listen (avfusion.data.speech): "vad", the audio of frames
     # without speech is masked like a video without a track (Silero VAD's per-frame probabilities,
     # then the rule below: threshold, shortest speech, shortest pause, padding, in seconds); "off",

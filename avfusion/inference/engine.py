@@ -397,7 +397,7 @@ def predict_voice(
     times: np.ndarray,
     sample_rate: int = 16000,
     window: float = 4.0,
-    hop: float = 2.0,
+    hop: float = 3.0,
     speech: Optional[np.ndarray] = None,
     batch: int = 4,
     progress: Optional[Callable[[int], None]] = None,
