@@ -152,7 +152,10 @@ def _run_batch(args: argparse.Namespace, predictor: Any, jobs: list, out: Path, 
 
     if rank == 0:
         runs = "; voice ".join(r.description for r in (predictor.runner, predictor.voice_runner) if r is not None)
-        print(f"{len(jobs)} video(s), model {predictor.name} ({runs or 'audio only'})"
+        st = predictor.settings
+        faces = (f"; faces: YuNet on {st['detector_runtime']}, 1 frame in {st['detect_every']}"
+                 if st.get("detector_runtime") else "")
+        print(f"{len(jobs)} video(s), model {predictor.name} ({runs or 'audio only'}{faces})"
               + (f", {world} processes" if world > 1 else "") + f" -> {out}")
     result = run_batch(predictor, jobs, out, fmt=args.format, plot=not args.no_plot, overlay=args.overlay,
                        skip_existing=args.skip_existing, progress=not args.quiet, rank=rank, world=world)

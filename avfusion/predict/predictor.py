@@ -310,6 +310,7 @@ class Predictor:
             "hop": self._hop if self.temporal else None, "colour": self.serving.colour if self.model.use_video else None,
             "face_backend": face_backend if self.model.use_video else None,
             "detect_size": getattr(getattr(self.cropper, "detector", None), "max_side", None),
+            "detector_runtime": getattr(getattr(self.cropper, "detector", None), "runtime", None),
             "detect_every": getattr(self.cropper, "detect_every", None), "smooth": self.smooth,
             "faces": faces if self.model.use_video else None, "speech": speech if self.model.use_audio else None,
         }
