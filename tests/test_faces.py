@@ -394,3 +394,23 @@ def test_yunet_openvino_runtime_without_the_package_is_one_line(monkeypatch) -> 
     with pytest.raises(ValueError, match=r'pip install "avfusion\[openvino\]"'):
         YuNetDetector(model_path=path, runtime="openvino")
     assert YuNetDetector(model_path=path).runtime == "opencv"  # auto falls back
+
+
+def test_yunet_detects_with_opencv_in_another_process(monkeypatch) -> None:
+    """OpenVINO's threads do not survive a fork: a copy of the detector in another process (a
+    DataLoader worker) runs OpenCV, with the same detections."""
+    pytest.importorskip("openvino")
+    skimage_data = pytest.importorskip("skimage.data")
+    import avfusion.data.faces as faces
+
+    det = YuNetDetector(model_path=_yunet_path(), runtime="openvino")
+    image = skimage_data.astronaut()
+    ref = det.detect(image)
+    assert det._ov is not None and len(ref) == 1
+    worker = pickle.loads(pickle.dumps(det))
+    real_pid = os.getpid()
+    monkeypatch.setattr(faces.os, "getpid", lambda: real_pid + 1)
+    got = worker.detect(image)
+    assert worker._ov is None  # OpenVINO was not touched in the "worker"
+    assert len(got) == 1
+    np.testing.assert_allclose(got[0].box, ref[0].box, atol=1e-3)

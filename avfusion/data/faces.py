@@ -166,14 +166,14 @@ class YuNetDetector(FaceDetector):
 
     ``runtime``: ``auto`` (OpenVINO when it is installed and the file has the outputs of YuNet
     2023mar and 2026may, ``cls_8`` ... ``kps_32``; else OpenCV), ``openvino`` or ``opencv``. Both give the
-    same detections (tested: boxes, landmarks and scores within 1e-4 px on real footage): the
+    same detections (tested on real footage: boxes and landmarks within 1e-3 px, scores 1e-4): the
     network's outputs are decoded here exactly as ``FaceDetectorYN`` decodes them (per stride 8,
     16 and 32: score sqrt(cls * obj), box centre (cell + offset) * stride, size exp(.) * stride,
     landmarks (cell + offset) * stride; then OpenCV's NMS), on the frame padded to multiples of 32
     as OpenCV pads it. OpenVINO on one thread costs ~2.4 ms of CPU per 320x180 frame against ~7.5
     for OpenCV on two (measured on the README's 2-core Xeon): the face pass runs beside the
     network, so CPU time is what counts. The runtime objects are created lazily and not pickled,
-    so a detector built in the parent process works inside DataLoader workers.
+    so a detector built in the parent process works inside DataLoader workers (with OpenCV there).
     """
 
     name = "yunet"
@@ -202,7 +202,8 @@ class YuNetDetector(FaceDetector):
         self.max_side = int(max_side) or None  # 0: no shrinking
         self._net: Any = None
         self._size: tuple[int, int] | None = None
-        self._ov: Any = None  # (openvino model read from the file, {padded (h, w): (compiled, request)})
+        self._ov: Any = None  # (openvino Core, {padded (h, w): (request, output ports)})
+        self._pid = os.getpid()  # OpenVINO runs in this process only (see detect)
         self._detector((320, 320))  # a file OpenCV cannot load is a settings error, before any frame
         self.runtime = self._choose_runtime(runtime)
 
@@ -258,8 +259,8 @@ class YuNetDetector(FaceDetector):
         import openvino
 
         if self._ov is None:
-            self._ov = (openvino.Core(), {}, os.getpid())
-        core, compiled, _ = self._ov
+            self._ov = (openvino.Core(), {})
+        core, compiled = self._ov
         if (ph, pw) not in compiled:
             model = core.read_model(str(self.model_path))
             model.reshape([1, 3, ph, pw])
@@ -293,9 +294,9 @@ class YuNetDetector(FaceDetector):
         else:
             scale_x = scale_y = 1.0
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # OpenCV models are trained on BGR
-        # OpenVINO's threads do not survive a fork: a child forked after the parent ran it (a
-        # DataLoader worker) detects with OpenCV (the same detections).
-        if self.runtime == "openvino" and (self._ov is None or self._ov[2] == os.getpid()):
+        # OpenVINO's thread pool does not survive a fork: another process (a DataLoader worker,
+        # forked or given a pickled copy) detects with OpenCV, which gives the same detections.
+        if self.runtime == "openvino" and self._pid == os.getpid():
             faces = self._detect_openvino(image)
         else:
             _, faces = self._detector((image.shape[1], image.shape[0])).detect(image)
