@@ -361,8 +361,9 @@ def test_yunet_on_openvino_finds_what_opencv_finds() -> None:
     pytest.importorskip("openvino")
     skimage_data = pytest.importorskip("skimage.data")
     path = _yunet_path()
+    real = _real_frames()
     frames = [skimage_data.astronaut(), np.full((200, 300, 3), 128, np.uint8),
-              cv2.resize(skimage_data.astronaut(), (301, 250))] + _real_frames()
+              cv2.resize(skimage_data.astronaut(), (301, 250))] + real
     ov = YuNetDetector(model_path=path, runtime="openvino")
     cv = YuNetDetector(model_path=path, runtime="opencv")
     assert (ov.runtime, cv.runtime) == ("openvino", "opencv")
@@ -376,7 +377,7 @@ def test_yunet_on_openvino_finds_what_opencv_finds() -> None:
             np.testing.assert_allclose(y.landmarks5, x.landmarks5, atol=1e-3)
             assert abs(y.score - x.score) < 1e-4
         found += len(a)
-    assert found >= 3  # the astronaut twice, and faces in the real clips when they are there
+    assert found >= 2 + 10 * bool(real)  # the astronaut twice, and the real clips' faces when they are there
 
 
 def test_yunet_openvino_runtime_without_the_package_is_one_line(monkeypatch) -> None:
