@@ -202,7 +202,7 @@ class YuNetDetector(FaceDetector):
         self.max_side = int(max_side) or None  # 0: no shrinking
         self._net: Any = None
         self._size: tuple[int, int] | None = None
-        self._ov: Any = None  # (openvino Core, {padded (h, w): (request, output ports)})
+        self._ov: Any = None  # (openvino Core, {(h, w): (request, output ports, input buffer)})
         self._pid = os.getpid()  # OpenVINO runs in this process only (see detect)
         self._detector((320, 320))  # a file OpenCV cannot load is a settings error, before any frame
         self.runtime = self._choose_runtime(runtime)
@@ -255,32 +255,33 @@ class YuNetDetector(FaceDetector):
             self._size = size
         return self._net
 
-    def _openvino_request(self, ph: int, pw: int) -> Any:
+    def _openvino_request(self, h: int, w: int) -> Any:
+        """The compiled network, its output ports and its zero-padded input buffer for ``h`` x ``w``
+        images (one set per size: the padding stays zero, only the image's area is rewritten)."""
         import openvino
 
         if self._ov is None:
             self._ov = (openvino.Core(), {})
         core, compiled = self._ov
-        if (ph, pw) not in compiled:
+        if (h, w) not in compiled:
+            ph, pw = -(-h // 32) * 32, -(-w // 32) * 32  # padded to multiples of 32, as OpenCV pads
             model = core.read_model(str(self.model_path))
             model.reshape([1, 3, ph, pw])
             # One thread, not pinned: the detector runs in the face pass, beside the network's threads.
             net = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1,
                                                     "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False})
             ports = {n: o for o in net.outputs for n in o.get_names() if n in self.OUTPUTS}
-            compiled[(ph, pw)] = (net.create_infer_request(), ports)
-        return compiled[(ph, pw)]
+            compiled[(h, w)] = (net.create_infer_request(), ports, np.zeros((1, 3, ph, pw), dtype=np.float32))
+        return compiled[(h, w)]
 
     def _detect_openvino(self, image: np.ndarray) -> np.ndarray:
         """``FaceDetectorYN.detect``'s rows (x, y, w, h, 5 landmarks, score) for a BGR image."""
         h, w = image.shape[:2]
-        ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
-        request, ports = self._openvino_request(ph, pw)
-        blob = np.zeros((1, 3, ph, pw), dtype=np.float32)
+        request, ports, blob = self._openvino_request(h, w)
         blob[0, :, :h, :w] = image.transpose(2, 0, 1)
         res = request.infer({0: blob})
-        return decode_yunet({n: res[p][0] for n, p in ports.items()}, ph, pw, self.score_threshold,
-                            self.nms_threshold, self.top_k)
+        return decode_yunet({n: res[p][0] for n, p in ports.items()}, blob.shape[2], blob.shape[3],
+                            self.score_threshold, self.nms_threshold, self.top_k)
 
     def detect(self, frame: np.ndarray, landmarks: np.ndarray | None = None) -> list[Detection]:
         _check_frame(frame)
